@@ -1,0 +1,137 @@
+"""The streaming and failure stand-in upstream: an OpenAI-compatible server with knobs.
+
+    python -m bench.stub --port 9100 [--ttft 0.05] [--tokens 50] [--token-delay 0.02] [--status 200]
+                         [--drop-after N] [--tgi]
+
+Non-stream requests are answered after ``ttft`` seconds; ``"stream": true`` requests get ``tokens``
+chunks, the first after ``ttft`` and then one every ``token-delay`` seconds, then ``[DONE]``
+(with ``--tgi``, TGI ``/generate`` and ``/generate_stream`` framing instead). ``GET /_stats``
+counts active, finished and cancelled requests, so a benchmark can see that a dropped client's
+upstream request was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+CHAT = {
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "bench",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog."},
+                 "finish_reason": "stop", "logprobs": None}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22},
+}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.active = 0
+        self.finished = 0
+        self.cancelled = 0
+        self.total = 0
+        self.cancel_times: list[float] = []
+
+
+def build(args: argparse.Namespace) -> web.Application:
+    stats = Stats()
+    chat_body = json.dumps(CHAT).encode()
+
+    def chunk(i: int) -> bytes:
+        delta = {"role": "assistant", "content": f" tok{i}"} if i == 0 else {"content": f" tok{i}"}
+        event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "bench",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+    final = b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+                                   "model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode()
+    final += b"\n\n"
+
+    def tgi_token(i: int, last: bool) -> bytes:
+        event = {"index": i + 1, "token": {"id": 100 + i, "text": f" tok{i}", "logprob": -0.1, "special": False},
+                 "generated_text": None, "details": None}
+        if last:
+            event["generated_text"] = "".join(f" tok{j}" for j in range(args.tokens))
+            event["details"] = {"finish_reason": "length", "generated_tokens": args.tokens, "seed": None, "input_length": 12}
+        return b"data:" + json.dumps(event).encode() + b"\n\n"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        stats.total += 1
+        stats.active += 1
+        try:
+            if args.status != 200:
+                await asyncio.sleep(args.ttft)
+                return web.json_response({"error": {"message": "stub failure", "type": "server_error"}}, status=args.status)
+            stream = b'"stream":true' in body or b'"stream": true' in body or request.path == "/generate_stream"
+            if not stream:
+                if args.ttft:
+                    await asyncio.sleep(args.ttft)
+                if request.path == "/generate":
+                    text = "".join(f" tok{j}" for j in range(args.tokens))
+                    answer = {"generated_text": text, "details": {"finish_reason": "length", "generated_tokens": args.tokens,
+                                                                  "seed": None, "prefill": [], "tokens": []}}
+                    return web.json_response(answer, headers={"x-prompt-tokens": "12"})
+                return web.Response(body=chat_body, content_type="application/json")
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            tgi = request.path == "/generate_stream"
+            await asyncio.sleep(args.ttft)
+            for i in range(args.tokens):
+                if args.drop_after is not None and i == args.drop_after:
+                    request.transport.close()  # type: ignore[union-attr]
+                    return resp
+                await resp.write(tgi_token(i, i == args.tokens - 1) if tgi else chunk(i))
+                if args.token_delay and i < args.tokens - 1:
+                    await asyncio.sleep(args.token_delay)
+            if not tgi:
+                await resp.write(final + b"data: [DONE]\n\n")
+            await resp.write_eof()
+            stats.finished += 1
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            stats.cancelled += 1
+            stats.cancel_times.append(time.monotonic())
+            raise
+        finally:
+            stats.active -= 1
+
+    async def stat(request: web.Request) -> web.Response:
+        return web.json_response({"active": stats.active, "finished": stats.finished, "cancelled": stats.cancelled,
+                                  "total": stats.total, "last_cancel": max(stats.cancel_times, default=0.0)})
+
+    async def reset(request: web.Request) -> web.Response:
+        stats.__init__()  # type: ignore[misc]
+        return web.json_response({})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024, handler_args={"max_field_size": 65536})
+    app.router.add_get("/_stats", stat)
+    app.router.add_post("/_reset", reset)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ttft", type=float, default=0.0)
+    p.add_argument("--tokens", type=int, default=50)
+    p.add_argument("--token-delay", type=float, default=0.0)
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--drop-after", type=int, default=None)
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(build(args), host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()

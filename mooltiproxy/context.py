@@ -1,0 +1,111 @@
+"""Per-request context: the request id, timing, the access-log line, and where errors become answers.
+
+``RequestContext`` is the outermost middleware. Anything below it raises a ``ProxyError``; this is the
+one place that turns it into an OpenAI error body (or, for a bug, into a 500 with the traceback in the
+log). It also writes exactly one access-log line per request, which never holds a secret: no headers,
+no query string, no body.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ProxyError, render
+
+access_log = logging.getLogger("mooltiproxy.access")
+log = logging.getLogger("mooltiproxy")
+
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
+class RequestInfo:
+    """What the layers below learn about a request, for the access log and the response headers."""
+
+    __slots__ = ("client", "id", "key_name", "start", "started", "status", "target", "upstream_ms")
+
+    def __init__(self, request_id: str, start: float, client: str) -> None:
+        self.id = request_id
+        self.start = start
+        self.client = client
+        self.key_name: str | None = None
+        self.target: str | None = None
+        self.status = 0
+        self.upstream_ms: float | None = None
+        self.started = False
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
+                request_id = value.decode()
+                break
+        info = RequestInfo(request_id or new_request_id(), time.perf_counter(), _client(scope))
+        scope["mooltiproxy"] = info
+        rid = info.id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.started = True
+                info.status = message["status"]
+                headers = message.get("headers")
+                message["headers"] = [*headers, (b"x-request-id", rid)] if headers else [(b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ProxyError as exc:
+            await self._answer_error(info, exc, send)
+        except Exception as exc:
+            log.exception("request %s failed", info.id)
+            await self._answer_error(
+                info,
+                ProxyError(f"The proxy failed on this request ({type(exc).__name__}); its log has the details under request id {info.id}."),
+                send,
+            )
+        finally:
+            _access(scope, info)
+
+    async def _answer_error(self, info: RequestInfo, exc: ProxyError, send: Send) -> None:
+        if info.started:
+            # Too late for a status line; the layer that started the answer has ended it.
+            log.warning("request %s: %s (after the answer had started)", info.id, exc.message)
+            return
+        status, headers, body = render(exc, info.id)
+        info.status = status
+        info.started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "-"
+
+
+def _access(scope: Scope, info: RequestInfo) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    total = (time.perf_counter() - info.start) * 1000
+    upstream = f"{info.upstream_ms:.1f}" if info.upstream_ms is not None else "-"
+    access_log.info(
+        "%s %s %s status=%d target=%s key=%s upstream_ms=%s total_ms=%.1f id=%s",
+        info.client, scope["method"], scope["path"], info.status, info.target or "-", info.key_name or "-", upstream, total,
+        info.id,
+    )

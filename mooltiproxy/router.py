@@ -1,0 +1,69 @@
+"""Which target a request goes to: the ``target`` header, else its ``model`` alias, else the default."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .config import ModelAlias
+from .errors import NotFound
+from .targets import Target
+from .validators import did_you_mean
+
+
+class Router:
+    def __init__(self, targets: Mapping[str, Target], default: str | None, models: Mapping[str, ModelAlias]) -> None:
+        self.targets = targets
+        self.default = default
+        self.models = models
+
+    @property
+    def uses_model_aliases(self) -> bool:
+        return bool(self.models)
+
+    def pick(self, header: str | None, model: str | None) -> tuple[Target, ModelAlias | None]:
+        """The target for a request with this ``target`` header and this ``model`` field."""
+        if header:
+            return self._named(header), None
+        if model is not None and self.models:
+            alias = self.models.get(model)
+            if alias is not None:
+                return self.targets[alias.target], alias
+        if self.default is not None:
+            return self.targets[self.default], None
+        if not self.targets:
+            raise NotFound(
+                "No targets are configured. Add one under 'targets:' in config.yaml (config.template.yaml shows how).",
+                code="target_not_found",
+            )
+        raise NotFound(
+            f"No target was chosen: send a 'target' header naming one of {self._known()}, "
+            f"use a model alias from 'models:', or set targets.default in the config.",
+            param="target",
+            code="target_not_found",
+        )
+
+    def pick_if_any(self, header: str | None) -> Target | None:
+        """The target a request without a body goes to, or None when nothing chooses one."""
+        if header:
+            return self._named(header)
+        return self.targets.get(self.default) if self.default else None
+
+    def listing(self) -> dict[str, object]:
+        """``GET /v1/models`` as the proxy itself answers it: every target and every model alias."""
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mooltiproxy"} for name in self.targets]
+        data += [{"id": alias, "object": "model", "created": 0, "owned_by": spec.target} for alias, spec in self.models.items()]
+        return {"object": "list", "data": data}
+
+    def _named(self, name: str) -> Target:
+        target = self.targets.get(name)
+        if target is None:
+            raise NotFound(
+                f"Unknown target '{name}' in the 'target' header{did_you_mean(name, self.targets)}. "
+                f"Known targets: {self._known()}.",
+                param="target",
+                code="target_not_found",
+            )
+        return target
+
+    def _known(self) -> str:
+        return ", ".join(self.targets) or "none"

@@ -1,0 +1,154 @@
+"""Runtime targets: a target's config joined with its preset, its mappers resolved, its key read.
+
+``build_targets`` runs once at startup (and by ``mooltiproxy check``); every problem it finds is
+reported together, each under the config path that caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import voluptuous as vol
+
+from .config import Config, RouteConfig, TargetConfig
+from .errors import ConfigError, MethodNotAllowed, NotFound
+from .mapping import Mapper, MapperLookupError, resolve
+from .presets import PRESETS
+from .validators import did_you_mean, format_path
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One inbound path of a target: where it goes upstream and which mappers translate it."""
+
+    inbound: str
+    method: str
+    path: str
+    stream_path: str | None = None
+    request: Mapper | None = None
+    answer: Mapper | None = None
+    stream: Mapper | None = None
+    error: Mapper | None = None
+    stream_format: str = "sse"
+    fanout: bool = False
+
+    @property
+    def passthrough(self) -> bool:
+        return self.request is None and self.answer is None and self.stream is None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    type: str
+    url: str
+    timeout: float
+    connect_timeout: float
+    headers: tuple[tuple[str, str], ...]  # sent upstream on every request (the target's key among them)
+    routes: dict[str, Route]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    prompter: Any = None
+    config: TargetConfig | None = None
+
+    def route(self, path: str, method: str) -> Route:
+        route = self.routes.get(path)
+        if route is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise NotFound(
+                f"Target '{self.name}' has no route for {path}. Its routes: {known}.", code="route_not_found"
+            )
+        if method != route.method:
+            raise MethodNotAllowed(
+                f"Target '{self.name}' serves {path} with {route.method}, not {method}.", headers=[("Allow", route.method)]
+            )
+        return route
+
+
+def build_targets(config: Config) -> dict[str, Target]:
+    problems: list[str] = []
+    targets = {}
+    for name, tc in config.targets.items():
+        target = _build_target(config, tc, problems)
+        if target is not None:
+            targets[name] = target
+    if problems:
+        raise ConfigError(problems)
+    return targets
+
+
+def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Target | None:
+    at = ["targets", tc.name]
+    preset = PRESETS.get(tc.type)
+    if preset is None:
+        problems.append(
+            f"{format_path([*at, 'type'])}: must be one of {', '.join(PRESETS)}, not {tc.type!r}{did_you_mean(tc.type, PRESETS)}"
+        )
+        return None
+
+    headers: list[tuple[str, str]] = []
+    if tc.api_key:
+        if preset.auth == "x-api-key":
+            headers.append(("x-api-key", tc.api_key))
+        else:
+            headers.append(("authorization", f"Bearer {tc.api_key}"))
+    headers.extend((k.lower(), v) for k, v in tc.headers.items())
+
+    options = _options(tc, preset.options, at, problems)
+
+    routes: dict[str, Route] = {}
+    merged = dict(preset.routes)
+    for path, user in tc.routes.items():
+        base = merged.get(path, RouteConfig())
+        merged[path] = replace(base, **{f.name: getattr(user, f.name) for f in fields(user) if getattr(user, f.name) is not None})
+    for path, rc in merged.items():
+        route_at = [*at, "routes", path]
+        mappers: dict[str, Mapper | None] = {}
+        for kind in ("request", "answer", "stream", "error"):
+            name = getattr(rc, kind)
+            mappers[kind] = None
+            if name:
+                try:
+                    mappers[kind] = resolve(name, kind=kind, base_dir=config.base_dir)
+                except MapperLookupError as exc:
+                    problems.append(f"{format_path([*route_at, kind])}: {exc}")
+        routes[path] = Route(
+            inbound=path,
+            method=rc.method or "POST",
+            path=rc.path or path,
+            stream_path=rc.stream_path,
+            stream_format=rc.stream_format or "sse",
+            fanout=bool(rc.fanout),
+            **mappers,
+        )
+    return Target(
+        name=tc.name,
+        type=tc.type,
+        url=tc.url,
+        timeout=tc.timeout or config.server.timeout,
+        connect_timeout=config.server.connect_timeout,
+        headers=tuple(headers),
+        routes=routes,
+        options=options,
+        prompter=None,
+        config=tc,
+    )
+
+
+def _options(tc: TargetConfig, known: Mapping[str, Any], at: list[str], problems: list[str]) -> dict[str, Any]:
+    out = {name: opt.default for name, opt in known.items()}
+    for key, value in tc.options.items():
+        opt = known.get(key)
+        if opt is None:
+            names = ", ".join(known) or "none"
+            problems.append(
+                f"{format_path([*at, 'options', key])}: unknown option for type {tc.type}{did_you_mean(key, known)}; "
+                f"its options: {names}"
+            )
+            continue
+        try:
+            out[key] = opt.validate(value)
+        except vol.Invalid as exc:
+            problems.append(f"{format_path([*at, 'options', key])}: {exc.msg}")
+    return out

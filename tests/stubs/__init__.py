@@ -1,0 +1,1 @@
+"""Small upstream servers that behave like the real backends, for the tests."""

@@ -1,0 +1,168 @@
+"""Config loading: the template is the defaults, env interpolation, and every problem listed at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import voluptuous as vol
+
+from mooltiproxy.config import _ROUTE, _TARGET, SCHEMA, load, parse
+from mooltiproxy.errors import ConfigError
+from mooltiproxy.targets import build_targets
+
+from .conftest import ROOT
+
+TEMPLATE = ROOT / "config.template.yaml"
+
+
+def problems_of(data: dict[str, Any], environ: dict[str, str] | None = None, tmp: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(data, environ=environ or {}, base_dir=tmp)
+    return info.value.problems
+
+
+def test_template_loads_and_equals_the_built_in_defaults() -> None:
+    from_template = load(TEMPLATE, environ={})
+    defaults = parse({}, environ={}, base_dir=ROOT)
+    assert from_template.server == defaults.server
+    assert from_template.targets == defaults.targets == {}
+    assert from_template.models == defaults.models
+    assert from_template.default_target is None
+
+
+def _keys(validator: Any) -> dict[str, Any]:
+    fields = getattr(validator, "fields", None)
+    if fields is None and isinstance(validator, vol.Any):
+        for v in validator.validators:
+            if getattr(v, "fields", None):
+                return dict(v.fields)
+    return dict(fields or {})
+
+
+def test_template_documents_every_key() -> None:
+    text = TEMPLATE.read_text()
+    missing = []
+
+    def walk(validator: Any, where: str) -> None:
+        for key, sub in _keys(validator).items():
+            if f"{key}:" not in text:
+                missing.append(f"{where}{key}")
+            walk(sub, f"{where}{key}.")
+
+    walk(SCHEMA, "")
+    walk(_TARGET, "targets.NAME.")
+    walk(_ROUTE, "targets.NAME.routes.PATH.")
+    assert not missing, f"keys not documented in config.template.yaml: {missing}"
+
+
+def test_env_interpolation() -> None:
+    config = parse(
+        {"targets": {"a": {"url": "http://${HOST}:${PORT:-9000}", "headers": {"x-cost": "$$5"}}}},
+        environ={"HOST": "127.0.0.1"},
+    )
+    assert config.targets["a"].url == "http://127.0.0.1:9000"
+    assert config.targets["a"].headers == {"x-cost": "$5"}
+
+
+def test_missing_env_var_is_a_problem_with_its_path() -> None:
+    problems = problems_of({"targets": {"a": {"url": "http://${NOPE}"}}})
+    assert problems[0].startswith("targets.a.url: the environment variable NOPE is not set")
+
+
+def test_sizes_and_durations() -> None:
+    config = parse({"server": {"max_body": "512KiB", "timeout": "2m", "connect_timeout": "250ms"}}, environ={})
+    assert config.server.max_body == 512 * 1024
+    assert config.server.timeout == 120
+    assert config.server.connect_timeout == 0.25
+    assert parse({"server": {"max_body": 1000}}, environ={}).server.max_body == 1000
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = problems_of(
+        {
+            "sever": {"port": 1},
+            "server": {"port": "eighty", "max_body": "lots", "timout": 5},
+            "targets": {
+                "default": "locl",
+                "local": {"url": "localhost:8080", "typ": "tgi"},
+                "bad name!": {"url": "http://x"},
+            },
+            "models": {"m": "ghost"},
+        }
+    )
+    text = "\n".join(problems)
+    assert "sever: unknown key in this file (did you mean 'server'?)" in text
+    assert "server.port: must be a whole number" in text
+    assert "server.max_body: must be a size such as 8MiB" in text
+    assert "server.timout: unknown key in this server section (did you mean 'timeout'?)" in text
+    assert "targets.local.url: must be an http:// or https:// URL" in text
+    assert "targets.local.typ: unknown key in this target (did you mean 'type'?)" in text
+    assert '["bad name!"]' in text
+    assert "targets.default: no target named 'locl' (did you mean 'local'?)" in text
+    assert "models.m: no target named 'ghost'" in text
+    assert len(problems) == 9, problems
+
+
+def test_cross_references_are_checked() -> None:
+    problems = problems_of({"targets": {"default": "locl", "local": {"url": "http://127.0.0.1:1"}}, "models": {"m": "ghost"}})
+    assert problems == [
+        "targets.default: no target named 'locl' (did you mean 'local'?); targets: local",
+        "models.m: no target named 'ghost'; targets: local",
+    ]
+
+
+def test_target_problems_from_presets_keys_and_mappers() -> None:
+    problems = problems_of(
+        {
+            "targets": {
+                "a": {"url": "http://127.0.0.1:1", "type": "opnai"},
+                "b": {"url": "http://127.0.0.1:1", "api_key_env": "NOT_SET_KEY"},
+                "c": {
+                    "url": "http://127.0.0.1:1",
+                    "options": {"colour": 1},
+                    "routes": {"/v1/chat/completions": {"request": "nosuchmodule.f", "answer": "json.loads"}},
+                },
+            }
+        }
+    )
+    text = "\n".join(problems)
+    assert "targets.a.type: must be one of openai" in text and "(did you mean 'openai'?)" in text
+    assert "targets.b.api_key_env: the environment variable NOT_SET_KEY is not set" in text
+    assert "targets.c.options.colour: unknown option for type openai" in text
+    assert 'targets.c.routes["/v1/chat/completions"].request: no mapper module \'nosuchmodule\'' in text
+    assert 'targets.c.routes["/v1/chat/completions"].answer: no mapper module \'json\'' in text
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  port: [1\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "is not valid YAML at line" in info.value.problems[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "nope.yaml")
+    assert "cannot be read" in info.value.problems[0]
+
+
+def test_no_config_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load().targets == {}
+    (tmp_path / "config.yaml").write_text("server: {port: 9999}\n")
+    assert load().server.port == 9999
+
+
+def test_routes_merge_over_the_preset() -> None:
+    config = parse(
+        {"targets": {"a": {"url": "http://h", "routes": {"/v1/chat/completions": {"path": "/infer"}, "/v1/rank": {}}}}},
+        environ={},
+    )
+    target = build_targets(config)["a"]
+    assert target.routes["/v1/chat/completions"].path == "/infer"
+    assert target.routes["/v1/rank"].path == "/v1/rank"
+    assert target.routes["/v1/models"].method == "GET"
+    assert target.routes["/v1/embeddings"].passthrough
