@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from .config import Config
 from .context import RequestContext
+from .fronts import load_fronts
 from .pipeline import Pipeline
 from .router import Router
 from .targets import build_targets
@@ -38,7 +39,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     targets = build_targets(config)
     router = Router(targets, config.default_target, config.models)
     services = Services()
-    pipeline = Pipeline(router, services.upstream, config.server.max_body)
+    pipeline = Pipeline(router, services.upstream, config.server.max_body, load_fronts())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -30,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     _config_arg(check)
     check.set_defaults(run=_check)
 
+    render = sub.add_parser("render", help="print the prompt and stop strings a chat request would produce, without calling the backend")
+    _config_arg(render)
+    render.add_argument("--target", "-t", required=True, help="the target whose route and prompter to use")
+    render.add_argument("--character", help="a character the target offers (as the x-character header would pick)")
+    render.add_argument("--json", action="store_true", help="print {prompt, stop, upstream} as JSON")
+    render.add_argument("messages", type=Path, help="a JSON file: a list of messages, or a whole request body")
+    render.set_defaults(run=_render)
+
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -62,6 +70,50 @@ def _check(args: argparse.Namespace) -> int:
     where = config.source or "built-in defaults"
     names = ", ".join(f"{t.name} ({t.type})" for t in targets.values()) or "none"
     print(f"{where}: OK. Targets: {names}.")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .errors import ProxyError
+    from .mapping import MapContext
+    from .validators import did_you_mean
+
+    config = _load(args)
+    targets = build_targets(config)
+    target = targets.get(args.target)
+    if target is None:
+        print(f"No target named '{args.target}'{did_you_mean(args.target, targets)}; targets: {', '.join(targets) or 'none'}.",
+              file=sys.stderr)
+        return 1
+    try:
+        data = json.loads(args.messages.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"{args.messages}: cannot be read as JSON ({exc})", file=sys.stderr)
+        return 1
+    body = data if isinstance(data, dict) else {"messages": data}
+    body.setdefault("model", target.name)
+    path = "/v1/completions" if "prompt" in body and "messages" not in body else "/v1/chat/completions"
+    route = target.routes.get(path)
+    if route is None or route.request is None:
+        print(f"Target '{target.name}' passes {path} through unchanged: no prompt is rendered.")
+        return 0
+    try:
+        ctx = MapContext(target=target, path=path, model=body.get("model"), request_id="render", stream=bool(body.get("stream")),
+                         prompter=target.prompter, character=target.pick_character(args.character), request=body)
+        upstream = asyncio.run(route.request(body, ctx))
+    except ProxyError as exc:
+        print(f"This request would be refused with {exc.status}: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"prompt": ctx.prompt, "stop": ctx.stop, "upstream": upstream}, ensure_ascii=False, indent=2))
+        return 0
+    print(f"--- prompt ({len(ctx.prompt or '')} characters) ---")
+    print(ctx.prompt)
+    print("--- stop strings ---")
+    print(json.dumps(ctx.stop, ensure_ascii=False))
     return 0
 
 

@@ -18,7 +18,6 @@ import yaml
 
 from .errors import ConfigError
 from .validators import (
-    boolean,
     did_you_mean,
     duration,
     env_name,
@@ -35,7 +34,6 @@ from .validators import (
 )
 
 TARGET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-ROUTE_KEYS = ("path", "stream_path", "method", "request", "answer", "stream", "error", "stream_format", "fanout")
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,6 @@ class RouteConfig:
     stream: str | None = None
     error: str | None = None
     stream_format: str | None = None
-    fanout: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +74,10 @@ class TargetConfig:
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)  # read from api_key_env when the config is loaded
     prompter: Any = None
+    stop: tuple[str, ...] = ()
+    character: str | None = None
+    characters: dict[str, str] = field(default_factory=dict)
+    user_name: str = "User"
     timeout: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
     routes: dict[str, RouteConfig] = field(default_factory=dict)
@@ -116,7 +117,6 @@ _ROUTE = section(
         vol.Optional("stream"): optional_text,
         vol.Optional("error"): optional_text,
         vol.Optional("stream_format"): one_of("sse", "ndjson"),
-        vol.Optional("fanout"): boolean,
     },
     what="route",
 )
@@ -130,6 +130,10 @@ def _prompter(value: Any) -> Any:
             {
                 vol.Required("template"): text(),
                 vol.Optional("stop", default=[]): list_of(text()),
+        vol.Optional("character", default=None): optional_text,
+        vol.Optional("characters", default={}): mapping_of(text(pattern=r"[A-Za-z0-9_.-]+", hint="a character's name may hold "
+                                                                "letters, digits, '_', '.' and '-' only"), text()),
+        vol.Optional("user_name", default="User"): text(),
                 vol.Optional("bos_token", default=""): text(),
                 vol.Optional("eos_token", default=""): text(),
             },
@@ -144,6 +148,11 @@ _TARGET = section(
         vol.Optional("type", default="openai"): text(),
         vol.Optional("api_key_env", default=None): vol.Any(None, env_name),
         vol.Optional("prompter", default=None): _prompter,
+        vol.Optional("stop", default=[]): list_of(text()),
+        vol.Optional("character", default=None): optional_text,
+        vol.Optional("characters", default={}): mapping_of(text(pattern=r"[A-Za-z0-9_.-]+", hint="a character's name may hold "
+                                                                "letters, digits, '_', '.' and '-' only"), text()),
+        vol.Optional("user_name", default="User"): text(),
         vol.Optional("timeout", default=None): vol.Any(None, duration()),
         vol.Optional("headers", default={}): mapping_of(text(), text()),
         vol.Optional("routes", default={}): mapping_of(
@@ -368,6 +377,10 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
             api_key_env=t["api_key_env"],
             api_key=env.get(t["api_key_env"]) if t["api_key_env"] else None,
             prompter=t["prompter"],
+            stop=tuple(t["stop"]),
+            character=t["character"],
+            characters=t["characters"],
+            user_name=t["user_name"],
             timeout=t["timeout"],
             headers=t["headers"],
             routes={p: RouteConfig(**r) for p, r in t["routes"].items()},

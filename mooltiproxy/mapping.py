@@ -27,7 +27,18 @@ from .errors import MappingError
 if TYPE_CHECKING:
     from .targets import Target
 
-__all__ = ["MapContext", "Mapper", "MapperLookupError", "MappingError", "resolve"]
+__all__ = ["Fanout", "MapContext", "Mapper", "MapperLookupError", "MappingError", "resolve"]
+
+
+class Fanout(list[Any]):
+    """What a request mapper returns when one inbound request needs several upstream calls: ``n`` > 1
+    on a backend without ``n``, or a list of prompts. Each body is sent and mapped on its own; the
+    answers come back to the client as one, their choices numbered in the order of the bodies.
+    ``prompts`` says how many different prompts the bodies hold, so usage counts each prompt once."""
+
+    def __init__(self, bodies: list[Any], *, prompts: int | None = None) -> None:
+        super().__init__(bodies)
+        self.prompts = len(bodies) if prompts is None else prompts
 
 
 @dataclass(slots=True)
@@ -40,11 +51,13 @@ class MapContext:
     request_id: str
     stream: bool = False
     prompter: Any = None
+    character: Any = None  # the character card to lay into a chat (chosen by x-character), if any
     request: Any = None  # the inbound body, parsed; answer and stream mappers may look back at it
     upstream_status: int = 0
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # handed from the request mapper to the others
     prompt: str | None = None  # the rendered prompt, when the request mapper made one (it is recorded)
+    stop: list[str] = field(default_factory=list)  # stop strings in force, which answers are cut at
 
 
 class MapperLookupError(Exception):

@@ -1,15 +1,17 @@
 """One exchange end to end: read the body, pick target and route, map, send upstream, map back, answer.
 
 Bytes that need no translation are relayed as they arrive, never buffered whole. Translation happens
-only where a route names a mapper. The client going away cancels the upstream request at once.
+only where a route names a mapper or the request came through a front (``fronts.py``). The client
+going away cancels the upstream request at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +20,9 @@ from starlette.types import Receive, Scope, Send
 from . import sse
 from .context import RequestInfo
 from .errors import BadRequest, ClientGone, MapperFailed, MethodNotAllowed, PayloadTooLarge, ProxyError, UpstreamError
-from .mapping import MapContext, Mapper
+from .fanout import merge_answers, merge_streams
+from .fronts import Front
+from .mapping import Fanout, MapContext, Mapper
 from .router import Router
 from .targets import Route, Target
 from .upstream import UpstreamClient, UpstreamResponse, forward_headers, response_headers
@@ -32,42 +36,45 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
-_OWN_PATHS = {"/health": "GET", "/v1/models": "GET"}
+_OWN_PATHS = {"/health": "GET"}
 
 
 class Exchange:
-    """The state of one request as it travels; what the access log and the recorder read."""
+    """The state of one request as it travels."""
 
     __slots__ = (
         "body",
+        "character",
         "client_gone",
         "ctx",
         "done",
+        "front",
         "info",
         "json",
         "route",
         "scope",
-        "status",
         "stream",
         "t_ready",
         "t_sent",
         "target",
     )
 
-    def __init__(self, info: RequestInfo, scope: Scope, body: bytes, parsed: Any) -> None:
+    def __init__(self, info: RequestInfo, scope: Scope, body: bytes, parsed: Any, target: Target, route: Route,
+                 front: Front | None) -> None:
         self.info = info
         self.scope = scope
         self.body = body
         self.json = parsed
-        self.target: Target | None = None
-        self.route: Route | None = None
+        self.target = target
+        self.route = route
+        self.front = front
         self.ctx: MapContext | None = None
-        self.stream = False
+        self.stream = isinstance(parsed, dict) and parsed.get("stream") is True
         self.t_sent = 0.0
         self.t_ready = 0.0
         self.done = False
         self.client_gone = False
-        self.status = 0
+        self.character: Any = None
 
     def overhead_ms(self) -> bytes:
         """Time spent in the proxy so far, the upstream's own time taken out."""
@@ -75,34 +82,43 @@ class Exchange:
         upstream = (self.t_ready - self.t_sent) if self.t_sent else 0.0
         return b"%.3f" % ((now - self.info.start - upstream) * 1000)
 
+    @property
+    def mapped(self) -> bool:
+        r = self.route
+        return self.front is not None or r.request is not None or r.answer is not None or r.stream is not None \
+            or r.error is not None
+
 
 class Pipeline:
     """The ASGI app behind every proxied path."""
 
-    def __init__(self, router: Router, client: Callable[[], UpstreamClient], max_body: int) -> None:
+    def __init__(self, router: Router, client: Callable[[], UpstreamClient], max_body: int, fronts: Mapping[str, Front]) -> None:
         self.router = router
         self.client = client
         self.max_body = max_body
+        self.fronts = fronts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info: RequestInfo = scope["mooltiproxy"]
         path, method = scope["path"], scope["method"]
         own = _OWN_PATHS.get(path)
-        if own is not None and own != method and path != "/v1/models":
+        if own is not None and own != method:
             raise MethodNotAllowed(f"{path} answers {own} only, not {method}.", headers=[("Allow", own)])
 
         target_header = None
+        character = None
         declared = None
         for name, value in scope["headers"]:
             if name == b"target":
                 target_header = value.decode("latin-1").strip()
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else None
+            elif name == b"x-character":
+                character = value.decode("latin-1").strip()
         if path == "/v1/models" and method == "GET":
             chosen = self.router.pick_if_any(target_header)
             if chosen is None or path not in chosen.routes:
-                ex = Exchange(info, scope, b"", None)
-                await self._send_json(ex, 200, self.router.listing(), send)
+                await _send_json(None, 200, self.router.listing(), send)
                 return
         body = await read_body(receive, self.max_body, declared)
         parsed = parse_json(body) if body else None
@@ -110,15 +126,23 @@ class Pipeline:
         model = parsed.get("model") if isinstance(parsed, dict) else None
         target, alias = self.router.pick(target_header, model if isinstance(model, str) else None)
         info.target = target.name
-        route = target.route(path, method)
+        route, front = self._route(target, path, method)
         if alias is not None and alias.model and isinstance(parsed, dict):
             parsed["model"] = alias.model
             body = orjson.dumps(parsed)
-
-        ex = Exchange(info, scope, body, parsed)
-        ex.target, ex.route = target, route
-        ex.stream = isinstance(parsed, dict) and parsed.get("stream") is True
+        ex = Exchange(info, scope, body, parsed, target, route, front)
+        ex.character = target.pick_character(character)
         await self._guarded(ex, receive, send)
+
+    def _route(self, target: Target, path: str, method: str) -> tuple[Route, Front | None]:
+        """The target's own route for the path, else a front riding on one of its OpenAI routes."""
+        if path not in target.routes:
+            front = self.fronts.get(path)
+            if front is not None and front.base in target.routes:
+                if method != "POST":
+                    raise MethodNotAllowed(f"{path} answers POST only, not {method}.", headers=[("Allow", "POST")])
+                return target.routes[front.base], front
+        return target.route(path, method), None
 
     async def _guarded(self, ex: Exchange, receive: Receive, send: Send) -> None:
         """Run the exchange while watching for the client to leave; if it does, cancel everything."""
@@ -146,54 +170,130 @@ class Pipeline:
         finally:
             watcher.cancel()
 
+    # ------------------------------------------------------------------------------ request stage
+
     async def _exchange(self, ex: Exchange, send: Send) -> None:
-        target, route = ex.target, ex.route
-        assert target is not None and route is not None
+        target, route, front = ex.target, ex.route, ex.front
         body = ex.body
         headers = forward_headers(ex.scope["headers"], target.headers)
-        if route.request is not None or route.answer is not None or route.stream is not None or route.error is not None:
-            ex.ctx = MapContext(
+        if ex.mapped:
+            ex.ctx = ctx = MapContext(
                 target=target,
-                path=route.inbound,
+                path=ex.scope["path"],
                 model=ex.json.get("model") if isinstance(ex.json, dict) else None,
                 request_id=ex.info.id,
                 stream=ex.stream,
                 prompter=target.prompter,
+                character=ex.character,
                 request=ex.json,
             )
+            if front is not None:
+                ex.json = await call_mapper(front.request, ex.json, ctx)
+                ex.stream = ctx.stream = isinstance(ex.json, dict) and ex.json.get("stream") is True
+                ctx.request, ctx.path = ex.json, route.inbound
+                ctx.model = ex.json.get("model") if isinstance(ex.json, dict) else None
+                body = orjson.dumps(ex.json)
+        bodies = [body]
         if route.request is not None:
             assert ex.ctx is not None
             if not isinstance(ex.json, dict):
                 raise BadRequest(f"{route.inbound} needs a JSON object as its body.", code="invalid_json")
-            body = orjson.dumps(await call_mapper(route.request, ex.json, ex.ctx))
+            out = await call_mapper(route.request, ex.json, ex.ctx)
+            bodies = [orjson.dumps(b) for b in out] if isinstance(out, Fanout) else [orjson.dumps(out)]
+            if isinstance(out, Fanout):
+                ex.ctx.state["fanout_prompts"] = out.prompts
+        if route.request is not None or front is not None:
             headers = [h for h in headers if h[0] != "content-type"]
             headers.append(("content-type", "application/json"))
+        if len(bodies) > 1:
+            await self._fanout(ex, bodies, headers, send)
+            return
+        resp = await self._send_upstream(ex, bodies[0], headers)
+        try:
+            if ex.ctx is not None:
+                _note_upstream(ex.ctx, resp)
+            await self._respond(ex, resp, ex.ctx, send)
+        finally:
+            ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
+            await resp.aclose()
 
+    async def _send_upstream(self, ex: Exchange, body: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:
+        target, route = ex.target, ex.route
         upstream_path = route.stream_path if ex.stream and route.stream_path else route.path
         qs = ex.scope.get("query_string")
         url = target.url + upstream_path + ("?" + qs.decode("latin-1") if qs else "")
-        ex.t_sent = time.perf_counter()
+        if not ex.t_sent:
+            ex.t_sent = time.perf_counter()
         resp = await self.client().send(
             ex.scope["method"], url, headers, body, timeout=target.timeout, connect_timeout=target.connect_timeout,
             target=target.name,
         )
         ex.t_ready = time.perf_counter()
+        return resp
+
+    async def _fanout(self, ex: Exchange, bodies: list[bytes], headers: list[tuple[str, str]], send: Send) -> None:
+        """Several upstream calls for one request, answered as one."""
+        ctx = ex.ctx
+        assert ctx is not None
+        calls = [asyncio.ensure_future(self._send_upstream(ex, b, headers)) for b in bodies]
         try:
-            if ex.ctx is not None:
-                ex.ctx.upstream_status = resp.status
-                ex.ctx.upstream_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
-            content_type = _header(resp.headers, b"content-type")
-            if resp.status >= 400:
-                await self._error(ex, resp, send)
-            elif content_type.startswith(_STREAM_TYPES) and route.stream is not None:
-                await self._mapped_stream(ex, resp, send)
-            elif route.answer is not None and not content_type.startswith(_STREAM_TYPES):
-                await self._mapped_answer(ex, resp, send)
+            responses = await asyncio.gather(*calls)
+        except BaseException:
+            for call in calls:
+                if call.done() and not call.cancelled() and call.exception() is None:
+                    await call.result().aclose()
+                else:
+                    call.cancel()
+            raise
+        ctxs = [dataclasses.replace(ctx) for _ in responses]
+        for c, resp in zip(ctxs, responses, strict=True):
+            _note_upstream(c, resp)
+        prompts = int(ctx.state.get("fanout_prompts", len(bodies)))
+        try:
+            failed = next((i for i, r in enumerate(responses) if r.status >= 400), None)
+            if failed is not None:
+                await self._error(ex, responses[failed], ctxs[failed], send)
+            elif all(_is_stream(r) for r in responses):
+                streams = [self._events(ex, r, c) for r, c in zip(responses, ctxs, strict=True)]
+                await self._emit_stream(ex, merge_streams(streams, prompts), send)
             else:
-                await self._relay(ex, resp, send)
+                answers = await asyncio.gather(*(self._answer(ex, r, c) for r, c in zip(responses, ctxs, strict=True)))
+                await self._emit_answer(ex, 200, merge_answers(answers, prompts), send)
         finally:
             ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
-            await resp.aclose()
+            for resp in responses:
+                await resp.aclose()
+
+    # ----------------------------------------------------------------------------- answer stage
+
+    async def _respond(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None, send: Send) -> None:
+        if resp.status >= 400:
+            await self._error(ex, resp, ctx, send)
+            return
+        stream = _is_stream(resp)
+        if ex.front is None and (ex.route.stream if stream else ex.route.answer) is None:
+            await self._relay(ex, resp, send)
+        elif stream:
+            await self._emit_stream(ex, self._events(ex, resp, ctx), send)
+        else:
+            await self._emit_answer(ex, resp.status, await self._answer(ex, resp, ctx), send)
+
+    def _events(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None) -> AsyncIterator[Any]:
+        """The upstream's stream as OpenAI events: through the route's stream mapper, or parsed as they are."""
+        events = _checked(sse.events(resp.chunks(), ex.route.stream_format))
+        if ex.route.stream is not None:
+            assert ctx is not None
+            return _stream_mapper(ex.route.stream, events, ctx)
+        return events
+
+    async def _answer(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None) -> Any:
+        data = await resp.read()
+        ex.t_ready = time.perf_counter()
+        parsed = upstream_json(data, ex)
+        if ex.route.answer is not None:
+            assert ctx is not None
+            return await call_mapper(ex.route.answer, parsed, ctx)
+        return parsed
 
     async def _relay(self, ex: Exchange, resp: UpstreamResponse, send: Send) -> None:
         """Bytes in, bytes out, each chunk as it arrives."""
@@ -210,25 +310,28 @@ class Pipeline:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             log.warning("request %s: %s", ex.info.id, exc.message)
-            if _header(resp.headers, b"content-type").startswith(b"text/event-stream"):
+            if _is_stream(resp):
                 await send({"type": "http.response.body", "body": sse.frame(exc.body()), "more_body": True})
         ex.done = True
         await send({"type": "http.response.body", "body": b""})
 
-    async def _mapped_answer(self, ex: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        route, ctx = ex.route, ex.ctx
-        assert route is not None and route.answer is not None and ctx is not None
-        data = await resp.read()
-        ex.t_ready = time.perf_counter()
-        answer = await call_mapper(route.answer, upstream_json(data, ex), ctx)
-        await self._send_json(ex, resp.status, answer, send)
+    async def _emit_answer(self, ex: Exchange, status: int, answer: Any, send: Send) -> None:
+        if ex.front is not None and ex.front.answer is not None:
+            assert ex.ctx is not None
+            answer = await call_mapper(ex.front.answer, answer, ex.ctx)
+        ex.done = True
+        await _send_json(ex, status, answer, send)
 
-    async def _mapped_stream(self, ex: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        """Upstream events → stream mapper → OpenAI events; the status line waits for the first event,
-        so an error the upstream reports before any token still becomes a proper HTTP error."""
-        route, ctx = ex.route, ex.ctx
-        assert route is not None and route.stream is not None and ctx is not None
-        events = _stream_mapper(route.stream, sse.events(resp.chunks(), route.stream_format), ctx)
+    async def _emit_stream(self, ex: Exchange, events: AsyncIterator[Any], send: Send) -> None:
+        """Events written in the front's framing. The status line waits for the first event, so an error
+        the upstream reports before any token still becomes a proper HTTP error."""
+        framing = "openai"
+        if ex.front is not None:
+            framing = ex.front.framing
+            if ex.front.stream is not None:
+                assert ex.ctx is not None
+                events = _stream_mapper(ex.front.stream, events, ex.ctx)
+        frame, done = sse.FRAMINGS[framing]
         started = False
         try:
             async for event in events:
@@ -236,18 +339,21 @@ class Pipeline:
                     ex.t_ready = time.perf_counter()
                     await self._start_stream(ex, send)
                     started = True
-                await send({"type": "http.response.body", "body": sse.frame(event), "more_body": True})
+                await send({"type": "http.response.body", "body": frame(event), "more_body": True})
             if not started:
                 await self._start_stream(ex, send)
                 started = True
-            await send({"type": "http.response.body", "body": sse.DONE, "more_body": True})
+            if done:
+                await send({"type": "http.response.body", "body": done, "more_body": True})
         except ProxyError as exc:
             if not started:
                 raise
             log.warning("request %s: stream ended by an error: %s", ex.info.id, exc.message)
-            await send({"type": "http.response.body", "body": sse.frame(exc.body()), "more_body": True})
+            await send({"type": "http.response.body", "body": _error_event(ex, exc), "more_body": True})
         finally:
-            await events.aclose()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
         ex.done = True
         await send({"type": "http.response.body", "body": b""})
 
@@ -255,20 +361,24 @@ class Pipeline:
         headers = [*_SSE_HEADERS, (b"x-mooltiproxy-overhead-ms", ex.overhead_ms())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    async def _error(self, ex: Exchange, resp: UpstreamResponse, send: Send) -> None:
-        """The upstream's own error: its status kept, its message carried through."""
-        route = ex.route
-        assert route is not None
+    async def _error(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None, send: Send) -> None:
+        """The upstream's own error: its status kept, its message carried through (translated where a
+        route or front speaks another API)."""
         data = await resp.read()
         ex.t_ready = time.perf_counter()
-        if route.error is not None and ex.ctx is not None:
+        route, front = ex.route, ex.front
+        if ctx is not None and (route.error is not None or front is not None):
             try:
                 parsed: Any = orjson.loads(data)
             except orjson.JSONDecodeError:
                 parsed = data.decode("utf-8", "replace")
-            answer = await call_mapper(route.error, parsed, ex.ctx)
+            if route.error is not None:
+                parsed = await call_mapper(route.error, parsed, ctx)
+            if front is not None and front.error is not None:
+                parsed = await call_mapper(front.error, parsed, ctx)
             extra = [(k, v) for k, v in resp.headers if k == b"retry-after"]
-            await self._send_json(ex, resp.status, answer, send, extra)
+            ex.done = True
+            await _send_json(ex, resp.status, parsed, send, extra)
             return
         headers = response_headers(resp.headers, keep_length=False)
         headers.append((b"content-length", str(len(data)).encode()))
@@ -277,21 +387,40 @@ class Pipeline:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _send_json(
-        self, ex: Exchange, status: int, answer: Any, send: Send, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        body = orjson.dumps(answer)
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), (b"x-mooltiproxy-overhead-ms", ex.overhead_ms())]
-        if extra:
-            headers.extend(extra)
-        ex.done = True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
+    """An error inside a stream whose status line is gone, in the front's own shape."""
+    if ex.front is not None and ex.front.framing == "tgi":
+        return sse.frame_tgi({"error": exc.message, "error_type": exc.code or exc.type})
+    return sse.frame(exc.body())
+
+
+def _note_upstream(ctx: MapContext, resp: UpstreamResponse) -> None:
+    ctx.upstream_status = resp.status
+    ctx.upstream_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
+
+
+def _is_stream(resp: UpstreamResponse) -> bool:
+    for k, v in resp.headers:
+        if k == b"content-type":
+            return v.lower().startswith(_STREAM_TYPES)
+    return False
+
+
+async def _send_json(ex: Exchange | None, status: int, answer: Any, send: Send, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps(answer)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if ex is not None:
+        headers.append((b"x-mooltiproxy-overhead-ms", ex.overhead_ms()))
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _stream_mapper(mapper: Mapper, events: AsyncIterator[Any], ctx: MapContext) -> AsyncGenerator[Any, None]:
     """Run a stream mapper, turning its failures into ``ProxyError`` the way ``call_mapper`` does."""
-    gen = mapper.stream(_checked(events), ctx)
+    gen = mapper.stream(events, ctx)
     try:
         async for event in gen:
             yield event
@@ -305,7 +434,7 @@ async def _stream_mapper(mapper: Mapper, events: AsyncIterator[Any], ctx: MapCon
             await aclose()
 
 
-async def _checked(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked(events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
     try:
         async for event in events:
             yield event
@@ -374,15 +503,7 @@ def upstream_json(data: bytes, ex: Exchange) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        target = ex.target.name if ex.target else "?"
         raise UpstreamError(
-            f"The upstream of target '{target}' answered with something that is not JSON: {data[:100]!r}.",
+            f"The upstream of target '{ex.target.name}' answered with something that is not JSON: {data[:100]!r}.",
             code="upstream_bad_answer",
         ) from None
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
-    for k, v in headers:
-        if k == name:
-            return v.lower()
-    return b""

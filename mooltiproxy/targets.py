@@ -12,10 +12,12 @@ from typing import Any
 
 import voluptuous as vol
 
+from .characters import Card, CardError, load_card
 from .config import Config, RouteConfig, TargetConfig
-from .errors import ConfigError, MethodNotAllowed, NotFound
+from .errors import BadRequest, ConfigError, MethodNotAllowed, NotFound
 from .mapping import Mapper, MapperLookupError, resolve
 from .presets import PRESETS
+from .prompting import Prompter, PrompterError, load_prompter, preset_names
 from .validators import did_you_mean, format_path
 
 
@@ -32,7 +34,6 @@ class Route:
     stream: Mapper | None = None
     error: Mapper | None = None
     stream_format: str = "sse"
-    fanout: bool = False
 
     @property
     def passthrough(self) -> bool:
@@ -49,8 +50,25 @@ class Target:
     headers: tuple[tuple[str, str], ...]  # sent upstream on every request (the target's key among them)
     routes: dict[str, Route]
     options: Mapping[str, Any] = field(default_factory=dict)
-    prompter: Any = None
+    prompter: Prompter | None = None
+    character: Card | None = None  # laid into every chat, unless a request picks another
+    characters: Mapping[str, Card] = field(default_factory=dict)  # what the x-character header may pick
+    user_name: str = "User"
     config: TargetConfig | None = None
+
+    def pick_character(self, name: str | None) -> Card | None:
+        """The card for a request with this ``x-character`` header (None: the target's own)."""
+        if not name:
+            return self.character
+        card = self.characters.get(name)
+        if card is None:
+            allowed = ", ".join(self.characters) or "none"
+            raise BadRequest(
+                f"Character '{name}' (x-character header) is not one target '{self.name}' offers{did_you_mean(name, self.characters)}; "
+                f"it offers: {allowed}.",
+                param="x-character",
+            )
+        return card
 
     def route(self, path: str, method: str) -> Route:
         route = self.routes.get(path)
@@ -96,6 +114,19 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
     headers.extend((k.lower(), v) for k, v in tc.headers.items())
 
     options = _options(tc, preset.options, at, problems)
+    character = _card(config, tc.character, [*at, "character"], problems) if tc.character else None
+    characters = {name: _card(config, path, [*at, "characters", name], problems) for name, path in tc.characters.items()}
+    prompter = None
+    try:
+        prompter = load_prompter(tc.prompter, base_dir=config.base_dir, extra_stop=tc.stop)
+    except PrompterError as exc:
+        problems.append(f"{format_path([*at, 'prompter'])}: {exc}")
+    else:
+        if prompter is None and preset.needs_prompter:
+            problems.append(
+                f"{format_path([*at, 'prompter'])}: type {tc.type} takes one prompt string, so chat messages need a prompter "
+                f"to lay them out; name one of {', '.join(preset_names())}, a .jinja file or a tokenizer_config.json"
+            )
 
     routes: dict[str, Route] = {}
     merged = dict(preset.routes)
@@ -119,7 +150,6 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
             path=rc.path or path,
             stream_path=rc.stream_path,
             stream_format=rc.stream_format or "sse",
-            fanout=bool(rc.fanout),
             **mappers,
         )
     return Target(
@@ -131,9 +161,20 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
         headers=tuple(headers),
         routes=routes,
         options=options,
-        prompter=None,
+        prompter=prompter,
+        character=character,
+        characters={k: v for k, v in characters.items() if v is not None},
+        user_name=tc.user_name,
         config=tc,
     )
+
+
+def _card(config: Config, path: str, at: list[str], problems: list[str]) -> Card | None:
+    try:
+        return load_card(config.resolve_path(path))
+    except CardError as exc:
+        problems.append(f"{format_path(at)}: {exc}")
+        return None
 
 
 def _options(tc: TargetConfig, known: Mapping[str, Any], at: list[str], problems: list[str]) -> dict[str, Any]:

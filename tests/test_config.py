@@ -10,6 +10,7 @@ import voluptuous as vol
 
 from mooltiproxy.config import _ROUTE, _TARGET, SCHEMA, load, parse
 from mooltiproxy.errors import ConfigError
+from mooltiproxy.presets import PRESETS
 from mooltiproxy.targets import build_targets
 
 from .conftest import ROOT
@@ -54,6 +55,10 @@ def test_template_documents_every_key() -> None:
     walk(SCHEMA, "")
     walk(_TARGET, "targets.NAME.")
     walk(_ROUTE, "targets.NAME.routes.PATH.")
+    for type_name, preset in PRESETS.items():
+        for option in preset.options:
+            if f"{option}:" not in text:
+                missing.append(f"targets.NAME.options.{option} (type {type_name})")
     assert not missing, f"keys not documented in config.template.yaml: {missing}"
 
 

@@ -34,6 +34,7 @@ class OpenAIStub:
     finished_streams: int = 0
     cancelled_streams: int = 0
     stream_finished_at: float = 0.0
+    fail: tuple[int, str] | None = None  # (status, message) for every request while set
 
     def app(self) -> Starlette:
         return Starlette(
@@ -56,6 +57,9 @@ class OpenAIStub:
         return body
 
     async def _steer(self, body: Any) -> Response | None:
+        if self.fail:
+            return JSONResponse({"error": {"message": self.fail[1], "type": "stub_error", "param": None, "code": None}},
+                                status_code=self.fail[0])
         stub = body.get("stub") if isinstance(body, dict) else None
         if not stub:
             return None

@@ -1,0 +1,317 @@
+"""Hugging Face Text Generation Inference: OpenAI chat and completions onto ``/generate`` and
+``/generate_stream``, and TGI's own API in front of any OpenAI-compatible target.
+
+Parameter rules follow TGI's validation (router/src/validation.rs): ``temperature`` must be > 0, so 0
+means greedy (``do_sample: false``); ``top_p`` must lie strictly inside (0, 1); at most
+``max_stop_sequences`` stop strings. TGI keeps a plain stop string at the end of its text; OpenAI
+does not, so answers are cut at the first stop string, and streamed text that could be the start of
+one is held back until the next token decides it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy.mapping import Fanout, MapContext
+from mooltiproxy.prompting import render_chat
+
+from . import openai as oa
+
+FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+# HTTP status TGI gives each error type (server.rs, From<InferError>); used for errors that arrive
+# inside a 200 stream, so the client sees the status TGI would have sent without streaming.
+ERROR_STATUS = {
+    "validation": 422, "generation": 424, "overloaded": 429, "incomplete_generation": 500,
+    "incomplete_generation_stream": 500, "template_error": 422, "tool_error": 422, "healthcheck": 503,
+}
+# Fields a client may send (e.g. with extra_body) that are TGI parameters of the same name.
+PASSTHROUGH = ("top_k", "typical_p", "repetition_penalty", "truncate", "watermark", "top_n_tokens", "adapter_id", "grammar")
+
+
+# ----------------------------------------------------------------------------------- OpenAI → TGI
+
+
+def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/chat/completions`` → ``/generate``: the messages rendered by the target's prompter."""
+    messages = oa.messages_of(body)
+    prompter = ctx.prompter
+    if prompter is None:
+        raise MappingError(f"Target '{ctx.target.name}' has no prompter to turn messages into a prompt.")
+    prompt, stops = render_chat(prompter, messages, tools=body.get("tools"), character=ctx.character, user=ctx.target.user_name)
+    # /generate tokenizes with add_special_tokens, so TGI adds its own BOS: the template's must go.
+    if prompter.bos_token and prompt.startswith(prompter.bos_token):
+        prompt = prompt[len(prompter.bos_token):]
+    ctx.prompt = prompt
+    return _generate([prompt], body, ctx, list(stops))
+
+
+def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/completions`` → ``/generate`` with the prompt as given; a list of prompts, one call each."""
+    if body.get("suffix"):
+        raise MappingError("'suffix' is not supported by TGI; put the text into the prompt instead.", param="suffix")
+    if body.get("echo"):
+        raise MappingError("'echo' is not supported by TGI.", param="echo")
+    prompts = oa.prompts_of(body)
+    ctx.prompt = prompts[0] if len(prompts) == 1 else "\n\n".join(prompts)
+    extra = list(ctx.prompter.stop) if ctx.prompter is not None else []
+    return _generate(prompts, body, ctx, extra)
+
+
+def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, template_stops: list[str]) -> dict[str, Any] | Fanout:
+    params: dict[str, Any] = {"details": True}
+    max_new = oa.max_tokens_of(body)
+    if max_new is not None:
+        params["max_new_tokens"] = max_new
+    temperature = oa.number(body, "temperature", 0, 2)
+    top_p = oa.number(body, "top_p", 0, 1)
+    if temperature == 0 or top_p == 0:
+        params["do_sample"] = False
+    else:
+        # OpenAI samples unless told otherwise (temperature defaults to 1); TGI is greedy unless told.
+        params["do_sample"] = True
+        if temperature is not None:
+            params["temperature"] = temperature
+        if top_p is not None and top_p < 1:
+            params["top_p"] = top_p
+    frequency = oa.number(body, "frequency_penalty", -2, 2)
+    if frequency:
+        params["frequency_penalty"] = frequency
+    presence = oa.number(body, "presence_penalty", -2, 2)
+    if presence:
+        # TGI has no presence penalty; its repetition_penalty is a factor > 0 with 1 meaning none.
+        # 2**(p/2) maps OpenAI's [-2, 2] onto [0.5, 2] with 0 → 1 (no penalty).
+        params["repetition_penalty"] = round(math.pow(2, presence / 2), 4)
+    seed = oa.integer(body, "seed")
+    if seed is not None:
+        if seed < 0:
+            raise MappingError("'seed' must be 0 or more for TGI.", param="seed")
+        params["seed"] = seed
+    for key in PASSTHROUGH:
+        if body.get(key) is not None:
+            params[key] = body[key]
+    grammar = _grammar(body.get("response_format"))
+    if grammar is not None:
+        params["grammar"] = grammar
+
+    client_stops = oa.stops_of(body)
+    stops = list(dict.fromkeys([*client_stops, *template_stops]))
+    ctx.stop = stops
+    limit = int(ctx.target.options.get("max_stop_sequences", 4))
+    if stops:
+        # The client's stops first: they must hold; the template's fill what room is left. Any stop
+        # left out is still honoured by cutting the text here.
+        params["stop"] = stops[:limit]
+
+    n = oa.n_of(body)
+    ctx.state["n"] = n
+    if n > 1 and len(prompts) == 1 and not ctx.stream and params["do_sample"] and seed is None \
+            and n <= int(ctx.target.options.get("max_best_of", 2)):
+        params["best_of"] = n
+        return {"inputs": prompts[0], "parameters": params}
+    bodies = []
+    for prompt in prompts:
+        for i in range(n):
+            p = dict(params)
+            if seed is not None and n > 1:
+                p["seed"] = seed + i  # the same seed n times would give the same answer n times
+            bodies.append({"inputs": prompt, "parameters": p})
+    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+
+def _grammar(fmt: Any) -> dict[str, Any] | None:
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json", "value": {"type": "object"}}
+    if fmt["type"] == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
+        return {"type": "json", "value": schema}
+    raise MappingError(f"response_format type '{fmt['type']}' cannot be sent to TGI.", param="response_format")
+
+
+# ----------------------------------------------------------------------------------- TGI → OpenAI
+
+
+def chat_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.CHAT)
+
+
+def completion_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.COMPLETION)
+
+
+def _answer(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
+    if isinstance(body, list):  # the compat route "/" answers with a list
+        body = body[0] if body else {}
+    if not isinstance(body, dict) or not isinstance(body.get("generated_text"), str):
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered without 'generated_text': is it a TGI server?")
+    stops = ctx.stop
+    details = body.get("details") or {}
+    sequences = [(body["generated_text"], details.get("finish_reason"), details.get("generated_tokens", 0))]
+    for extra in details.get("best_of_sequences") or []:
+        sequences.append((extra.get("generated_text", ""), extra.get("finish_reason"), extra.get("generated_tokens", 0)))
+    choices = []
+    for text, reason, _ in sequences:
+        cut, stopped = oa.cut_at_stop(text, stops)
+        choices.append((cut, "stop" if stopped else FINISH.get(reason or "", "stop")))
+    prompt_tokens = _int(ctx.upstream_headers.get("x-prompt-tokens"))
+    return oa.answer(ctx, kind, choices, oa.usage(prompt_tokens, sum(s[2] or 0 for s in sequences)))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+async def chat_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.CHAT):
+        yield chunk
+
+
+async def completion_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.COMPLETION):
+        yield chunk
+
+
+async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> AsyncIterator[dict[str, Any]]:
+    """TGI token events → OpenAI chunks: role first, text as it is decided, then finish and usage."""
+    chunks = oa.Chunks(ctx, kind)
+    cutter = oa.StopCutter(ctx.stop)
+    started = False
+    async for event in events:
+        if not isinstance(event, dict):
+            continue
+        if "error" in event:
+            raise _stream_error(event, ctx)
+        if not started:
+            # Only now, with a first token in hand, is it sure the upstream is generating.
+            yield chunks.role()
+            started = True
+        token = event.get("token") or {}
+        if not token.get("special"):
+            text = cutter.feed(token.get("text") or "")
+            if text:
+                yield chunks.text(text)
+        if cutter.stopped or event.get("generated_text") is not None:
+            details = event.get("details") or {}
+            tail = cutter.flush()
+            if tail:
+                yield chunks.text(tail)
+            yield chunks.finish("stop" if cutter.stopped else FINISH.get(details.get("finish_reason") or "", "stop"))
+            use = chunks.usage(oa.usage(_int(details.get("input_length")), _int(details.get("generated_tokens") or event.get("index"))))
+            if use is not None:
+                yield use
+            return
+    raise UpstreamError(f"The upstream of target '{ctx.target.name}' ended its stream before the last token.",
+                        code="upstream_stream_broken")
+
+
+def _stream_error(event: dict[str, Any], ctx: MapContext) -> UpstreamStatus:
+    kind = str(event.get("error_type") or "generation")
+    return UpstreamStatus(str(event.get("error") or "TGI reported an error"), status=ERROR_STATUS.get(kind, 500), code=kind)
+
+
+def error(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """TGI's ``{error, error_type}`` (or the bare text axum sends for a malformed request) → OpenAI error body."""
+    if isinstance(body, dict) and "error" in body:
+        message, kind = str(body.get("error") or ""), body.get("error_type")
+    else:
+        message, kind = (body if isinstance(body, str) else ""), None
+    if not message.strip():
+        message = f"The upstream of target '{ctx.target.name}' answered {ctx.upstream_status} without a message."
+    return {"error": {"message": message.strip(), "type": "upstream_error", "param": None, "code": kind}}
+
+
+# ---------------------------------------------------------------------- TGI's API in front (reverse)
+
+
+def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """TGI ``/generate`` or ``/generate_stream`` → an OpenAI ``/v1/completions`` request."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+        raise MappingError("A TGI request needs 'inputs', a string.", param="inputs")
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise MappingError("'parameters' must be an object.", param="parameters")
+    stream = ctx.path == "/generate_stream" or (ctx.path == "/" and body.get("stream") is True)
+    ctx.state["tgi_compat"] = ctx.path == "/"
+    out: dict[str, Any] = {"model": ctx.target.options.get("model") or ctx.target.name, "prompt": body["inputs"], "stream": stream}
+    if params.get("max_new_tokens") is not None:
+        out["max_tokens"] = params["max_new_tokens"]
+    if params.get("do_sample") is False and not any(params.get(k) for k in ("temperature", "top_p", "top_k", "typical_p")):
+        out["temperature"] = 0
+    for key in ("temperature", "top_p", "frequency_penalty", "seed", "stop", "top_k", "repetition_penalty"):
+        if params.get(key) is not None:
+            out[key] = params[key]
+    if stream:
+        out["stream_options"] = {"include_usage": True}
+    ctx.state["tgi_details"] = params.get("details", False) or stream
+    ctx.state["tgi_return_full_text"] = bool(params.get("return_full_text"))
+    ctx.state["tgi_inputs"] = body["inputs"]
+    return out
+
+
+_TGI_FINISH = {"stop": "eos_token", "length": "length"}
+
+
+def front_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | list[dict[str, Any]]:
+    """An OpenAI completion → TGI's answer (a one-element list on the compat route ``/``)."""
+    choice = (body.get("choices") or [{}])[0]
+    text = choice.get("text") or ""
+    if ctx.state.get("tgi_return_full_text"):
+        text = ctx.state.get("tgi_inputs", "") + text
+    out: dict[str, Any] = {"generated_text": text}
+    if ctx.state.get("tgi_details"):
+        use = body.get("usage") or {}
+        out["details"] = {
+            "finish_reason": _TGI_FINISH.get(choice.get("finish_reason") or "", "eos_token"),
+            "generated_tokens": use.get("completion_tokens", 0), "seed": None, "prefill": [], "tokens": [],
+        }
+    return [out] if ctx.state.get("tgi_compat") else out
+
+
+async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    """OpenAI completion chunks → TGI token events; the last token event carries the whole text."""
+    held: dict[str, Any] | None = None
+    text_so_far: list[str] = []
+    finish = None
+    use: dict[str, Any] = {}
+    index = 0
+    async for chunk in events:
+        if chunk.get("usage"):
+            use = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            piece = choice.get("text") or ""
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+            if piece:
+                if held is not None:
+                    yield held
+                index += 1
+                text_so_far.append(piece)
+                held = {"index": index, "token": {"id": 0, "text": piece, "logprob": None, "special": False},
+                        "generated_text": None, "details": None}
+    last = held or {"index": index + 1, "token": {"id": 0, "text": "", "logprob": None, "special": True},
+                    "generated_text": None, "details": None}
+    full = "".join(text_so_far)
+    last["generated_text"] = (ctx.state.get("tgi_inputs", "") + full) if ctx.state.get("tgi_return_full_text") else full
+    last["details"] = {"finish_reason": _TGI_FINISH.get(finish or "", "eos_token"),
+                       "generated_tokens": use.get("completion_tokens", index), "seed": None,
+                       "input_length": use.get("prompt_tokens", 0)}
+    yield last
+
+
+def front_error(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """An OpenAI error body → TGI's ``{error, error_type}``."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return {"error": str(err.get("message") or ""), "error_type": str(err.get("type") or "upstream_error")}
+    if isinstance(err, str):
+        return {"error": err, "error_type": str(body.get("error_type") or "upstream_error")}
+    return {"error": str(body), "error_type": "upstream_error"}

@@ -1,0 +1,325 @@
+"""OpenAI clients talking to a TGI server through the proxy, and TGI clients talking to an
+OpenAI-compatible server through it; the stub TGI validates every request the way TGI does."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import ROOT, ProxyFactory
+from .servers import serve
+from .stubs.openai_upstream import OpenAIStub
+from .stubs.tgi_upstream import TGIStub
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+LLAMA2 = "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi! [/INST]"
+
+
+@pytest.fixture
+def tgi(stack: ExitStack) -> tuple[TGIStub, str]:
+    stub = TGIStub()
+    return stub, stack.enter_context(serve(stub.app())).url
+
+
+@pytest.fixture
+def proxy(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> str:
+    return start_proxy({"targets": {"default": "local", "local": {"type": "tgi", "url": tgi[1], "prompter": "llama2-chat"}}}).url
+
+
+@pytest.fixture
+def client(proxy: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy + "/v1", api_key="x", max_retries=0)
+
+
+def test_chat(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    answer = client.chat.completions.create(model="llama-2-7b-chat", messages=CHAT)
+    sent = stub.seen[-1]
+    assert stub.paths[-1] == "/generate"
+    assert sent["inputs"] == LLAMA2  # rendered by the prompter, its leading <s> left for TGI to add
+    assert sent["parameters"] == {"details": True, "do_sample": True, "stop": ["</s>", "[INST]"]}
+    assert answer.choices[0].message.content == "Hello there, friend."
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.model == "llama-2-7b-chat"
+    assert answer.id.startswith("chatcmpl-") and len(answer.id) > 20
+    assert answer.object == "chat.completion" and answer.created > 0
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (7, 6, 13)
+    assert client.chat.completions.create(model="m", messages=CHAT).id != answer.id
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"temperature": 0}, {"do_sample": False}),
+        ({"temperature": 0.7, "top_p": 1}, {"do_sample": True, "temperature": 0.7}),
+        ({"top_p": 0.9}, {"do_sample": True, "top_p": 0.9}),
+        ({"frequency_penalty": 0, "presence_penalty": 0}, {"do_sample": True}),
+        ({"frequency_penalty": 0.5, "presence_penalty": 2}, {"do_sample": True, "frequency_penalty": 0.5, "repetition_penalty": 2.0}),
+        ({"presence_penalty": -2}, {"do_sample": True, "repetition_penalty": 0.5}),
+        ({"max_tokens": 50}, {"do_sample": True, "max_new_tokens": 50}),
+        ({"max_tokens": 50, "max_completion_tokens": 30}, {"do_sample": True, "max_new_tokens": 30}),
+        ({"seed": 42}, {"do_sample": True, "seed": 42}),
+        ({"top_k": 40, "repetition_penalty": 1.1, "typical_p": 0.9}, {"do_sample": True, "top_k": 40, "repetition_penalty": 1.1,
+                                                                      "typical_p": 0.9}),
+        ({"response_format": {"type": "json_object"}}, {"do_sample": True, "grammar": {"type": "json", "value": {"type": "object"}}}),
+    ],
+)
+def test_parameters(tgi: tuple[TGIStub, str], client: openai.OpenAI, extra: dict[str, Any], expected: dict[str, Any]) -> None:
+    client.chat.completions.create(model="m", messages=CHAT, extra_body=extra)
+    params = tgi[0].seen[-1]["parameters"]
+    assert {k: v for k, v in params.items() if k not in ("details", "stop")} == expected
+
+
+def test_stops_merged_client_first_within_the_limit(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    client.chat.completions.create(model="m", messages=CHAT, stop="END")
+    assert stub.seen[-1]["parameters"]["stop"] == ["END", "</s>", "[INST]"]
+    stub.reply = ["one", " two", " three", " four"]
+    answer = client.chat.completions.create(model="m", messages=CHAT, stop=["A", "B", "C", " three"])
+    assert stub.seen[-1]["parameters"]["stop"] == ["A", "B", "C", " three"]  # four is TGI's limit: the client's kept
+    assert answer.choices[0].message.content == "one two"
+    assert answer.choices[0].finish_reason == "stop"
+    # A template stop that did not fit is still honoured by the proxy.
+    stub.reply = ["x", "[INST]", " more"]
+    answer = client.chat.completions.create(model="m", messages=CHAT, stop=["A", "B", "C", "D"])
+    assert answer.choices[0].message.content == "x"
+
+
+def test_stop_string_stripped_from_answers(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    stub.reply = ["Sure", ".", "\nUser:", " next"]
+    answer = client.chat.completions.create(model="m", messages=CHAT, stop="\nUser:")
+    assert answer.choices[0].message.content == "Sure."
+    assert answer.choices[0].finish_reason == "stop"
+    stub.reply = ["a", "b", "c"]
+    assert client.chat.completions.create(model="m", messages=CHAT, max_tokens=2).choices[0].finish_reason == "length"
+
+
+def stream_text(client: openai.OpenAI, **kwargs: Any) -> tuple[list[str], list[Any]]:
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, stream=True, **kwargs))
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content], chunks
+
+
+def test_stream(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    pieces, chunks = stream_text(client)
+    assert tgi[0].paths[-1] == "/generate_stream"
+    assert "".join(pieces) == "Hello there, friend."
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "</s>" not in "".join(pieces)  # the EOS token is special: never text
+
+
+def test_stream_strips_stops_across_token_boundaries(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    stub.reply = ["Hi", " there", "\nUs", "er:", " more"]
+    pieces, chunks = stream_text(client, stop="\nUser:")
+    assert "".join(pieces) == "Hi there"
+    assert all("\nUs" not in p for p in pieces)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # Text that only looks like the start of a stop string is held back, then sent whole.
+    stub.reply = ["a\nU", "nusual", " end"]
+    pieces, _ = stream_text(client, stop="\nUser:")
+    assert "".join(pieces) == "a\nUnusual end"
+
+
+def test_stream_include_usage(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    _, chunks = stream_text(client, stream_options={"include_usage": True})
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (7, 6)
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_n_by_best_of_and_by_several_calls(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    answer = client.chat.completions.create(model="m", messages=CHAT, n=2)
+    assert stub.seen[-1]["parameters"]["best_of"] == 2
+    assert [c.message.content for c in answer.choices] == ["Hello there, friend.", "Alt1 answer"]
+    assert [c.index for c in answer.choices] == [0, 1]
+    before = len(stub.seen)
+    answer = client.chat.completions.create(model="m", messages=CHAT, n=3, seed=5)
+    assert len(stub.seen) - before == 3
+    assert sorted(b["parameters"]["seed"] for b in stub.seen[-3:]) == [5, 6, 7]
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert answer.usage is not None and answer.usage.prompt_tokens == 7 and answer.usage.completion_tokens == 18
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, n=2, stream=True, stream_options={"include_usage": True}))
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {0: "Hello there, friend.", 1: "Hello there, friend."}
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
+def test_completions(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    answer = client.completions.create(model="m", prompt="Once upon a time", max_tokens=3)
+    assert stub.seen[-1] == {"inputs": "Once upon a time",
+                             "parameters": {"details": True, "do_sample": True, "max_new_tokens": 3, "stop": ["</s>", "[INST]"]}}
+    assert answer.object == "text_completion" and answer.id.startswith("cmpl-")
+    assert answer.choices[0].text == "Hello there," and answer.choices[0].finish_reason == "length"
+    two = client.completions.create(model="m", prompt=["A", "B"])
+    assert [s["inputs"] for s in stub.seen[-2:]] == ["A", "B"]
+    assert [c.index for c in two.choices] == [0, 1]
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True) if c.choices)
+    assert streamed == "Hello there, friend."
+
+
+def test_tgi_errors_pass_through(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    stub = tgi[0]
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.chat.completions.create(model="m", messages=CHAT, extra_body={"top_k": -1})
+    assert "Input validation error: `top_k` must be strictly positive" in str(info.value)
+    assert info.value.body["code"] == "validation"  # type: ignore[index]
+    stub.fail = (424, "generation", "Request failed during generation: boom")
+    with pytest.raises(openai.APIStatusError) as info2:
+        client.chat.completions.create(model="m", messages=CHAT)
+    assert info2.value.status_code == 424 and "boom" in str(info2.value)
+
+
+def test_error_before_the_first_token_of_a_stream_is_an_http_error(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        list(client.chat.completions.create(model="m", messages=CHAT, stream=True, extra_body={"top_k": -1}))
+    assert "`top_k` must be strictly positive" in str(info.value)
+
+
+def test_error_inside_a_stream_raises_in_the_sdk(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    tgi[0].stream_error_after = 2
+    got = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in client.chat.completions.create(model="m", messages=CHAT, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+    assert "CUDA out of memory" in str(info.value)
+    assert got == ["Hello", " there"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "m", "messages": "hi"}, "'messages' must be a list"),
+        ({"model": "m", "messages": []}, "'messages' is empty"),
+        ({"model": "m", "messages": CHAT, "temperature": "hot"}, "'temperature' must be a number"),
+        ({"model": "m", "messages": CHAT, "max_tokens": "ten"}, "'max_tokens' must be a whole number"),
+        ({"model": "m", "messages": CHAT, "temperature": 3}, "'temperature' must be between 0 and 2"),
+        ({"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+         "Conversation roles must alternate"),
+    ],
+)
+def test_bad_requests_are_400s(tgi: tuple[TGIStub, str], proxy: str, body: dict[str, Any], message: str) -> None:
+    before = len(tgi[0].seen)
+    r = httpx.post(proxy + "/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"]
+    assert len(tgi[0].seen) == before
+
+
+SPEC = json.loads((ROOT / "tests" / "fixtures" / "tgi_openapi.json").read_text())
+
+
+def validator(name: str) -> Any:
+    """A JSON-schema validator for one schema of TGI's OpenAPI spec."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = _openapi_to_jsonschema({"$ref": f"#/components/schemas/{name}"})
+    schema["components"] = _openapi_to_jsonschema(SPEC["components"])
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_requests_sent_to_tgi_match_its_spec(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    """Golden requests: everything the proxy sends TGI, checked against tgi_openapi.json."""
+    client.chat.completions.create(model="m", messages=CHAT, temperature=0.5, top_p=0.5, max_tokens=9, stop=["x"], seed=1,
+                                   frequency_penalty=1, presence_penalty=1)
+    client.chat.completions.create(model="m", messages=CHAT, n=2)
+    for sent in tgi[0].seen:
+        validator("GenerateRequest").validate(sent)
+        assert not set(sent["parameters"]) - set(SPEC["components"]["schemas"]["GenerateParameters"]["properties"])
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable`` into JSON Schema's type lists."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if k not in ("nullable", "example", "default")}
+    if node.get("nullable"):
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        else:
+            out = {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+# ------------------------------------------------------------------------------------ TGI front
+
+
+@pytest.fixture
+def tgi_front(openai_stub: tuple[OpenAIStub, str], start_proxy: ProxyFactory) -> str:
+    return start_proxy({"targets": {"default": "vllm", "vllm": {"url": openai_stub[1], "options": {"model": "served-model"}}}}).url
+
+
+def test_tgi_front_generate(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
+    stub = openai_stub[0]
+    r = httpx.post(tgi_front + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "do_sample": False,
+                                                                                     "details": True}})
+    assert r.status_code == 200
+    assert stub.seen[-1].path == "/v1/completions"
+    assert stub.seen[-1].body == {"model": "served-model", "prompt": "Hello", "stream": False, "max_tokens": 5, "temperature": 0}
+    body = r.json()
+    assert body["generated_text"] == "alpha continues: Hello"
+    assert body["details"]["finish_reason"] == "eos_token" and body["details"]["generated_tokens"] == 3
+    assert httpx.post(tgi_front + "/generate", json={"inputs": "Hi"}).json() == {"generated_text": "alpha continues: Hi"}
+
+
+def test_tgi_front_stream(tgi_front: str) -> None:
+    with httpx.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data:{") for line in lines)
+    events = [json.loads(line[5:]) for line in lines]
+    assert [e["token"]["text"] for e in events] == ["alpha ", "continues: Hi"]
+    assert [e["generated_text"] for e in events] == [None, "alpha continues: Hi"]
+    assert events[-1]["details"]["finish_reason"] == "eos_token"
+
+
+def test_tgi_front_answers_match_the_spec(tgi_front: str) -> None:
+    """Golden answers: what the TGI front gives TGI clients, checked against tgi_openapi.json."""
+    body = httpx.post(tgi_front + "/generate", json={"inputs": "Hi", "parameters": {"details": True}}).json()
+    validator("GenerateResponse").validate(body)
+    compat = httpx.post(tgi_front + "/", json={"inputs": "Hi", "parameters": {"details": True}}).json()
+    assert isinstance(compat, list)
+    validator("GenerateResponse").validate(compat[0])
+    with httpx.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
+        for line in r.iter_lines():
+            if line:
+                validator("StreamResponse").validate(json.loads(line[5:]))
+
+
+def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
+    text_generation = pytest.importorskip("text_generation")
+    tg = text_generation.Client(tgi_front, timeout=10)
+    response = tg.generate("Hello", max_new_tokens=5)
+    assert response.generated_text == "alpha continues: Hello"
+    assert response.details.finish_reason == "eos_token"
+    tokens = list(tg.generate_stream("Hey", max_new_tokens=5))
+    assert "".join(t.token.text for t in tokens if not t.token.special) == "alpha continues: Hey"
+    assert tokens[-1].generated_text == "alpha continues: Hey"
+
+
+def test_tgi_front_errors_in_tgi_shape(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
+    r = httpx.post(tgi_front + "/generate", json={"parameters": {}})
+    assert r.status_code == 400 and "'inputs'" in r.json()["error"]["message"]
+    openai_stub[0].fail = (429, "slow down")
+    r = httpx.post(tgi_front + "/generate", json={"inputs": "x"})
+    assert r.status_code == 429 and r.json() == {"error": "slow down", "error_type": "stub_error"}
+    text_generation = pytest.importorskip("text_generation")
+    with pytest.raises(text_generation.errors.RateLimitExceededError):
+        text_generation.Client(tgi_front, timeout=10).generate("x")
