@@ -1,7 +1,9 @@
-"""``create_app``: the Starlette app built from a config and explicit parts; its lifespan owns the upstream client."""
+"""``create_app``: the Starlette app built from a config and explicit parts; its lifespan owns the upstream
+client and the ban ledger."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,13 +15,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import admin
+from .bans import BanLedger
 from .config import Config
 from .context import RequestContext
+from .cors import CORS
+from .errors import ConfigError
 from .fronts import load_fronts
+from .guard import Guard
+from .keys import Keyring
 from .pipeline import Pipeline
 from .router import Router
 from .targets import build_targets
 from .upstream import AiohttpClient, HttpxClient, UpstreamClient
+
+log = logging.getLogger("mooltiproxy")
 
 
 @dataclass
@@ -36,28 +46,47 @@ class Services:
 
 def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The proxy as an ASGI app. ``transport`` replaces the network under the upstream client (tests)."""
+    auth = config.auth
+    if auth.master_key is None:
+        raise ConfigError([
+            f"auth.master_key_env: the environment variable {auth.master_key_env} is not set, and the proxy does not run "
+            f"without its key. Run: export {auth.master_key_env}=$(mooltiproxy keygen) — then give that key to your clients."
+        ])
+    if len(auth.master_key) < 16:
+        log.warning("the master key in %s is only %d characters long; `mooltiproxy keygen` makes a strong one",
+                    auth.master_key_env, len(auth.master_key))
     targets = build_targets(config)
     router = Router(targets, config.default_target, config.models)
+    keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets) for k in auth.keys.values()])
+    ledger = BanLedger(config.dataset.dir / "state.db", max_failures=auth.max_failures, window=auth.window, ban=auth.ban,
+                       whitelist=auth.whitelist)
     services = Services()
-    pipeline = Pipeline(router, services.upstream, config.server.max_body, load_fronts())
+    pipeline = Pipeline(router, services.upstream, config.server, load_fronts())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ledger.open()
         services.client = HttpxClient(transport) if transport is not None else AiohttpClient()
         try:
             yield
         finally:
             await services.client.aclose()
             services.client = None
+            ledger.close()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", pipeline)],
-        middleware=[Middleware(RequestContext)],
+        routes=[Route("/health", health, methods=["GET"]), *admin.routes(ledger), Route("/{path:path}", pipeline)],
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(CORS, origins=config.server.cors_origins),
+            Middleware(Guard, keyring=keyring, ledger=ledger, blacklist=auth.blacklist),
+        ],
         lifespan=lifespan,
     )
     app.state.config = config
     app.state.router = router
+    app.state.ledger = ledger
     return app

@@ -38,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("messages", type=Path, help="a JSON file: a list of messages, or a whole request body")
     render.set_defaults(run=_render)
 
+    keygen = sub.add_parser("keygen", help="print a strong random key for MOOLTIPROXY_KEY (or a named key)")
+    keygen.set_defaults(run=_keygen)
+
+    bans = sub.add_parser("bans", help="list the addresses the running proxy has banned")
+    _admin_args(bans)
+    bans.set_defaults(run=_bans)
+
+    unban = sub.add_parser("unban", help="lift a ban on the running proxy")
+    _admin_args(unban)
+    unban.add_argument("address", help="the banned IP address")
+    unban.set_defaults(run=_unban)
+
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -65,10 +77,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .app import create_app
+
     config = _load(args)
-    targets = build_targets(config)
+    app = create_app(config)  # everything serve would refuse, refused here too
     where = config.source or "built-in defaults"
-    names = ", ".join(f"{t.name} ({t.type})" for t in targets.values()) or "none"
+    names = ", ".join(f"{t.name} ({t.type})" for t in app.state.router.targets.values()) or "none"
     print(f"{where}: OK. Targets: {names}.")
     return 0
 
@@ -129,6 +143,67 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     run(create_app(config), server)
     return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .keys import new_key
+
+    print(new_key())
+    return 0
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--url", help="the proxy's base URL (default: from server.host, server.port and server.tls)")
+
+
+def _admin(args: argparse.Namespace, method: str, path: str) -> int:
+    """Call an admin endpoint of the running proxy with the master key from the environment."""
+    import json
+    import os
+
+    import httpx
+
+    config = _load(args)
+    key = os.environ.get(config.auth.master_key_env)
+    if not key:
+        print(f"The environment variable {config.auth.master_key_env} is not set: the admin endpoints need the master key.",
+              file=sys.stderr)
+        return 1
+    server = config.server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    if ":" in host:
+        host = f"[{host}]"
+    base = args.url or f"{'https' if server.tls else 'http'}://{host}:{server.port}"
+    verify: str | bool = str(server.tls.certfile) if server.tls and not args.url else True
+    try:
+        r = httpx.request(method, base.rstrip("/") + path, headers={"authorization": f"Bearer {key}"}, verify=verify, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"Cannot reach the proxy at {base}: {exc}", file=sys.stderr)
+        return 1
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code >= 400:
+        print(body.get("error", {}).get("message") or f"The proxy answered {r.status_code}.", file=sys.stderr)
+        return 1
+    if method == "GET":
+        bans = body.get("bans", [])
+        for ban in bans:
+            print(f"{ban['address']}\tbanned until {ban['until']} ({ban['seconds_left']:.0f} s left, {ban['failures']} failures)")
+        if not bans:
+            print("No address is banned.")
+    else:
+        print(json.dumps(body) if not body.get("unbanned") else f"Unbanned {body['unbanned']}.")
+    return 0
+
+
+def _bans(args: argparse.Namespace) -> int:
+    return _admin(args, "GET", "/admin/bans")
+
+
+def _unban(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    return _admin(args, "DELETE", "/admin/bans/" + quote(args.address, safe=""))
 
 
 def _setup_logging(level: str) -> None:

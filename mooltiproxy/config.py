@@ -1,12 +1,13 @@
 """The configuration: YAML in, ``${ENV}`` interpolated, validated against the schema, typed out.
 
 ``load(path)`` returns a ``Config`` or raises ``ConfigError`` listing every problem at once as
-``path.to.key: sentence``. Defaults live here, in the schema; ``config.template.yaml`` documents them
-and a test keeps the two equal.
+``path.to.key: sentence``. Keys and defaults are in ``schema.py``; secrets named by ``*_env`` keys are
+read from the environment here, once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,23 +18,10 @@ import voluptuous as vol
 import yaml
 
 from .errors import ConfigError
-from .validators import (
-    did_you_mean,
-    duration,
-    env_name,
-    format_path,
-    integer,
-    list_of,
-    mapping_of,
-    one_of,
-    optional_text,
-    section,
-    size,
-    text,
-    url,
-)
+from .schema import SCHEMA
+from .validators import did_you_mean, format_path
 
-TARGET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -50,6 +38,36 @@ class ServerConfig:
     timeout: float = 600.0
     connect_timeout: float = 10.0
     max_body: int = 8 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections_per_ip: int = 1000
+    trusted_proxies: tuple[Network, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamedKey:
+    name: str
+    key_env: str
+    key: str = field(default="", repr=False)
+    targets: tuple[str, ...] | None = None  # None: every target
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    master_key_env: str = "MOOLTIPROXY_KEY"
+    master_key: str | None = field(default=None, repr=False)  # None when the variable is not set
+    max_failures: int = 5
+    window: float = 600.0
+    ban: float = 3600.0
+    whitelist: tuple[Network, ...] = ()
+    blacklist: tuple[Network, ...] = ()
+    keys: dict[str, NamedKey] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    dir: Path = Path("datasets")
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,8 @@ class ModelAlias:
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     default_target: str | None = None
     models: dict[str, ModelAlias] = field(default_factory=dict)
@@ -103,126 +123,6 @@ class Config:
         """A path from the config, relative to the config file's folder."""
         p = Path(os.path.expanduser(str(value)))
         return p if p.is_absolute() else self.base_dir / p
-
-
-# ---------------------------------------------------------------------------------------------- schema
-
-_ROUTE = section(
-    {
-        vol.Optional("path"): text(pattern=r"/\S*", hint="must be a path starting with /"),
-        vol.Optional("stream_path"): text(pattern=r"/\S*", hint="must be a path starting with /"),
-        vol.Optional("method"): one_of("GET", "POST", "PUT", "DELETE", "PATCH"),
-        vol.Optional("request"): optional_text,
-        vol.Optional("answer"): optional_text,
-        vol.Optional("stream"): optional_text,
-        vol.Optional("error"): optional_text,
-        vol.Optional("stream_format"): one_of("sse", "ndjson"),
-    },
-    what="route",
-)
-
-
-def _prompter(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return section(
-            {
-                vol.Required("template"): text(),
-                vol.Optional("stop", default=[]): list_of(text()),
-        vol.Optional("character", default=None): optional_text,
-        vol.Optional("characters", default={}): mapping_of(text(pattern=r"[A-Za-z0-9_.-]+", hint="a character's name may hold "
-                                                                "letters, digits, '_', '.' and '-' only"), text()),
-        vol.Optional("user_name", default="User"): text(),
-                vol.Optional("bos_token", default=""): text(),
-                vol.Optional("eos_token", default=""): text(),
-            },
-            what="inline prompter",
-        )(value)
-    raise vol.Invalid("must be a preset name, a path to a .jinja or tokenizer_config.json file, or a mapping with a template")
-
-
-_TARGET = section(
-    {
-        vol.Required("url"): url,
-        vol.Optional("type", default="openai"): text(),
-        vol.Optional("api_key_env", default=None): vol.Any(None, env_name),
-        vol.Optional("prompter", default=None): _prompter,
-        vol.Optional("stop", default=[]): list_of(text()),
-        vol.Optional("character", default=None): optional_text,
-        vol.Optional("characters", default={}): mapping_of(text(pattern=r"[A-Za-z0-9_.-]+", hint="a character's name may hold "
-                                                                "letters, digits, '_', '.' and '-' only"), text()),
-        vol.Optional("user_name", default="User"): text(),
-        vol.Optional("timeout", default=None): vol.Any(None, duration()),
-        vol.Optional("headers", default={}): mapping_of(text(), text()),
-        vol.Optional("routes", default={}): mapping_of(
-            text(pattern=r"/\S*", hint="a route's key must be an inbound path starting with /"), _ROUTE
-        ),
-        vol.Optional("options", default={}): mapping_of(text(), lambda v: v),
-    },
-    what="target",
-)
-
-
-def _targets(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise vol.Invalid("must be a mapping of target names to targets")
-    errors: list[vol.Invalid] = []
-    out: dict[str, Any] = {}
-    for name, spec in value.items():
-        if name == "default":
-            if spec is not None and not isinstance(spec, str):
-                errors.append(vol.Invalid("must be the name of a target", path=[name]))
-            out[name] = spec
-            continue
-        if not re.fullmatch(TARGET_NAME, str(name)):
-            errors.append(vol.Invalid("a target's name may hold letters, digits, '_', '.' and '-' only", path=[name]))
-            continue
-        try:
-            out[str(name)] = _TARGET(spec)
-        except vol.MultipleInvalid as exc:
-            for err in exc.errors:
-                err.prepend([name])
-            errors.extend(exc.errors)
-        except vol.Invalid as exc:
-            exc.prepend([name])
-            errors.append(exc)
-    if errors:
-        raise vol.MultipleInvalid(errors)
-    return out
-
-
-def _model_alias(value: Any) -> Any:
-    if isinstance(value, str):
-        return {"target": value, "model": None}
-    return section({vol.Required("target"): text(), vol.Optional("model", default=None): optional_text}, what="model alias")(
-        value
-    )
-
-
-SCHEMA = section(
-    {
-        vol.Optional("server", default={}): section(
-            {
-                vol.Optional("host", default="127.0.0.1"): text(),
-                vol.Optional("port", default=8000): integer(min=0, max=65535),
-                vol.Optional("tls", default=None): vol.Any(
-                    None,
-                    section({vol.Required("certfile"): text(), vol.Required("keyfile"): text()}, what="tls section"),
-                ),
-                vol.Optional("timeout", default=600): duration(),
-                vol.Optional("connect_timeout", default=10): duration(),
-                vol.Optional("max_body", default="8MiB"): size,
-            },
-            what="server section",
-        ),
-        vol.Optional("targets", default={}): _targets,
-        vol.Optional("models", default={}): mapping_of(text(), _model_alias),
-    },
-    what="file",
-)
 
 
 # ------------------------------------------------------------------------------------ interpolation
@@ -315,10 +215,11 @@ def _validate(data: Any, problems: list[str]) -> tuple[dict[str, Any], set[str]]
 
 def _split_targets(value: dict[Any, Any], problems: list[str], broken: set[str]) -> dict[Any, Any]:
     """The targets that validate; the others are reported and their names remembered as broken."""
+    validate = SCHEMA.fields["targets"]  # type: ignore[attr-defined]
     good = {}
     for name, spec in value.items():
         try:
-            _targets({name: spec})
+            validate({name: spec})
             good[name] = spec
         except vol.MultipleInvalid as exc:
             problems += [f"{format_path(['targets', *e.path])}: {e.msg}" for e in exc.errors]
@@ -354,21 +255,29 @@ def load(path: str | Path | None = None, *, environ: dict[str, str] | None = Non
 
 
 def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict[str, str], problems: list[str]) -> Config:
-    s = clean["server"]
-    tls = None
+    s = dict(clean["server"])
     if s["tls"]:
-        tls = TLSConfig(certfile=_resolve(base_dir, s["tls"]["certfile"]), keyfile=_resolve(base_dir, s["tls"]["keyfile"]))
-    server = ServerConfig(
-        host=s["host"], port=s["port"], tls=tls, timeout=s["timeout"], connect_timeout=s["connect_timeout"], max_body=s["max_body"]
+        s["tls"] = TLSConfig(certfile=_resolve(base_dir, s["tls"]["certfile"]), keyfile=_resolve(base_dir, s["tls"]["keyfile"]))
+    s["trusted_proxies"] = tuple(s["trusted_proxies"])
+    s["cors_origins"] = tuple(s["cors_origins"])
+    server = ServerConfig(**s)
+
+    a = dict(clean["auth"])
+    keys = {}
+    for name, k in a["keys"].items():
+        value = _secret(env, k["key_env"], ["auth", "keys", name, "key_env"], problems, "the key's value")
+        keys[name] = NamedKey(name=name, key_env=k["key_env"], key=value or "", targets=tuple(k["targets"]) if k["targets"] else None)
+    auth = AuthConfig(
+        master_key_env=a["master_key_env"], master_key=env.get(a["master_key_env"]) or None, max_failures=a["max_failures"],
+        window=a["window"], ban=a["ban"], whitelist=tuple(a["whitelist"]), blacklist=tuple(a["blacklist"]), keys=keys,
     )
+    dataset = DatasetConfig(dir=_resolve(base_dir, clean["dataset"]["dir"]))
+
     raw_targets = dict(clean["targets"])
     default = raw_targets.pop("default", None)
     for name, t in raw_targets.items():
-        if t["api_key_env"] and not env.get(t["api_key_env"]):
-            problems.append(
-                f"{format_path(['targets', name, 'api_key_env'])}: the environment variable {t['api_key_env']} is not set; "
-                f"export it with the upstream's API key before starting"
-            )
+        if t["api_key_env"]:
+            _secret(env, t["api_key_env"], ["targets", name, "api_key_env"], problems, "the upstream's API key")
     targets = {
         name: TargetConfig(
             name=name,
@@ -389,7 +298,15 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
         for name, t in raw_targets.items()
     }
     models = {alias: ModelAlias(**spec) for alias, spec in clean["models"].items()}
-    return Config(server=server, targets=targets, default_target=default, models=models, base_dir=base_dir, source=source)
+    return Config(server=server, auth=auth, dataset=dataset, targets=targets, default_target=default, models=models,
+                  base_dir=base_dir, source=source)
+
+
+def _secret(env: dict[str, str], name: str, at: list[str], problems: list[str], what: str) -> str | None:
+    value = env.get(name)
+    if not value:
+        problems.append(f"{format_path(at)}: the environment variable {name} is not set; export it with {what} before starting")
+    return value
 
 
 def _resolve(base_dir: Path, value: str) -> Path:
@@ -412,6 +329,13 @@ def _cross_check(config: Config, broken: set[str]) -> list[str]:
             problems.append(
                 f"{format_path(['models', alias])}: no target named '{spec.target}'{did_you_mean(spec.target, names)}; targets: {known}"
             )
+    for named in config.auth.keys.values():
+        for i, target in enumerate(named.targets or ()):
+            if target not in names:
+                problems.append(
+                    f"{format_path(['auth', 'keys', named.name, 'targets', i])}: no target named '{target}'"
+                    f"{did_you_mean(target, names)}; targets: {known}"
+                )
     if config.server.tls:
         for key in ("certfile", "keyfile"):
             p = getattr(config.server.tls, key)

@@ -26,13 +26,14 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 class RequestInfo:
     """What the layers below learn about a request, for the access log and the response headers."""
 
-    __slots__ = ("client", "id", "key_name", "start", "started", "status", "target", "upstream_ms")
+    __slots__ = ("client", "id", "key_name", "key_targets", "start", "started", "status", "target", "upstream_ms")
 
     def __init__(self, request_id: str, start: float, client: str) -> None:
         self.id = request_id
         self.start = start
         self.client = client
         self.key_name: str | None = None
+        self.key_targets: frozenset[str] | None = None  # None: the key may use every target
         self.target: str | None = None
         self.status = 0
         self.upstream_ms: float | None = None

@@ -18,8 +18,19 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from . import sse
+from .config import ServerConfig
 from .context import RequestInfo
-from .errors import BadRequest, ClientGone, MapperFailed, MethodNotAllowed, PayloadTooLarge, ProxyError, UpstreamError
+from .errors import (
+    BadRequest,
+    ClientGone,
+    Forbidden,
+    MapperFailed,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UpstreamError,
+)
 from .fanout import merge_answers, merge_streams
 from .fronts import Front
 from .mapping import Fanout, MapContext, Mapper
@@ -92,10 +103,11 @@ class Exchange:
 class Pipeline:
     """The ASGI app behind every proxied path."""
 
-    def __init__(self, router: Router, client: Callable[[], UpstreamClient], max_body: int, fronts: Mapping[str, Front]) -> None:
+    def __init__(self, router: Router, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front]) -> None:
         self.router = router
         self.client = client
-        self.max_body = max_body
+        self.max_body = server.max_body
+        self.body_timeout = server.body_timeout
         self.fronts = fronts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,14 +130,16 @@ class Pipeline:
         if path == "/v1/models" and method == "GET":
             chosen = self.router.pick_if_any(target_header)
             if chosen is None or path not in chosen.routes:
-                await _send_json(None, 200, self.router.listing(), send)
+                await _send_json(None, 200, self.router.listing(info.key_targets), send)
                 return
-        body = await read_body(receive, self.max_body, declared)
+            _may_use(info, chosen)
+        body = await read_body(receive, self.max_body, declared, self.body_timeout)
         parsed = parse_json(body) if body else None
 
         model = parsed.get("model") if isinstance(parsed, dict) else None
         target, alias = self.router.pick(target_header, model if isinstance(model, str) else None)
         info.target = target.name
+        _may_use(info, target)
         route, front = self._route(target, path, method)
         if alias is not None and alias.model and isinstance(parsed, dict):
             parsed["model"] = alias.model
@@ -388,6 +402,14 @@ class Pipeline:
         await send({"type": "http.response.body", "body": data})
 
 
+def _may_use(info: RequestInfo, target: Target) -> None:
+    if info.key_targets is not None and target.name not in info.key_targets:
+        raise Forbidden(
+            f"The key '{info.key_name}' may not use target '{target.name}'; it may use: {', '.join(sorted(info.key_targets)) or 'none'}.",
+            code="target_not_allowed",
+        )
+
+
 def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
     """An error inside a stream whose status line is gone, in the front's own shape."""
     if ex.front is not None and ex.front.framing == "tgi":
@@ -460,10 +482,19 @@ def mapper_failed(mapper: Mapper, exc: Exception) -> MapperFailed:
     )
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to be over ``limit``."""
+async def read_body(receive: Receive, limit: int, declared: int | None, deadline: float) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to be over ``limit``, and with 408
+    when it takes longer than ``deadline`` seconds to arrive (uvicorn itself waits forever)."""
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    try:
+        async with asyncio.timeout(deadline):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {deadline:g} s (server.body_timeout).") from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from .config import ModelAlias
 from .errors import NotFound
@@ -48,10 +48,12 @@ class Router:
             return self._named(header)
         return self.targets.get(self.default) if self.default else None
 
-    def listing(self) -> dict[str, object]:
-        """``GET /v1/models`` as the proxy itself answers it: every target and every model alias."""
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mooltiproxy"} for name in self.targets]
-        data += [{"id": alias, "object": "model", "created": 0, "owned_by": spec.target} for alias, spec in self.models.items()]
+    def listing(self, allowed: Collection[str] | None = None) -> dict[str, object]:
+        """``GET /v1/models`` as the proxy itself answers it: every target and model alias (that the key may use)."""
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mooltiproxy"}
+                for name in self.targets if allowed is None or name in allowed]
+        data += [{"id": alias, "object": "model", "created": 0, "owned_by": spec.target}
+                 for alias, spec in self.models.items() if allowed is None or spec.target in allowed]
         return {"object": "list", "data": data}
 
     def _named(self, name: str) -> Target:

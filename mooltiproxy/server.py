@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 
 from .config import ServerConfig
+from .protocol import guarded_protocol
 
 
 def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.Config:
@@ -16,11 +17,14 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
         "host": server.host,
         "port": server.port,
         "loop": _best("uvloop", "asyncio"),
-        "http": _best("httptools", "h11"),
+        "http": guarded_protocol(header_timeout=server.header_timeout, max_per_address=server.max_connections_per_ip,
+                                 exempt=server.trusted_proxies),
         "log_config": None,
         "access_log": False,  # the proxy writes its own access line, with target and timings
         "server_header": False,
-        "proxy_headers": False,
+        # X-Forwarded-For is believed only from the configured proxies (uvicorn's default trusts 127.0.0.1).
+        "proxy_headers": bool(server.trusted_proxies),
+        "forwarded_allow_ips": [str(n) for n in server.trusted_proxies] or "",
         "lifespan": "on",
         "ssl_certfile": str(server.tls.certfile) if server.tls else None,
         "ssl_keyfile": str(server.tls.keyfile) if server.tls else None,

@@ -13,21 +13,25 @@ import uvicorn
 
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1", **options: Any) -> None:
+    """``app`` under uvicorn, or a ready ``uvicorn.Config`` (as the proxy builds its own) on a free port."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", config: uvicorn.Config | None = None, **options: Any) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.host = host
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", **options)
+        self.scheme = "https" if config is not None and config.ssl_certfile else "http"
+        if config is None:
+            config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -45,8 +49,8 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, host: str = "127.0.0.1", **options: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app, host, **options).start()
+def serve(app: Any, host: str = "127.0.0.1", config: uvicorn.Config | None = None, **options: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, host, config, **options).start()
     try:
         yield server
     finally:

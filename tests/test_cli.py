@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from .conftest import ROOT
+from .conftest import KEY, ROOT, http
 from .servers import free_port, serve
 from .stubs.openai_upstream import OpenAIStub
 
@@ -19,7 +19,7 @@ from .stubs.openai_upstream import OpenAIStub
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mooltiproxy", *args], capture_output=True, text=True, cwd=cwd, timeout=60,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "MOOLTIPROXY_KEY": KEY, **(env or {})},
     )
 
 
@@ -72,20 +72,20 @@ def test_serve_runs_the_proxy(tmp_path: Path) -> None:
         cfg.write_text(f"targets:\n  default: a\n  a: {{url: '{upstream.url}'}}\n")
         proc = subprocess.Popen(
             [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(cfg), "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "MOOLTIPROXY_KEY": KEY},
         )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    if httpx.get(base + "/health").status_code == 200:
+                    if http.get(base + "/health").status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 assert time.monotonic() < deadline and proc.poll() is None, "proxy did not start"
                 time.sleep(0.1)
-            client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+            client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
             answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
             assert answer.choices[0].message.content == "served says: hi"
         finally:

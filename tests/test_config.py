@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from mooltiproxy.config import _ROUTE, _TARGET, SCHEMA, load, parse
+from mooltiproxy.config import load, parse
 from mooltiproxy.errors import ConfigError
 from mooltiproxy.presets import PRESETS
+from mooltiproxy.schema import NAMED_KEY, ROUTE, SCHEMA, TARGET
 from mooltiproxy.targets import build_targets
 
 from .conftest import ROOT
@@ -28,6 +29,8 @@ def test_template_loads_and_equals_the_built_in_defaults() -> None:
     from_template = load(TEMPLATE, environ={})
     defaults = parse({}, environ={}, base_dir=ROOT)
     assert from_template.server == defaults.server
+    assert from_template.auth == defaults.auth
+    assert from_template.dataset == defaults.dataset
     assert from_template.targets == defaults.targets == {}
     assert from_template.models == defaults.models
     assert from_template.default_target is None
@@ -53,8 +56,9 @@ def test_template_documents_every_key() -> None:
             walk(sub, f"{where}{key}.")
 
     walk(SCHEMA, "")
-    walk(_TARGET, "targets.NAME.")
-    walk(_ROUTE, "targets.NAME.routes.PATH.")
+    walk(TARGET, "targets.NAME.")
+    walk(ROUTE, "targets.NAME.routes.PATH.")
+    walk(NAMED_KEY, "auth.keys.NAME.")
     for type_name, preset in PRESETS.items():
         for option in preset.options:
             if f"{option}:" not in text:

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from starlette.applications import Starlette
@@ -17,7 +16,7 @@ from starlette.routing import Route
 from mooltiproxy import create_app
 from mooltiproxy.config import load
 
-from .conftest import ROOT
+from .conftest import KEY, ROOT, http
 from .servers import serve
 
 
@@ -37,6 +36,11 @@ def toy_upstream(seen: list[Any]) -> Starlette:
     return Starlette(routes=[Route("/infer", infer, methods=["POST"])])
 
 
+@pytest.fixture(autouse=True)
+def master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOOLTIPROXY_KEY", KEY)
+
+
 def test_the_readme_mapper_example_works_as_written(tmp_path: Path) -> None:
     (tmp_path / "mappers").mkdir()
     (tmp_path / "mappers" / "my_mappers.py").write_text(readme_example("mappers/my_mappers.py"))
@@ -45,7 +49,7 @@ def test_the_readme_mapper_example_works_as_written(tmp_path: Path) -> None:
         config_text = readme_example("config.yaml").replace("http://127.0.0.1:9000", upstream.url)
         (tmp_path / "config.yaml").write_text(config_text)
         with serve(create_app(load(tmp_path / "config.yaml"))) as proxy:
-            client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
             answer = client.chat.completions.create(model="toy-1", messages=[{"role": "user", "content": "hello"}])
             assert seen[-1] == {"text": "user: hello\nassistant:", "max_length": 200}
             assert answer.choices[0].message.content == "22 characters in"
@@ -69,7 +73,7 @@ def test_a_failing_mapper_is_a_502_naming_it_with_the_traceback_logged(tmp_path:
         path = tmp_path / "config.yaml"
         path.write_text(path.read_text().replace("URL", upstream.url))
         with serve(create_app(load(path))) as proxy, caplog.at_level("ERROR", logger="mooltiproxy"):
-            r = httpx.post(proxy.url + "/infer", json={"text": "x"})
+            r = http.post(proxy.url + "/infer", json={"text": "x"})
     assert r.status_code == 502
     error = r.json()["error"]
     assert error["code"] == "mapper_failed"

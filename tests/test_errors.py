@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from .conftest import ProxyFactory
+from .conftest import KEY, ProxyFactory, http
 from .servers import free_port, serve
 from .stubs.openai_upstream import OpenAIStub
 
@@ -48,7 +48,7 @@ def proxy(openai_stub: Stub, start_proxy: ProxyFactory) -> str:
 
 
 def test_unknown_target(proxy: str) -> None:
-    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "locl"})
+    r = http.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "locl"})
     assert r.status_code == 404
     err = error_of(r)
     assert err["code"] == "target_not_found" and err["param"] == "target"
@@ -57,30 +57,30 @@ def test_unknown_target(proxy: str) -> None:
 
 
 def test_unmapped_path_and_wrong_method(proxy: str) -> None:
-    r = httpx.post(proxy + "/v1/audio/speech", json={})
+    r = http.post(proxy + "/v1/audio/speech", json={})
     assert r.status_code == 404
     err = error_of(r)
     assert err["code"] == "route_not_found"
     assert "/v1/audio/speech" in err["message"] and "/v1/chat/completions" in err["message"]
-    r = httpx.get(proxy + "/v1/chat/completions")
+    r = http.get(proxy + "/v1/chat/completions")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert "serves /v1/chat/completions with POST, not GET" in error_of(r)["message"]
-    r = httpx.post(proxy + "/health")
+    r = http.post(proxy + "/health")
     assert r.status_code == 405 and "GET" in error_of(r)["message"]
 
 
 def test_no_target_chosen(openai_stub: Stub, start_proxy: ProxyFactory) -> None:
     url = start_proxy({"targets": {"a": {"url": openai_stub[1]}}}).url
-    r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": MSG})
+    r = http.post(url + "/v1/chat/completions", json={"model": "m", "messages": MSG})
     assert r.status_code == 404
     assert "No target was chosen: send a 'target' header naming one of a" in error_of(r)["message"]
     empty = start_proxy({}).url
-    assert "No targets are configured" in error_of(httpx.post(empty + "/v1/chat/completions", json={}))["message"]
+    assert "No targets are configured" in error_of(http.post(empty + "/v1/chat/completions", json={}))["message"]
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
 def test_upstream_errors_pass_through(proxy: str, status: int) -> None:
-    r = httpx.post(
+    r = http.post(
         proxy + "/v1/chat/completions",
         json={"model": "m", "messages": MSG, "stub": {"status": status, "error": f"upstream says {status}",
                                                       "headers": {"retry-after": "7"}}},
@@ -91,22 +91,22 @@ def test_upstream_errors_pass_through(proxy: str, status: int) -> None:
 
 
 def test_sdk_sees_upstream_errors_as_its_own_exceptions(proxy: str) -> None:
-    client = openai.OpenAI(base_url=proxy + "/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="m", messages=MSG, extra_body={"stub": {"status": 429, "error": "slow down"}})
     assert "slow down" in str(info.value)
 
 
 def test_upstream_down_unresolvable_and_slow(proxy: str) -> None:
-    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "down"})
+    r = http.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "down"})
     assert r.status_code == 502
     err = error_of(r)
     assert err["code"] == "upstream_unreachable"
     assert "target 'down'" in err["message"] and "connection refused" in err["message"]
-    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "nowhere"})
+    r = http.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "nowhere"})
     assert r.status_code == 502 and "target 'nowhere'" in error_of(r)["message"]
     started = time.monotonic()
-    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stub": {"sleep": 3}})
+    r = http.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stub": {"sleep": 3}})
     assert r.status_code == 504
     assert time.monotonic() - started < 2
     err = error_of(r)
@@ -114,26 +114,26 @@ def test_upstream_down_unresolvable_and_slow(proxy: str) -> None:
 
 
 def test_bad_bodies(proxy: str) -> None:
-    r = httpx.post(proxy + "/v1/chat/completions", content=b'{"model": "m", "messages": [}', headers={"content-type": "application/json"})
+    r = http.post(proxy + "/v1/chat/completions", content=b'{"model": "m", "messages": [}', headers={"content-type": "application/json"})
     assert r.status_code == 400
     err = error_of(r)
     assert err["code"] == "invalid_json" and "not valid JSON" in err["message"] and "column" in err["message"]
-    r = httpx.post(proxy + "/v1/chat/completions", content=b'{"a": "\xff"}')
+    r = http.post(proxy + "/v1/chat/completions", content=b'{"a": "\xff"}')
     assert r.status_code == 400 and "UTF-8" in error_of(r)["message"]
-    r = httpx.post(proxy + "/v1/chat/completions", content=b"[" * 5000 + b"]" * 5000)
+    r = http.post(proxy + "/v1/chat/completions", content=b"[" * 5000 + b"]" * 5000)
     assert r.status_code == 400 and error_of(r)["code"] == "invalid_json"
 
 
 def test_body_too_large_with_and_without_length(proxy: str, openai_stub: Stub) -> None:
     before = len(openai_stub[0].seen)
-    r = httpx.post(proxy + "/v1/chat/completions", content=b"x" * 17000)
+    r = http.post(proxy + "/v1/chat/completions", content=b"x" * 17000)
     assert r.status_code == 413 and "server.max_body" in error_of(r)["message"]
 
     def chunks() -> Any:
         for _ in range(40):
             yield b"y" * 512
 
-    r = httpx.post(proxy + "/v1/chat/completions", content=chunks())
+    r = http.post(proxy + "/v1/chat/completions", content=chunks())
     assert r.status_code == 413
     assert len(openai_stub[0].seen) == before  # nothing went upstream
 
@@ -156,7 +156,7 @@ def test_client_disconnect_cancels_the_upstream_stream(start_proxy: ProxyFactory
 
     with serve(Starlette(routes=[Route("/v1/chat/completions", slow, methods=["POST"])])) as upstream:
         proxy = start_proxy({"targets": {"default": "a", "a": {"url": upstream.url}}})
-        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stream": True}) as r:
+        with http.stream("POST", proxy.url + "/v1/chat/completions", json={"model": "m", "messages": MSG, "stream": True}) as r:
             for _ in r.iter_lines():
                 break
         deadline = time.monotonic() + 2
@@ -186,8 +186,8 @@ def test_client_disconnect_cancels_a_non_stream_request(start_proxy: ProxyFactor
         proxy = start_proxy({"targets": {"default": "a", "a": {"url": upstream.url}}})
         sock = socket.create_connection(("127.0.0.1", proxy.port))
         body = b'{"model":"m","messages":[]}'
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (KEY.encode(), len(body), body))
         time.sleep(0.3)
         sock.close()
         deadline = time.monotonic() + 2
@@ -197,7 +197,7 @@ def test_client_disconnect_cancels_a_non_stream_request(start_proxy: ProxyFactor
 
 
 def test_upstream_breaking_a_stream_ends_it_with_an_error_event(openai_stub: Stub, proxy: str) -> None:
-    client = openai.OpenAI(base_url=proxy + "/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key=KEY, max_retries=0)
     got = []
     with pytest.raises(openai.APIError) as info:
         for chunk in client.chat.completions.create(

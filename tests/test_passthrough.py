@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import openai
 import pytest
 
-from .conftest import ProxyFactory
+from .conftest import KEY, ProxyFactory, http
 from .stubs.openai_upstream import OpenAIStub
 
 Stub = tuple[OpenAIStub, str]
@@ -16,7 +15,7 @@ MSG = [{"role": "user", "content": "hello"}]
 
 
 def sdk(proxy_url: str, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy_url + "/v1", api_key="client-key", default_headers=headers, max_retries=0)
+    return openai.OpenAI(base_url=proxy_url + "/v1", api_key=KEY, default_headers=headers, max_retries=0)
 
 
 @pytest.fixture
@@ -86,28 +85,28 @@ def test_header_picks_the_target_else_alias_else_default(openai_stub: Stub, open
 
 def test_what_goes_upstream(openai_stub: Stub, openai_stub2: Stub, two_targets: str) -> None:
     stub = openai_stub[0]
-    httpx.post(
+    http.post(
         two_targets + "/v1/chat/completions?api-version=7",
         json={"model": "m", "messages": MSG, "min_p": 0.1, "repetition_penalty": 1.1, "custom": {"deep": [1, 2]}},
-        headers={"authorization": "Bearer client-key", "x-api-key": "client-x", "connection": "keep-alive, x-hop",
+        headers={"x-api-key": "client-x", "connection": "keep-alive, x-hop",
                  "x-hop": "1", "cookie": "s=1", "x-custom": "kept", "openai-organization": "org"},
     ).raise_for_status()
     seen = stub.seen[-1]
     assert seen.body["min_p"] == 0.1 and seen.body["repetition_penalty"] == 1.1 and seen.body["custom"] == {"deep": [1, 2]}
     assert seen.query == "api-version=7"
-    assert seen.headers["authorization"] == "Bearer sk-upstream-a"  # the target's key, never the client's
+    assert seen.headers["authorization"] == "Bearer sk-upstream-a"  # the target's key, never the proxy's own
     assert "x-api-key" not in seen.headers and "cookie" not in seen.headers and "x-hop" not in seen.headers
     assert "target" not in seen.headers
     assert seen.headers["x-custom"] == "kept" and seen.headers["openai-organization"] == "org"
-    httpx.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "b"})
+    http.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"target": "b"})
     assert "authorization" not in openai_stub2[0].seen[-1].headers  # target b has no key: nothing is sent
 
 
 def test_response_headers(two_targets: str) -> None:
-    r = httpx.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"x-request-id": "abc-123"})
+    r = http.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"x-request-id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert float(r.headers["x-mooltiproxy-overhead-ms"]) >= 0
-    r2 = httpx.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"x-request-id": "bad id; spaces"})
+    r2 = http.post(two_targets + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers={"x-request-id": "bad id; spaces"})
     assert len(r2.headers["x-request-id"]) == 24
 
 
@@ -116,9 +115,9 @@ def test_path_masquerade_and_extra_routes(openai_stub: Stub, start_proxy: ProxyF
     proxy = start_proxy(
         {"targets": {"default": "a", "a": {"url": url, "routes": {"/v1/chat/completions": {"path": "/infer"}, "/v1/rerank": {}}}}}
     )
-    r = httpx.post(proxy.url + "/v1/chat/completions?x=1", json={"model": "m", "messages": MSG})
+    r = http.post(proxy.url + "/v1/chat/completions?x=1", json={"model": "m", "messages": MSG})
     assert r.json() == {"path": "/infer", "query": "x=1"}
-    assert httpx.post(proxy.url + "/v1/rerank", json={"query": "q", "documents": []}).json()["path"] == "/v1/rerank"
+    assert http.post(proxy.url + "/v1/rerank", json={"query": "q", "documents": []}).json()["path"] == "/v1/rerank"
 
 
 def test_own_models_listing_when_no_target_passes_it_through(openai_stub: Stub, start_proxy: ProxyFactory) -> None:
@@ -132,17 +131,17 @@ def test_own_models_listing_when_no_target_passes_it_through(openai_stub: Stub, 
 
 
 def test_health_needs_nothing(two_targets: str) -> None:
-    assert httpx.get(two_targets + "/health").json() == {"status": "ok"}
+    assert http.get(two_targets + "/health").json() == {"status": "ok"}
 
 
 def test_access_log_line(two_targets: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="mooltiproxy.access"):
-        httpx.post(two_targets + "/v1/chat/completions?key=sk-secret-in-query", json={"model": "m", "messages": MSG},
-                   headers={"authorization": "Bearer sk-client-secret", "target": "b"})
+        http.post(two_targets + "/v1/chat/completions?key=sk-secret-in-query", json={"model": "m", "messages": MSG},
+                   headers={"target": "b"})
         time.sleep(0.05)
     lines = [r.getMessage() for r in caplog.records if r.name == "mooltiproxy.access"]
     assert len(lines) == 1
     line = lines[0]
     assert "POST /v1/chat/completions status=200 target=b" in line
     assert "upstream_ms=" in line and "total_ms=" in line
-    assert "secret" not in line
+    assert "secret" not in line and KEY not in line

@@ -11,14 +11,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from mooltiproxy.config import parse
 from mooltiproxy.errors import ConfigError
 
-from .conftest import ROOT, ProxyFactory
+from .conftest import KEY, ROOT, ProxyFactory, http
 from .servers import serve
 from .stubs.tgi_upstream import TGIStub
 
@@ -47,7 +46,7 @@ def cards(tmp_path: Path) -> Path:
 
 
 def chat(url: str, messages: list[dict[str, Any]], **headers: str) -> openai.types.chat.ChatCompletion:
-    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, default_headers=headers)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, default_headers=headers)
     return client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
 
 
@@ -79,7 +78,7 @@ def test_character_picked_by_header_among_those_allowed(tgi: tuple[TGIStub, str]
     assert "Seraphina: *Seraphina kneels beside User.* You are safe now, User." in prompt
     assert prompt.endswith("<</SYS>>\n\nHi [/INST]")
     before = len(tgi[0].seen)
-    r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
+    r = http.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
                    headers={"x-character": "sara"})
     assert r.status_code == 400
     assert "Character 'sara' (x-character header) is not one target 'rp' offers (did you mean 'sera'?)" in r.json()["error"]["message"]
@@ -102,11 +101,11 @@ def test_awkward_histories_are_400s_not_500s(tgi: tuple[TGIStub, str], start_pro
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], "has no place for them"),
     ]:
-        r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": messages})
+        r = http.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": messages})
         assert r.status_code == 400, r.text
         assert message in r.json()["error"]["message"]
     # A trailing assistant message is continued, not answered.
-    r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [
+    r = http.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [
         {"role": "user", "content": "Count"}, {"role": "assistant", "content": "One, two,"}]})
     assert r.status_code == 200
     assert tgi[0].seen[-1]["inputs"] == "<start_of_turn>user\nCount<end_of_turn>\n<start_of_turn>model\nOne, two,"

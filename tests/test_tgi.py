@@ -7,11 +7,10 @@ import json
 from contextlib import ExitStack
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from .conftest import ROOT, ProxyFactory
+from .conftest import AUTH, KEY, ROOT, ProxyFactory, http
 from .servers import serve
 from .stubs.openai_upstream import OpenAIStub
 from .stubs.tgi_upstream import TGIStub
@@ -33,7 +32,7 @@ def proxy(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> str:
 
 @pytest.fixture
 def client(proxy: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy + "/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=proxy + "/v1", api_key=KEY, max_retries=0)
 
 
 def test_chat(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
@@ -217,7 +216,7 @@ def test_error_inside_a_stream_raises_in_the_sdk(tgi: tuple[TGIStub, str], clien
 )
 def test_bad_requests_are_400s(tgi: tuple[TGIStub, str], proxy: str, body: dict[str, Any], message: str) -> None:
     before = len(tgi[0].seen)
-    r = httpx.post(proxy + "/v1/chat/completions", json=body)
+    r = http.post(proxy + "/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]["message"]
     assert len(tgi[0].seen) == before
@@ -269,7 +268,7 @@ def tgi_front(openai_stub: tuple[OpenAIStub, str], start_proxy: ProxyFactory) ->
 
 def test_tgi_front_generate(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
     stub = openai_stub[0]
-    r = httpx.post(tgi_front + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "do_sample": False,
+    r = http.post(tgi_front + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "do_sample": False,
                                                                                      "details": True}})
     assert r.status_code == 200
     assert stub.seen[-1].path == "/v1/completions"
@@ -277,11 +276,11 @@ def test_tgi_front_generate(openai_stub: tuple[OpenAIStub, str], tgi_front: str)
     body = r.json()
     assert body["generated_text"] == "alpha continues: Hello"
     assert body["details"]["finish_reason"] == "eos_token" and body["details"]["generated_tokens"] == 3
-    assert httpx.post(tgi_front + "/generate", json={"inputs": "Hi"}).json() == {"generated_text": "alpha continues: Hi"}
+    assert http.post(tgi_front + "/generate", json={"inputs": "Hi"}).json() == {"generated_text": "alpha continues: Hi"}
 
 
 def test_tgi_front_stream(tgi_front: str) -> None:
-    with httpx.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
+    with http.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data:{") for line in lines)
     events = [json.loads(line[5:]) for line in lines]
@@ -292,12 +291,12 @@ def test_tgi_front_stream(tgi_front: str) -> None:
 
 def test_tgi_front_answers_match_the_spec(tgi_front: str) -> None:
     """Golden answers: what the TGI front gives TGI clients, checked against tgi_openapi.json."""
-    body = httpx.post(tgi_front + "/generate", json={"inputs": "Hi", "parameters": {"details": True}}).json()
+    body = http.post(tgi_front + "/generate", json={"inputs": "Hi", "parameters": {"details": True}}).json()
     validator("GenerateResponse").validate(body)
-    compat = httpx.post(tgi_front + "/", json={"inputs": "Hi", "parameters": {"details": True}}).json()
+    compat = http.post(tgi_front + "/", json={"inputs": "Hi", "parameters": {"details": True}}).json()
     assert isinstance(compat, list)
     validator("GenerateResponse").validate(compat[0])
-    with httpx.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
+    with http.stream("POST", tgi_front + "/generate_stream", json={"inputs": "Hi"}) as r:
         for line in r.iter_lines():
             if line:
                 validator("StreamResponse").validate(json.loads(line[5:]))
@@ -305,7 +304,7 @@ def test_tgi_front_answers_match_the_spec(tgi_front: str) -> None:
 
 def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
     text_generation = pytest.importorskip("text_generation")
-    tg = text_generation.Client(tgi_front, timeout=10)
+    tg = text_generation.Client(tgi_front, headers=AUTH, timeout=10)
     response = tg.generate("Hello", max_new_tokens=5)
     assert response.generated_text == "alpha continues: Hello"
     assert response.details.finish_reason == "eos_token"
@@ -315,11 +314,11 @@ def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
 
 
 def test_tgi_front_errors_in_tgi_shape(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
-    r = httpx.post(tgi_front + "/generate", json={"parameters": {}})
+    r = http.post(tgi_front + "/generate", json={"parameters": {}})
     assert r.status_code == 400 and "'inputs'" in r.json()["error"]["message"]
     openai_stub[0].fail = (429, "slow down")
-    r = httpx.post(tgi_front + "/generate", json={"inputs": "x"})
+    r = http.post(tgi_front + "/generate", json={"inputs": "x"})
     assert r.status_code == 429 and r.json() == {"error": "slow down", "error_type": "stub_error"}
     text_generation = pytest.importorskip("text_generation")
     with pytest.raises(text_generation.errors.RateLimitExceededError):
-        text_generation.Client(tgi_front, timeout=10).generate("x")
+        text_generation.Client(tgi_front, headers=AUTH, timeout=10).generate("x")

@@ -10,6 +10,8 @@ from starlette.testclient import TestClient
 from mooltiproxy import create_app
 from mooltiproxy.config import parse
 
+from .conftest import AUTH, KEY
+
 
 def test_mock_transport_carries_requests_and_errors() -> None:
     seen: list[httpx.Request] = []
@@ -21,9 +23,10 @@ def test_mock_transport_carries_requests_and_errors() -> None:
         body = json.loads(request.content)
         return httpx.Response(200, json={"echo": body["messages"][0]["content"]}, headers={"x-request-id": "up-1"})
 
-    config = parse({"targets": {"default": "m", "m": {"url": "http://upstream.test", "api_key_env": "K"}}}, environ={"K": "sk-k"})
+    config = parse({"targets": {"default": "m", "m": {"url": "http://upstream.test", "api_key_env": "K"}}},
+                   environ={"K": "sk-k", "MOOLTIPROXY_KEY": KEY})
     app = create_app(config, transport=httpx.MockTransport(handler))
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         r = client.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "yo"}]})
         assert r.json() == {"echo": "yo"}
         assert r.headers["x-upstream-request-id"] == "up-1"

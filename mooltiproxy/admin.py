@@ -1,0 +1,40 @@
+"""Admin endpoints on the running proxy, for the master key only: list bans, lift one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .bans import BanLedger, normalize
+from .errors import Forbidden, NotFound
+from .keys import MASTER
+
+
+def _master_only(request: Request) -> None:
+    if request.scope["mooltiproxy"].key_name != MASTER:
+        raise Forbidden("The admin endpoints need the master key.", code="admin_only")
+
+
+def routes(ledger: BanLedger) -> list[Route]:
+    async def list_bans(request: Request) -> JSONResponse:
+        _master_only(request)
+        return JSONResponse({"bans": [
+            {"address": b.address, "seconds_left": round(b.left(), 1), "failures": b.failures,
+             "until": datetime.fromtimestamp(b.until, UTC).isoformat(timespec="seconds")}
+            for b in ledger.bans()
+        ]})
+
+    async def unban(request: Request) -> JSONResponse:
+        _master_only(request)
+        address = normalize(request.path_params["address"])
+        if not ledger.unban(address):
+            raise NotFound(f"{address} is not banned.", code="not_banned")
+        return JSONResponse({"unbanned": address})
+
+    return [
+        Route("/admin/bans", list_bans, methods=["GET"]),
+        Route("/admin/bans/{address:path}", unban, methods=["DELETE"]),
+    ]

@@ -1,0 +1,150 @@
+"""The ban ledger: failed key attempts per address, and bans that outlive a restart.
+
+``max_failures`` failures from one address within ``window`` seconds ban it for ``ban`` seconds. A
+failure counts from the moment it happens and drops out of the count ``window`` seconds later; a
+success erases nothing. Whitelisted networks are never banned. Bans live in SQLite (``state.db``
+beside the dataset) so a restart keeps them; the hot path only reads a dictionary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("mooltiproxy.guard")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def normalize(address: str) -> str:
+    """One spelling per address: IPv6 compressed, IPv4-mapped IPv6 as IPv4; anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def in_networks(address: str, networks: Iterable[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+@dataclass(frozen=True)
+class Ban:
+    address: str
+    until: float  # wall-clock time
+    failures: int
+
+    def left(self, now: float | None = None) -> float:
+        return max(0.0, self.until - (time.time() if now is None else now))
+
+
+class BanLedger:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        max_failures: int,
+        window: float,
+        ban: float,
+        whitelist: Iterable[Network] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_failures = max_failures
+        self.window = window
+        self.ban_seconds = ban
+        self.whitelist = tuple(whitelist)
+        self.clock = clock
+        self._bans: dict[str, Ban] = {}
+        self._failures: dict[str, deque[float]] = {}
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("CREATE TABLE IF NOT EXISTS bans (address TEXT PRIMARY KEY, until REAL NOT NULL, failures INTEGER NOT NULL)")
+        now = self.clock()
+        self._db.execute("DELETE FROM bans WHERE until <= ?", (now,))
+        for address, until, failures in self._db.execute("SELECT address, until, failures FROM bans"):
+            self._bans[address] = Ban(address, until, failures)
+        if self._bans:
+            log.info("%d ban(s) carried over from %s", len(self._bans), self.path)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def banned_for(self, address: str) -> float:
+        """Seconds left on this address's ban; 0 when it is not banned."""
+        ban = self._bans.get(address)
+        if ban is None:
+            return 0.0
+        left = ban.left(self.clock())
+        if left <= 0:
+            self._forget(address)
+        return left
+
+    def fail(self, address: str) -> float:
+        """Count a failed attempt; the ban's length when this one tips the address over, else 0."""
+        if in_networks(address, self.whitelist):
+            return 0.0
+        now = self.clock()
+        attempts = self._failures.setdefault(address, deque())
+        attempts.append(now)
+        while attempts and attempts[0] <= now - self.window:
+            attempts.popleft()
+        if len(self._failures) > 10_000:
+            self._sweep(now)
+        if len(attempts) < self.max_failures:
+            return 0.0
+        ban = Ban(address, now + self.ban_seconds, len(attempts))
+        self._bans[address] = ban
+        attempts.clear()
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?, ?)", (ban.address, ban.until, ban.failures))
+        log.warning("banned %s for %g s after %d failed key attempts within %g s", address, self.ban_seconds, ban.failures,
+                    self.window)
+        return self.ban_seconds
+
+    def bans(self) -> list[Ban]:
+        now = self.clock()
+        for address in [a for a, b in self._bans.items() if b.until <= now]:
+            self._forget(address)
+        return sorted(self._bans.values(), key=lambda b: b.until)
+
+    def unban(self, address: str) -> bool:
+        address = normalize(address)
+        self._failures.pop(address, None)
+        if address not in self._bans:
+            return False
+        self._forget(address)
+        log.warning("unbanned %s", address)
+        return True
+
+    def _forget(self, address: str) -> None:
+        self._bans.pop(address, None)
+        if self._db is not None:
+            self._db.execute("DELETE FROM bans WHERE address = ?", (address,))
+
+    def _sweep(self, now: float) -> None:
+        """Drop addresses whose failures have all aged out, so a spray of addresses cannot grow memory."""
+        for address in [a for a, q in self._failures.items() if not q or q[-1] <= now - self.window]:
+            del self._failures[address]

@@ -1,0 +1,69 @@
+"""The door: deny list, bans, and the key, checked before a request reaches anything else.
+
+A pure ASGI middleware. In order: a blacklisted address is refused; a banned address is refused with
+the time left (no key check, nothing sent upstream); then the request must carry a key the keyring
+knows. A missing or wrong key counts as a failed attempt in the ban ledger. The key that matched goes
+on the request's info by name (never its value) for the access log, the dataset and target checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .bans import BanLedger, Network, in_networks, normalize
+from .context import RequestInfo
+from .errors import Forbidden, Unauthorized
+from .keys import Keyring, presented
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+_HOW = "Send the proxy's key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, *, keyring: Keyring, ledger: BanLedger, blacklist: Iterable[Network] = ()) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.ledger = ledger
+        self.blacklist = tuple(blacklist)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        info: RequestInfo = scope["mooltiproxy"]
+        address = normalize(info.client)
+        if self.blacklist and in_networks(address, self.blacklist):
+            raise Forbidden(f"Requests from {address} are refused by this proxy (auth.blacklist).", code="address_blocked")
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        left = self.ledger.banned_for(address)
+        if left and not (scope["path"].startswith("/admin/") and _loopback(address)):
+            # (A ban never locks the admin on the proxy's own machine out of `mooltiproxy unban`.)
+            seconds = math.ceil(left)
+            raise Forbidden(
+                f"{address} is banned for another {seconds} s after repeated requests with a wrong API key.",
+                code="address_banned", headers=[("Retry-After", str(seconds))],
+            )
+        token = presented(scope)
+        key = self.keyring.match(token)
+        if key is None:
+            self.ledger.fail(address)
+            if token is None:
+                raise Unauthorized(f"No API key was sent. {_HOW}")
+            raise Unauthorized(f"Incorrect API key. {_HOW}")
+        info.key_name = key.name
+        info.key_targets = key.targets
+        await self.app(scope, receive, send)

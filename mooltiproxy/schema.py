@@ -1,0 +1,185 @@
+"""The config file's schema: every key, its type and its default, in voluptuous validators.
+
+``config.py`` loads a file and turns what this schema accepts into typed settings; this module only
+says what is allowed. ``config.template.yaml`` documents the same keys, and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import voluptuous as vol
+
+from .validators import (
+    duration,
+    env_name,
+    integer,
+    list_of,
+    mapping_of,
+    network,
+    one_of,
+    optional_text,
+    section,
+    size,
+    text,
+    url,
+)
+
+TARGET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_NAME = text(pattern=r"[A-Za-z0-9_.-]+", hint="a name may hold letters, digits, '_', '.' and '-' only")
+
+ROUTE = section(
+    {
+        vol.Optional("path"): text(pattern=r"/\S*", hint="must be a path starting with /"),
+        vol.Optional("stream_path"): text(pattern=r"/\S*", hint="must be a path starting with /"),
+        vol.Optional("method"): one_of("GET", "POST", "PUT", "DELETE", "PATCH"),
+        vol.Optional("request"): optional_text,
+        vol.Optional("answer"): optional_text,
+        vol.Optional("stream"): optional_text,
+        vol.Optional("error"): optional_text,
+        vol.Optional("stream_format"): one_of("sse", "ndjson"),
+    },
+    what="route",
+)
+
+_INLINE_PROMPTER = section(
+    {
+        vol.Required("template"): text(),
+        vol.Optional("stop", default=[]): list_of(text()),
+        vol.Optional("bos_token", default=""): text(),
+        vol.Optional("eos_token", default=""): text(),
+    },
+    what="inline prompter",
+)
+
+
+def _prompter(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _INLINE_PROMPTER(value)
+    raise vol.Invalid("must be a preset name, a path to a .jinja or tokenizer_config.json file, or a mapping with a template")
+
+
+TARGET = section(
+    {
+        vol.Required("url"): url,
+        vol.Optional("type", default="openai"): text(),
+        vol.Optional("api_key_env", default=None): vol.Any(None, env_name),
+        vol.Optional("prompter", default=None): _prompter,
+        vol.Optional("stop", default=[]): list_of(text()),
+        vol.Optional("character", default=None): optional_text,
+        vol.Optional("characters", default={}): mapping_of(_NAME, text()),
+        vol.Optional("user_name", default="User"): text(),
+        vol.Optional("timeout", default=None): vol.Any(None, duration()),
+        vol.Optional("headers", default={}): mapping_of(text(), text()),
+        vol.Optional("routes", default={}): mapping_of(
+            text(pattern=r"/\S*", hint="a route's key must be an inbound path starting with /"), ROUTE
+        ),
+        vol.Optional("options", default={}): mapping_of(text(), lambda v: v),
+    },
+    what="target",
+)
+
+
+def _targets(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise vol.Invalid("must be a mapping of target names to targets")
+    errors: list[vol.Invalid] = []
+    out: dict[str, Any] = {}
+    for name, spec in value.items():
+        if name == "default":
+            if spec is not None and not isinstance(spec, str):
+                errors.append(vol.Invalid("must be the name of a target", path=[name]))
+            out[name] = spec
+            continue
+        if not re.fullmatch(TARGET_NAME, str(name)):
+            errors.append(vol.Invalid("a target's name may hold letters, digits, '_', '.' and '-' only", path=[name]))
+            continue
+        try:
+            out[str(name)] = TARGET(spec)
+        except vol.MultipleInvalid as exc:
+            for err in exc.errors:
+                err.prepend([name])
+            errors.extend(exc.errors)
+        except vol.Invalid as exc:
+            exc.prepend([name])
+            errors.append(exc)
+    if errors:
+        raise vol.MultipleInvalid(errors)
+    return out
+
+
+def _model_alias(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"target": value, "model": None}
+    return section({vol.Required("target"): text(), vol.Optional("model", default=None): optional_text}, what="model alias")(
+        value
+    )
+
+
+def _key_name(value: Any) -> str:
+    name = str(_NAME(value))
+    if name == "master":
+        raise vol.Invalid("'master' is the name of the master key; give this key another name")
+    return name
+
+
+NAMED_KEY = section(
+    {
+        vol.Required("key_env"): env_name,
+        vol.Optional("targets", default=None): vol.Any(None, list_of(text())),
+    },
+    what="key",
+)
+
+SCHEMA = section(
+    {
+        vol.Optional("server", default={}): section(
+            {
+                vol.Optional("host", default="127.0.0.1"): text(),
+                vol.Optional("port", default=8000): integer(min=0, max=65535),
+                vol.Optional("tls", default=None): vol.Any(
+                    None,
+                    section({vol.Required("certfile"): text(), vol.Required("keyfile"): text()}, what="tls section"),
+                ),
+                vol.Optional("timeout", default=600): duration(),
+                vol.Optional("connect_timeout", default=10): duration(),
+                vol.Optional("max_body", default="8MiB"): size,
+                vol.Optional("header_timeout", default=10): duration(),
+                vol.Optional("body_timeout", default=60): duration(),
+                vol.Optional("max_connections_per_ip", default=1000): integer(min=1),
+                vol.Optional("trusted_proxies", default=[]): list_of(network),
+                vol.Optional("cors_origins", default=[]): list_of(
+                    text(pattern=r"\*|https?://[^/\s]+", hint="must be an origin such as https://app.example.com, or *")
+                ),
+            },
+            what="server section",
+        ),
+        vol.Optional("auth", default={}): section(
+            {
+                vol.Optional("master_key_env", default="MOOLTIPROXY_KEY"): env_name,
+                vol.Optional("max_failures", default=5): integer(min=1),
+                vol.Optional("window", default=600): duration(),
+                vol.Optional("ban", default=3600): duration(),
+                vol.Optional("whitelist", default=[]): list_of(network),
+                vol.Optional("blacklist", default=[]): list_of(network),
+                vol.Optional("keys", default={}): mapping_of(_key_name, NAMED_KEY),
+            },
+            what="auth section",
+        ),
+        vol.Optional("targets", default={}): _targets,
+        vol.Optional("models", default={}): mapping_of(text(), _model_alias),
+        vol.Optional("dataset", default={}): section(
+            {
+                vol.Optional("dir", default="datasets"): text(),
+            },
+            what="dataset section",
+        ),
+    },
+    what="file",
+)
+
