@@ -25,6 +25,7 @@ from .fronts import load_fronts
 from .guard import Guard
 from .keys import Keyring
 from .pipeline import Pipeline
+from .recorder import Recorder, make_sink, new_session
 from .router import Router
 from .targets import build_targets
 from .upstream import AiohttpClient, HttpxClient, UpstreamClient
@@ -60,18 +61,27 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets) for k in auth.keys.values()])
     ledger = BanLedger(config.dataset.dir / "state.db", max_failures=auth.max_failures, window=auth.window, ban=auth.ban,
                        whitelist=auth.whitelist)
+    dataset = config.dataset
+    session = dataset.session or new_session()
+    sink = make_sink(dataset.sink, dataset.dir, session)
+    recorder = Recorder(sink, session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue) if sink else None
     services = Services()
-    pipeline = Pipeline(router, services.upstream, config.server, load_fronts())
+    pipeline = Pipeline(router, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ledger.open()
+        if recorder is not None:
+            recorder.start()
+            log.info("recording exchanges to %s (session %s)", getattr(recorder.sink, "path", dataset.dir), session)
         services.client = HttpxClient(transport) if transport is not None else AiohttpClient()
         try:
             yield
         finally:
             await services.client.aclose()
             services.client = None
+            if recorder is not None:
+                recorder.stop()
             ledger.close()
 
     async def health(request: Request) -> JSONResponse:
@@ -89,4 +99,5 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     app.state.config = config
     app.state.router = router
     app.state.ledger = ledger
+    app.state.recorder = recorder
     return app

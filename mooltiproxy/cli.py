@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     _config_arg(serve)
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    serve.add_argument("--session", help="append to this dataset session (default: dataset.session, else a new one)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -140,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host or args.port is not None:
         server = replace(server, host=args.host or server.host, port=server.port if args.port is None else args.port)
         config = replace(config, server=server)
+    if args.session:
+        config = replace(config, dataset=replace(config.dataset, session=args.session))
     _setup_logging(args.log_level)
     run(create_app(config), server)
     return 0

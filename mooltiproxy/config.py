@@ -67,7 +67,13 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class DatasetConfig:
+    sink: str = "jsonl"
     dir: Path = Path("datasets")
+    session: str | None = None  # None: a new session per server run
+    record_errors: bool = False
+    redact: tuple[str, ...] = ()
+    fsync: str = "interval"
+    queue: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,8 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
         master_key_env=a["master_key_env"], master_key=env.get(a["master_key_env"]) or None, max_failures=a["max_failures"],
         window=a["window"], ban=a["ban"], whitelist=tuple(a["whitelist"]), blacklist=tuple(a["blacklist"]), keys=keys,
     )
-    dataset = DatasetConfig(dir=_resolve(base_dir, clean["dataset"]["dir"]))
+    d = dict(clean["dataset"])
+    dataset = DatasetConfig(**{**d, "dir": _resolve(base_dir, d["dir"]), "redact": tuple(d["redact"])})
 
     raw_targets = dict(clean["targets"])
     default = raw_targets.pop("default", None)

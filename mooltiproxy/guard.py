@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,11 +32,15 @@ _HOW = "Send the proxy's key as 'Authorization: Bearer <key>' or 'x-api-key: <ke
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, keyring: Keyring, ledger: BanLedger, blacklist: Iterable[Network] = ()) -> None:
+    def __init__(self, app: ASGIApp, *, keyring: Keyring, ledger: BanLedger, blacklist: Iterable[Network] = (),
+                 open_paths: Iterable[str] = (), cookie_auth: Callable[[Scope], str | None] | None = None) -> None:
         self.app = app
         self.keyring = keyring
         self.ledger = ledger
         self.blacklist = tuple(blacklist)
+        self.open_paths = OPEN_PATHS | frozenset(open_paths)
+        # The review page's browser session: a signed cookie stands in for the key under /ui.
+        self.cookie_auth = cookie_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +50,7 @@ class Guard:
         address = normalize(info.client)
         if self.blacklist and in_networks(address, self.blacklist):
             raise Forbidden(f"Requests from {address} are refused by this proxy (auth.blacklist).", code="address_blocked")
-        if scope["path"] in OPEN_PATHS:
+        if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         left = self.ledger.banned_for(address)
@@ -58,6 +62,12 @@ class Guard:
                 code="address_banned", headers=[("Retry-After", str(seconds))],
             )
         token = presented(scope)
+        if token is None and self.cookie_auth is not None and scope["path"].startswith("/ui"):
+            name = self.cookie_auth(scope)
+            if name is not None:
+                info.key_name = name
+                await self.app(scope, receive, send)
+                return
         key = self.keyring.match(token)
         if key is None:
             self.ledger.fail(address)

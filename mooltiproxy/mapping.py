@@ -15,17 +15,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .errors import MappingError
+from .errors import MapperFailed, MappingError, ProxyError
 
 if TYPE_CHECKING:
     from .targets import Target
+
+log = logging.getLogger("mooltiproxy")
 
 __all__ = ["Fanout", "MapContext", "Mapper", "MapperLookupError", "MappingError", "resolve"]
 
@@ -165,3 +168,40 @@ def _load_file(file: Path, module_name: str, full: str) -> ModuleType:
         del sys.modules[qualified]
         raise MapperLookupError(f"importing {file} for '{full}' failed: {type(exc).__name__}: {exc}") from None
     return module
+
+
+# ------------------------------------------------------------------------------------ calling them
+
+
+async def run_stream_mapper(mapper: Mapper, events: AsyncIterator[Any], ctx: MapContext) -> AsyncGenerator[Any, None]:
+    """Run a stream mapper, turning its failures into ``ProxyError`` the way ``call_mapper`` does."""
+    gen = mapper.stream(events, ctx)
+    try:
+        async for event in gen:
+            yield event
+    except ProxyError:
+        raise
+    except Exception as exc:
+        raise mapper_failed(mapper, exc) from None
+    finally:
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def call_mapper(mapper: Mapper, body: Any, ctx: MapContext) -> Any:
+    """Call a mapper; ``MappingError`` (and any ``ProxyError``) passes through, anything else is the mapper's bug."""
+    try:
+        return await mapper(body, ctx)
+    except ProxyError:
+        raise
+    except Exception as exc:
+        raise mapper_failed(mapper, exc) from None
+
+
+def mapper_failed(mapper: Mapper, exc: Exception) -> MapperFailed:
+    log.error("mapper %s failed", mapper.name, exc_info=exc)
+    return MapperFailed(
+        f"The mapper '{mapper.name}' failed with {type(exc).__name__}: {exc}. This is a bug in the mapper; "
+        f"the proxy's log has its traceback."
+    )

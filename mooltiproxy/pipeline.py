@@ -18,23 +18,22 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from . import sse
+from .bodies import parse_json, read_body, upstream_json
 from .config import ServerConfig
 from .context import RequestInfo
 from .errors import (
     BadRequest,
-    ClientGone,
     Forbidden,
-    MapperFailed,
     MethodNotAllowed,
-    PayloadTooLarge,
     ProxyError,
-    RequestTimeout,
     UpstreamError,
 )
 from .fanout import merge_answers, merge_streams
 from .fronts import Front
-from .mapping import Fanout, MapContext, Mapper
+from .mapping import Fanout, MapContext, call_mapper, run_stream_mapper
+from .recorder import Recorder
 from .router import Router
+from .tape import RECORDED, Tape
 from .targets import Route, Target
 from .upstream import UpstreamClient, UpstreamResponse, forward_headers, response_headers
 
@@ -67,6 +66,7 @@ class Exchange:
         "stream",
         "t_ready",
         "t_sent",
+        "tape",
         "target",
     )
 
@@ -86,6 +86,7 @@ class Exchange:
         self.done = False
         self.client_gone = False
         self.character: Any = None
+        self.tape: Tape | None = None  # what the recorder will get, when this exchange is recorded
 
     def overhead_ms(self) -> bytes:
         """Time spent in the proxy so far, the upstream's own time taken out."""
@@ -103,12 +104,15 @@ class Exchange:
 class Pipeline:
     """The ASGI app behind every proxied path."""
 
-    def __init__(self, router: Router, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front]) -> None:
+    def __init__(self, router: Router, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front],
+                 recorder: Recorder | None = None, record_errors: bool = False) -> None:
         self.router = router
         self.client = client
         self.max_body = server.max_body
         self.body_timeout = server.body_timeout
         self.fronts = fronts
+        self.recorder = recorder
+        self.record_errors = record_errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info: RequestInfo = scope["mooltiproxy"]
@@ -120,6 +124,7 @@ class Pipeline:
         target_header = None
         character = None
         declared = None
+        record = self.recorder is not None
         for name, value in scope["headers"]:
             if name == b"target":
                 target_header = value.decode("latin-1").strip()
@@ -127,6 +132,8 @@ class Pipeline:
                 declared = int(value) if value.isdigit() else None
             elif name == b"x-character":
                 character = value.decode("latin-1").strip()
+            elif name == b"x-mooltiproxy-record":
+                record = record and value.strip().lower() not in (b"off", b"0", b"false", b"no")
         if path == "/v1/models" and method == "GET":
             chosen = self.router.pick_if_any(target_header)
             if chosen is None or path not in chosen.routes:
@@ -146,6 +153,8 @@ class Pipeline:
             body = orjson.dumps(parsed)
         ex = Exchange(info, scope, body, parsed, target, route, front)
         ex.character = target.pick_character(character)
+        if record and route.inbound in RECORDED:
+            ex.tape = Tape(route.inbound)
         await self._guarded(ex, receive, send)
 
     def _route(self, target: Target, path: str, method: str) -> tuple[Route, Front | None]:
@@ -181,8 +190,16 @@ class Pipeline:
             task.uncancel()
             log.info("request %s: the client went away; upstream request cancelled", ex.info.id)
             ex.info.status = ex.info.status or 499
+            if ex.tape is not None:
+                ex.tape.cut("the client disconnected")
+        except ProxyError as exc:
+            if ex.tape is not None:
+                ex.tape.failed(exc)
+            raise
         finally:
             watcher.cancel()
+            if ex.tape is not None:
+                self._record(ex)
 
     # ------------------------------------------------------------------------------ request stage
 
@@ -297,13 +314,13 @@ class Pipeline:
         events = _checked(sse.events(resp.chunks(), ex.route.stream_format))
         if ex.route.stream is not None:
             assert ctx is not None
-            return _stream_mapper(ex.route.stream, events, ctx)
+            return run_stream_mapper(ex.route.stream, events, ctx)
         return events
 
     async def _answer(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None) -> Any:
         data = await resp.read()
         ex.t_ready = time.perf_counter()
-        parsed = upstream_json(data, ex)
+        parsed = upstream_json(data, ex.target.name)
         if ex.route.answer is not None:
             assert ctx is not None
             return await call_mapper(ex.route.answer, parsed, ctx)
@@ -317,19 +334,29 @@ class Pipeline:
         ex.t_ready = time.perf_counter()
         headers.append((b"x-mooltiproxy-overhead-ms", ex.overhead_ms()))
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        stream = _is_stream(resp)
+        tape = ex.tape
         try:
             if first:
+                if tape is not None:
+                    tape.relayed(first, stream)
                 await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in chunks:
+                if tape is not None:
+                    tape.relayed(chunk, stream)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             log.warning("request %s: %s", ex.info.id, exc.message)
-            if _is_stream(resp):
+            if tape is not None:
+                tape.cut(exc.message)
+            if stream:
                 await send({"type": "http.response.body", "body": sse.frame(exc.body()), "more_body": True})
         ex.done = True
         await send({"type": "http.response.body", "body": b""})
 
     async def _emit_answer(self, ex: Exchange, status: int, answer: Any, send: Send) -> None:
+        if ex.tape is not None:
+            ex.tape.answer = answer
         if ex.front is not None and ex.front.answer is not None:
             assert ex.ctx is not None
             answer = await call_mapper(ex.front.answer, answer, ex.ctx)
@@ -340,11 +367,13 @@ class Pipeline:
         """Events written in the front's framing. The status line waits for the first event, so an error
         the upstream reports before any token still becomes a proper HTTP error."""
         framing = "openai"
+        if ex.tape is not None:
+            events = ex.tape.tap(events)
         if ex.front is not None:
             framing = ex.front.framing
             if ex.front.stream is not None:
                 assert ex.ctx is not None
-                events = _stream_mapper(ex.front.stream, events, ex.ctx)
+                events = run_stream_mapper(ex.front.stream, events, ex.ctx)
         frame, done = sse.FRAMINGS[framing]
         started = False
         try:
@@ -363,6 +392,8 @@ class Pipeline:
             if not started:
                 raise
             log.warning("request %s: stream ended by an error: %s", ex.info.id, exc.message)
+            if ex.tape is not None:
+                ex.tape.cut(exc.message)
             await send({"type": "http.response.body", "body": _error_event(ex, exc), "more_body": True})
         finally:
             aclose = getattr(events, "aclose", None)
@@ -380,6 +411,8 @@ class Pipeline:
         route or front speaks another API)."""
         data = await resp.read()
         ex.t_ready = time.perf_counter()
+        if ex.tape is not None:
+            ex.tape.error = data.decode("utf-8", "replace")[:2000]
         route, front = ex.route, ex.front
         if ctx is not None and (route.error is not None or front is not None):
             try:
@@ -400,6 +433,27 @@ class Pipeline:
         ex.done = True
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+
+    def _record(self, ex: Exchange) -> None:
+        tape, status = ex.tape, ex.info.status
+        assert tape is not None and self.recorder is not None
+        if status == 0 and tape.status:
+            status = tape.status
+        if not (200 <= status < 300 or ex.client_gone) and not self.record_errors:
+            return
+        self.recorder.submit(tape.capture(
+            request_id=ex.info.id, target=ex.target.name, request=ex.json, status=status, key=ex.info.key_name, stream=ex.stream,
+            prompt=ex.ctx.prompt if ex.ctx is not None else None, started=ex.info.start,
+        ))
+
+
+async def _checked(events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+    try:
+        async for event in events:
+            yield event
+    except sse.NotJSON as exc:
+        raise UpstreamError(f"The upstream's stream could not be read: {exc}.", code="upstream_bad_stream") from None
 
 
 def _may_use(info: RequestInfo, target: Target) -> None:
@@ -440,101 +494,3 @@ async def _send_json(ex: Exchange | None, status: int, answer: Any, send: Send, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def _stream_mapper(mapper: Mapper, events: AsyncIterator[Any], ctx: MapContext) -> AsyncGenerator[Any, None]:
-    """Run a stream mapper, turning its failures into ``ProxyError`` the way ``call_mapper`` does."""
-    gen = mapper.stream(events, ctx)
-    try:
-        async for event in gen:
-            yield event
-    except ProxyError:
-        raise
-    except Exception as exc:
-        raise mapper_failed(mapper, exc) from None
-    finally:
-        aclose = getattr(gen, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _checked(events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
-    try:
-        async for event in events:
-            yield event
-    except sse.NotJSON as exc:
-        raise UpstreamError(f"The upstream's stream could not be read: {exc}.", code="upstream_bad_stream") from None
-
-
-async def call_mapper(mapper: Mapper, body: Any, ctx: MapContext) -> Any:
-    """Call a mapper; ``MappingError`` (and any ``ProxyError``) passes through, anything else is the mapper's bug."""
-    try:
-        return await mapper(body, ctx)
-    except ProxyError:
-        raise
-    except Exception as exc:
-        raise mapper_failed(mapper, exc) from None
-
-
-def mapper_failed(mapper: Mapper, exc: Exception) -> MapperFailed:
-    log.error("mapper %s failed", mapper.name, exc_info=exc)
-    return MapperFailed(
-        f"The mapper '{mapper.name}' failed with {type(exc).__name__}: {exc}. This is a bug in the mapper; "
-        f"the proxy's log has its traceback."
-    )
-
-
-async def read_body(receive: Receive, limit: int, declared: int | None, deadline: float) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to be over ``limit``, and with 408
-    when it takes longer than ``deadline`` seconds to arrive (uvicorn itself waits forever)."""
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    try:
-        async with asyncio.timeout(deadline):
-            return await _read_body(receive, limit)
-    except TimeoutError:
-        raise RequestTimeout(f"The request body did not arrive within {deadline:g} s (server.body_timeout).") from None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone("The client disconnected while sending its request.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than the proxy accepts ({limit} bytes; server.max_body).")
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with Content-Type: application/json.",
-            code="invalid_json",
-        ) from None
-
-
-def upstream_json(data: bytes, ex: Exchange) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(
-            f"The upstream of target '{ex.target.name}' answered with something that is not JSON: {data[:100]!r}.",
-            code="upstream_bad_answer",
-        ) from None

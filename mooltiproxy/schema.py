@@ -12,6 +12,7 @@ from typing import Any
 import voluptuous as vol
 
 from .validators import (
+    boolean,
     duration,
     env_name,
     integer,
@@ -121,6 +122,15 @@ def _model_alias(value: Any) -> Any:
     )
 
 
+def _regex(value: Any) -> str:
+    pattern = str(text()(value))
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise vol.Invalid(f"is not a valid regular expression: {exc}") from None
+    return pattern
+
+
 def _key_name(value: Any) -> str:
     name = str(_NAME(value))
     if name == "master":
@@ -175,7 +185,13 @@ SCHEMA = section(
         vol.Optional("models", default={}): mapping_of(text(), _model_alias),
         vol.Optional("dataset", default={}): section(
             {
+                vol.Optional("sink", default="jsonl"): one_of("jsonl", "sqlite", "none"),
                 vol.Optional("dir", default="datasets"): text(),
+                vol.Optional("session", default=None): vol.Any(None, _NAME),
+                vol.Optional("record_errors", default=False): boolean,
+                vol.Optional("redact", default=[]): list_of(_regex),
+                vol.Optional("fsync", default="interval"): one_of("always", "interval", "never"),
+                vol.Optional("queue", default=10000): integer(min=1),
             },
             what="dataset section",
         ),

@@ -1,7 +1,8 @@
 """A stub OpenAI-compatible server: answers chat, completions, embeddings and models, and remembers
 every request it got. A request steers it with an extra ``stub`` field in the body (which the proxy
 passes through untouched): ``{"status": 429, "error": "...", "chunks": [...], "delay": 0.05,
-"headers": {...}, "drop_after": 2, "sleep": 1.0}``.
+"headers": {...}, "drop_after": 2, "sleep": 1.0, "message": {...whole answer message...},
+"finish_reason": "tool_calls", "n": 2, "raw": "<SSE text sent as is>", "bytewise": true}``.
 """
 
 from __future__ import annotations
@@ -78,22 +79,36 @@ class OpenAIStub:
         steered = await self._steer(body)
         if steered is not None:
             return steered
-        last = body["messages"][-1]["content"] if body.get("messages") else ""
+        last = body["messages"][-1].get("content") if body.get("messages") else ""
         text = f"{self.name} says: {last}"
         stub = body.get("stub") or {}
+        if stub.get("raw"):
+            return StreamingResponse(self._raw(stub["raw"].encode(), stub.get("bytewise", False)), media_type="text/event-stream")
         if body.get("stream"):
             pieces = stub.get("chunks") or [text[i : i + 5] for i in range(0, len(text), 5)]
             return StreamingResponse(self._chat_stream(body, pieces, stub), media_type="text/event-stream")
+        message = stub.get("message") or {"role": "assistant", "content": text}
+        n = stub.get("n", 1)
         return JSONResponse(
             {
                 "id": "chatcmpl-stub",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "m"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}],
+                "choices": [{"index": i, "message": message if i == 0 else {"role": "assistant", "content": f"{text} ({i})"},
+                             "finish_reason": stub.get("finish_reason", "stop"), "logprobs": None} for i in range(n)],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
             }
         )
+
+    async def _raw(self, data: bytes, bytewise: bool) -> Any:
+        """Exactly these bytes, in one write or one write per byte (each flushed to the socket on its own)."""
+        if not bytewise:
+            yield data
+            return
+        for i in range(len(data)):
+            yield data[i : i + 1]
+            await asyncio.sleep(0)
 
     async def _chat_stream(self, body: dict[str, Any], pieces: list[str], stub: dict[str, Any]) -> Any:
         base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": body.get("model", "m")}

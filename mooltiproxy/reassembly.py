@@ -1,0 +1,124 @@
+"""Streams put back together: OpenAI chunks, or the raw SSE bytes that carry them, into the whole answer.
+
+What comes out has the shape of a non-streamed answer (``choices[].message`` with ``content``,
+``reasoning_content`` and ``tool_calls``, ``finish_reason``, ``usage``), so the recorder treats streamed
+and plain exchanges alike. Whether the stream ended properly is tracked too: a chat stream that never
+reached a ``finish_reason`` (or ``[DONE]`` on a relayed stream) was cut short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .sse import SSEParser
+
+
+class _Choice:
+    __slots__ = ("content", "finish_reason", "reasoning", "role", "tool_calls")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.role = "assistant"
+
+
+class Reassembler:
+    """Feed it chunk dicts (``add``) or raw bytes (``feed``); ``answer()`` is the whole answer so far."""
+
+    __slots__ = ("_choices", "_kind", "_parser", "done", "error", "head", "usage")
+
+    def __init__(self, kind: str = "chat") -> None:
+        self._kind = kind
+        self._choices: dict[int, _Choice] = {}
+        self._parser: SSEParser | None = None
+        self.usage: dict[str, Any] | None = None
+        self.head: dict[str, Any] = {}
+        self.done = False  # [DONE] seen (relayed OpenAI streams)
+        self.error: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Raw SSE bytes as they were relayed: events split across reads or several in one read."""
+        if self._parser is None:
+            self._parser = SSEParser()
+        for _, payload in self._parser.feed(data):
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self.add(event)
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"]
+            self.error = str(err.get("message") if isinstance(err, dict) else err)
+            return
+        if not self.head:
+            self.head = {k: chunk[k] for k in ("id", "model", "created") if k in chunk}
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for c in chunk.get("choices") or ():
+            if not isinstance(c, dict):
+                continue
+            choice = self._choices.get(c.get("index", 0))
+            if choice is None:
+                choice = self._choices[c.get("index", 0)] = _Choice()
+            if c.get("finish_reason"):
+                choice.finish_reason = c["finish_reason"]
+            if self._kind != "chat":
+                if isinstance(c.get("text"), str):
+                    choice.content.append(c["text"])
+                continue
+            delta = c.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                choice.content.append(delta["content"])
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str):
+                choice.reasoning.append(reasoning)
+            for call in delta.get("tool_calls") or ():
+                self._tool_call(choice, call)
+
+    @staticmethod
+    def _tool_call(choice: _Choice, fragment: dict[str, Any]) -> None:
+        """Tool calls arrive in fragments: the first with id and name, then pieces of the arguments."""
+        index = fragment.get("index", len(choice.tool_calls))
+        call = choice.tool_calls.get(index)
+        if call is None:
+            call = choice.tool_calls[index] = {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        if fragment.get("id"):
+            call["id"] = fragment["id"]
+        function = fragment.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] += function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]
+
+    @property
+    def finished(self) -> bool:
+        """Every choice reached its finish_reason: the answer is whole."""
+        return bool(self._choices) and all(c.finish_reason for c in self._choices.values())
+
+    def answer(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self._choices):
+            c = self._choices[index]
+            if self._kind == "chat":
+                message: dict[str, Any] = {"role": c.role, "content": "".join(c.content)}
+                if c.reasoning:
+                    message["reasoning_content"] = "".join(c.reasoning)
+                if c.tool_calls:
+                    message["tool_calls"] = [c.tool_calls[i] for i in sorted(c.tool_calls)]
+                choices.append({"index": index, "message": message, "finish_reason": c.finish_reason})
+            else:
+                choices.append({"index": index, "text": "".join(c.content), "finish_reason": c.finish_reason})
+        answer = {**self.head, "choices": choices}
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return answer

@@ -1,0 +1,237 @@
+"""The dataset record: one exchange as a ShareGPT conversation with what training needs beside it.
+
+    {"id", "session", "conversations": [{"from": "system"|"human"|"gpt"|"function_call"|"observation",
+     "value": str}, ...], "tools": "<JSON list as a string>", "meta": {...}}
+
+``conversations`` is the whole conversation the client sent (system prompt and history, tool calls as
+``function_call`` turns, tool results as ``observation`` turns) followed by the answer. An exchange
+answered with n choices gives n records, one per choice, that share their ``meta.turn``: alternatives
+of the same turn, as a regeneration is. Every field keeps one type on every record (``tools`` is always
+a string), so Arrow-based readers such as ``datasets`` load the file without guessing.
+
+Threads: ``meta.turn`` fingerprints the conversation sent (what a regeneration repeats), ``meta.key``
+the conversation with its answer (what the next turn of the chat starts with). A request whose
+messages begin with an earlier record's ``key`` continues it (``meta.parent``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+CHAT, COMPLETION = "/v1/chat/completions", "/v1/completions"
+PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "frequency_penalty",
+          "presence_penalty", "repetition_penalty", "response_format", "tool_choice", "stream")
+
+
+@dataclass(slots=True)
+class Capture:
+    """What the pipeline hands the recorder after an exchange: references, converted later off the hot path."""
+
+    request_id: str
+    endpoint: str
+    target: str
+    request: Any  # the inbound body in the OpenAI shape
+    answer: Any = None  # the OpenAI answer, or a stream's reassembly of one
+    status: int = 200
+    key: str | None = None
+    stream: bool = False
+    prompt: str | None = None
+    latency_ms: float = 0.0
+    created: float = field(default_factory=lambda: datetime.now(UTC).timestamp())
+    cut_short: bool = False
+    cut_reason: str | None = None
+    error: str | None = None
+
+
+def text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return str(content)
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    """A tool call's arguments as an object (OpenAI sends them as a JSON string), or as sent if not JSON."""
+    args = function.get("arguments")
+    if isinstance(args, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(args) if args.strip() else {}
+    return args
+
+
+def _call_value(calls: Sequence[dict[str, Any]]) -> str:
+    """``function_call`` turns hold ``{"name", "arguments": {object}}``, a list of them for parallel calls."""
+    out = [{"name": (c.get("function") or {}).get("name", ""), "arguments": _arguments(c.get("function") or {})} for c in calls]
+    return orjson.dumps(out[0] if len(out) == 1 else out).decode()
+
+
+def turns_of(message: dict[str, Any]) -> list[dict[str, str]]:
+    """One OpenAI message as ShareGPT turns (an assistant message may give text and a function_call)."""
+    role = message.get("role")
+    text = text_of(message.get("content"))
+    if role in ("system", "developer"):
+        return [{"from": "system", "value": text}]
+    if role == "user":
+        return [{"from": "human", "value": text}]
+    if role in ("tool", "function"):
+        return [{"from": "observation", "value": text}]
+    if role == "assistant":
+        turns = [{"from": "gpt", "value": text}] if text or not message.get("tool_calls") else []
+        if message.get("tool_calls"):
+            turns.append({"from": "function_call", "value": _call_value(message["tool_calls"])})
+        return turns
+    return [{"from": str(role), "value": text}]
+
+
+# ------------------------------------------------------------------------------------------ threads
+
+
+def _canon(message: dict[str, Any]) -> bytes:
+    """What makes two messages the same for threading. Not: whitespace at the ends (clients trim), how
+    tool-call arguments were spaced, or a tool call's id."""
+    role = str(message.get("role"))
+    calls = [[(c.get("function") or {}).get("name"), _arguments(c.get("function") or {})]
+             for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    role = {"developer": "system", "function": "tool"}.get(role, role)
+    return orjson.dumps([role, text_of(message.get("content")).strip(), calls], option=orjson.OPT_SORT_KEYS)
+
+
+def fingerprint(messages: Iterable[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for m in messages:
+        h.update(_canon(m) + b"\n")
+    return h.hexdigest()[:32]
+
+
+def continuation_keys(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """Fingerprints of every beginning of ``messages`` that ends with an assistant message, longest first:
+    the ``key`` of the record this request would continue."""
+    h = hashlib.sha256()
+    keys = []
+    for m in messages:
+        h.update(_canon(m) + b"\n")
+        if m.get("role") == "assistant":
+            keys.append(h.hexdigest()[:32])
+    return keys[::-1]
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def new_id() -> str:
+    return "rec-" + os.urandom(10).hex()
+
+
+def build(capture: Capture, session: str) -> list[dict[str, Any]]:
+    """The records of one exchange: one per choice (one when it has no usable answer)."""
+    request = capture.request if isinstance(capture.request, dict) else {}
+    answer = capture.answer if isinstance(capture.answer, dict) else {}
+    choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
+    meta_common = {
+        "target": capture.target,
+        "model": request.get("model") or answer.get("model"),
+        "endpoint": capture.endpoint,
+        "key_name": capture.key,
+        "request_id": capture.request_id,
+        "prompt": capture.prompt,
+        "params": {k: request[k] for k in PARAMS if k in request},
+        "usage": answer.get("usage"),
+        "latency_ms": round(capture.latency_ms, 1),
+        "status": capture.status,
+        "stream": capture.stream,
+        "created": datetime.fromtimestamp(capture.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "cut_short": capture.cut_short,
+        "cut_reason": capture.cut_reason,
+        "error": capture.error,
+        "n": len(choices),
+    }
+    if capture.endpoint == COMPLETION:
+        prompt = request.get("prompt")
+        head = [{"from": "human", "value": prompt if isinstance(prompt, str) else text_of(prompt)}]
+        sent: list[dict[str, Any]] = [{"role": "user", "content": head[0]["value"]}]
+    else:
+        sent = [m for m in request.get("messages") or () if isinstance(m, dict)]
+        head = [t for m in sent for t in turns_of(m)]
+    tools = request.get("tools")
+    tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
+    turn = fingerprint(sent)
+    records = []
+    for choice in choices:
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if capture.endpoint == COMPLETION:
+            message["content"] = choice.get("text", "")
+        elif isinstance(choice.get("message"), dict):
+            message = choice["message"]
+        meta = {
+            **meta_common,
+            "choice": choice.get("index", 0),
+            "finish_reason": choice.get("finish_reason"),
+            "reasoning": message.get("reasoning_content") or message.get("reasoning"),
+            "turn": turn,
+            "key": fingerprint([*sent, message]),
+            "parent": None,
+            "thread": None,
+        }
+        records.append({
+            "id": new_id(),
+            "session": session,
+            "conversations": head + turns_of({**message, "role": "assistant"}),
+            "tools": tools_field,
+            "meta": meta,
+        })
+    return records
+
+
+def sent_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI messages of a record's conversation, its answer included (for relinking threads offline)."""
+    out: list[dict[str, Any]] = []
+    for turn in record.get("conversations") or ():
+        role = {"system": "system", "human": "user", "gpt": "assistant", "observation": "tool"}.get(turn.get("from"), "assistant")
+        if turn.get("from") == "function_call":
+            value = orjson.loads(turn["value"])
+            calls = value if isinstance(value, list) else [value]
+            message = {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": c.get("name"), "arguments": orjson.dumps(c.get("arguments")).decode()}} for c in calls]}
+            if out and out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
+                out[-1]["tool_calls"] = message["tool_calls"]
+                continue
+            out.append(message)
+            continue
+        out.append({"role": role, "content": turn.get("value", "")})
+    return out
+
+
+_REDACTED = "[REDACTED]"
+
+
+def redact(record: dict[str, Any], patterns: Sequence[re.Pattern[str]]) -> dict[str, Any]:
+    """Every string in the record with the patterns' matches replaced (ids and fingerprints excepted)."""
+    if not patterns:
+        return record
+
+    def clean(value: Any, key: str = "") -> Any:
+        if isinstance(value, str):
+            if key in ("id", "session", "turn", "key", "parent", "thread", "request_id"):
+                return value
+            for p in patterns:
+                value = p.sub(_REDACTED, value)
+            return value
+        if isinstance(value, dict):
+            return {k: clean(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(record)  # type: ignore[no-any-return]

@@ -1,0 +1,97 @@
+"""The recorded dataset as the curation tools read it: every session of either sink, filtered, with threads
+linked from the conversations themselves.
+
+The recorder links a record to the one it continues as it writes; several workers each keep their own
+index, so a chat that moved between them can miss a link. ``link`` redoes it from content, so stats,
+exports and the review page always see whole threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .records import continuation_keys, sent_messages
+from .sinks import DB_NAME, read_jsonl
+
+
+@dataclass(frozen=True)
+class Filter:
+    sessions: Sequence[str] = ()
+    targets: Sequence[str] = ()
+    since: str | None = None  # ISO date or time; compared with meta.created
+    until: str | None = None
+
+    def keeps(self, record: dict[str, Any]) -> bool:
+        meta = record.get("meta") or {}
+        created = str(meta.get("created") or "")
+        return (
+            (not self.sessions or record.get("session") in self.sessions)
+            and (not self.targets or meta.get("target") in self.targets)
+            and (self.since is None or created >= self.since)
+            and (self.until is None or created[: len(self.until)] <= self.until)
+        )
+
+
+class Store:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _jsonl_files(self) -> list[Path]:
+        return sorted(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
+
+    def _db(self) -> Path | None:
+        path = self.directory / DB_NAME
+        return path if path.is_file() else None
+
+    def sessions(self) -> list[str]:
+        names = {p.stem for p in self._jsonl_files()}
+        db = self._db()
+        if db is not None:
+            with sqlite3.connect(db) as conn:
+                names |= {row[0] for row in conn.execute("SELECT DISTINCT session FROM records")}
+        return sorted(names)
+
+    def records(self, where: Filter | None = None) -> Iterator[dict[str, Any]]:
+        """Every record (both sinks), oldest first within each source, that ``where`` keeps."""
+        where = where or Filter()
+        for path in self._jsonl_files():
+            if where.sessions and path.stem not in where.sessions:
+                continue
+            yield from (r for r in read_jsonl(path) if where.keeps(r))
+        db = self._db()
+        if db is not None:
+            with sqlite3.connect(db) as conn:
+                for (data,) in conn.execute("SELECT data FROM records ORDER BY created"):
+                    record = orjson.loads(data)
+                    if where.keeps(record):
+                        yield record
+
+    def linked(self, where: Filter | None = None) -> list[dict[str, Any]]:
+        return link(self.records(where))
+
+
+def link(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records in time order, each with ``meta.parent`` and ``meta.thread`` (re)computed from content:
+    a record continues the latest earlier record whose conversation its own begins with."""
+    ordered = sorted(records, key=lambda r: str((r.get("meta") or {}).get("created") or ""))
+    by_key: dict[str, dict[str, Any]] = {}
+    for record in ordered:
+        meta = record.setdefault("meta", {})
+        messages = sent_messages(record)
+        parent = None
+        if meta.get("endpoint") != "/v1/completions" and messages:
+            for key in continuation_keys(messages[:-1]):  # the record's own answer is not a beginning it continues
+                parent = by_key.get(key)
+                if parent is not None:
+                    break
+        meta["parent"] = parent["id"] if parent is not None else None
+        meta["thread"] = parent["meta"]["thread"] if parent is not None else meta.get("thread") or record.get("id")
+        if meta.get("key"):
+            by_key[meta["key"]] = record
+    return ordered

@@ -1,0 +1,74 @@
+"""The tape an exchange leaves for the recorder: the answer as it passed, or its stream put back
+together, whether the exchange was cut short and why. Filled on the request path, cheaply; turned
+into records later, by the recorder's writer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from .errors import ProxyError
+from .reassembly import Reassembler
+from .records import CHAT, COMPLETION, Capture
+
+RECORDED = frozenset({CHAT, COMPLETION})
+_MAX_TAPED_BODY = 16 * 1024 * 1024  # a non-streamed answer kept for the record; beyond this it is not JSON we can use
+
+
+class Tape:
+    """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
+    back together, and whether (and why) it was cut short."""
+
+    __slots__ = ("answer", "endpoint", "error", "reassembler", "relayed_body", "relayed_size", "status", "why_cut")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.answer: Any = None
+        self.reassembler: Reassembler | None = None
+        self.relayed_body: list[bytes] = []
+        self.relayed_size = 0
+        self.error: str | None = None
+        self.status = 0
+        self.why_cut: str | None = None
+
+    def _assembler(self) -> Reassembler:
+        if self.reassembler is None:
+            self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat")
+        return self.reassembler
+
+    def relayed(self, chunk: bytes, stream: bool) -> None:
+        if stream:
+            self._assembler().feed(chunk)
+        elif self.relayed_size < _MAX_TAPED_BODY:
+            self.relayed_body.append(chunk)
+            self.relayed_size += len(chunk)
+
+    async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        assembler = self._assembler()
+        async for event in events:
+            if isinstance(event, dict):
+                assembler.add(event)
+            yield event
+
+    def cut(self, why: str) -> None:
+        self.why_cut = self.why_cut or why
+
+    def failed(self, exc: ProxyError) -> None:
+        self.status = exc.status
+        self.error = exc.message
+
+    def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
+                prompt: str | None, started: float) -> Capture:
+        answer = self.answer
+        if self.reassembler is not None:
+            answer = self.reassembler.answer()
+            if self.why_cut is None and not (self.reassembler.done or self.reassembler.finished):
+                self.why_cut = self.reassembler.error or "the stream ended before its last event"
+        elif answer is None and self.relayed_body:
+            answer = b"".join(self.relayed_body)
+        return Capture(
+            request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
+            stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
+            cut_reason=self.why_cut, error=self.error,
+        )

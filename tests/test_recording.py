@@ -1,0 +1,346 @@
+"""Dataset capture through the running proxy: whole conversations, threads, alternatives, tools, streams
+reassembled whatever their chunking, cut-short exchanges, policy, and writing that loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from mooltiproxy.recorder import Recorder
+from mooltiproxy.records import Capture
+from mooltiproxy.sinks import JsonlSink, read_jsonl
+
+from .conftest import KEY, ProxyFactory, http
+from .servers import free_port
+from .stubs.openai_upstream import OpenAIStub
+
+Stub = tuple[OpenAIStub, str]
+
+
+def records(folder: Path, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The records written so far, once there are (at least) ``n`` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for f in sorted(folder.glob("*.jsonl")) for r in read_jsonl(f)]
+        if len(found) >= n or time.monotonic() > deadline:
+            return sorted(found, key=lambda r: r["meta"]["created"])
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def proxy(openai_stub: Stub, start_proxy: ProxyFactory) -> str:
+    return start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}}).url
+
+
+@pytest.fixture
+def client(proxy: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_a_multi_turn_chat_is_one_thread(client: openai.OpenAI, tmp_path: Path) -> None:
+    messages: list[Any] = [{"role": "system", "content": "Be nice."}]
+    for question in ("one", "two", "three"):
+        messages.append({"role": "user", "content": question})
+        answer = client.chat.completions.create(model="m", messages=messages, temperature=0.3, max_tokens=9)
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    first, second, third = records(tmp_path / "datasets", 3)
+    assert third["conversations"] == [
+        {"from": "system", "value": "Be nice."},
+        {"from": "human", "value": "one"}, {"from": "gpt", "value": "alpha says: one"},
+        {"from": "human", "value": "two"}, {"from": "gpt", "value": "alpha says: two"},
+        {"from": "human", "value": "three"}, {"from": "gpt", "value": "alpha says: three"},
+    ]
+    assert first["meta"]["parent"] is None
+    assert second["meta"]["parent"] == first["id"] and third["meta"]["parent"] == second["id"]
+    assert {r["meta"]["thread"] for r in (first, second, third)} == {first["id"]}
+    meta = third["meta"]
+    assert meta["params"] == {"temperature": 0.3, "max_tokens": 9}
+    assert meta["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert meta["finish_reason"] == "stop" and meta["status"] == 200 and meta["target"] == "a" and meta["key_name"] == "master"
+    assert meta["endpoint"] == "/v1/chat/completions" and meta["latency_ms"] > 0 and meta["created"].endswith("Z")
+    assert third["tools"] == "[]"
+
+
+def test_a_regeneration_is_an_alternative_of_the_same_turn(client: openai.OpenAI, tmp_path: Path) -> None:
+    first = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": first}, {"role": "user", "content": "more"}]
+    client.chat.completions.create(model="m", messages=history)
+    client.chat.completions.create(model="m", messages=history, extra_body={"stub": {"message": {"role": "assistant",
+                                                                                                  "content": "another take"}}})
+    root, a, b = records(tmp_path / "datasets", 3)
+    assert a["meta"]["turn"] == b["meta"]["turn"] and a["meta"]["key"] != b["meta"]["key"]
+    assert a["meta"]["parent"] == b["meta"]["parent"] == root["id"]
+    assert [a["conversations"][-1]["value"], b["conversations"][-1]["value"]] == ["alpha says: more", "another take"]
+
+
+def test_tool_calls_and_results(client: openai.OpenAI, tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Weather?"}], tools=tools,  # type: ignore[arg-type]
+                                   extra_body={"stub": {"message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                                                        "finish_reason": "tool_calls"}})
+    client.chat.completions.create(model="m", tools=tools, messages=[  # type: ignore[arg-type]
+        {"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}])
+    calling, answering = records(tmp_path / "datasets", 2)
+    assert calling["conversations"][-1] == {"from": "function_call", "value": '{"name":"weather","arguments":{"city":"Oslo"}}'}
+    assert calling["meta"]["finish_reason"] == "tool_calls"
+    assert [t["from"] for t in answering["conversations"]] == ["human", "function_call", "observation", "gpt"]
+    assert json.loads(answering["tools"]) == [{"name": "weather", "parameters": {"type": "object"}}]
+    assert answering["meta"]["parent"] == calling["id"]
+
+
+def test_every_choice_of_n_is_recorded(client: openai.OpenAI, tmp_path: Path) -> None:
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], n=2, extra_body={"stub": {"n": 2}})
+    one, two = records(tmp_path / "datasets", 2)
+    assert {one["meta"]["choice"], two["meta"]["choice"]} == {0, 1}
+    assert one["meta"]["turn"] == two["meta"]["turn"] and one["meta"]["n"] == 2
+    assert {one["conversations"][-1]["value"], two["conversations"][-1]["value"]} == {"alpha says: x", "alpha says: x (1)"}
+
+
+def test_completions_are_prompt_and_completion(client: openai.OpenAI, tmp_path: Path) -> None:
+    client.completions.create(model="m", prompt="Once")
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["conversations"] == [{"from": "human", "value": "Once"}, {"from": "gpt", "value": "alpha continues: Once"}]
+    assert record["meta"]["endpoint"] == "/v1/completions"
+
+
+def test_a_stream_is_recorded_whole(client: openai.OpenAI, tmp_path: Path) -> None:
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "stream me"}], stream=True))
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["conversations"][-1] == {"from": "gpt", "value": text} and text == "alpha says: stream me"
+    assert record["meta"]["stream"] is True and record["meta"]["cut_short"] is False and record["meta"]["finish_reason"] == "stop"
+
+
+SSE = "".join(
+    "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "delta": d, "finish_reason": f}]}) + "\n\n"
+    for d, f in [({"role": "assistant", "content": ""}, None), ({"reasoning_content": "Let me think. "}, None),
+                 ({"content": "Grüße, "}, None), ({"content": "мир 🌍"}, None),
+                 ({"tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]},
+                  None),
+                 ({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}, None), ({}, "tool_calls")]
+) + "data: [DONE]\n\n"
+
+
+def test_a_stream_sent_one_byte_at_a_time_reassembles_exactly(proxy: str, tmp_path: Path) -> None:
+    with http.stream("POST", proxy + "/v1/chat/completions",
+                     json={"model": "m", "messages": [{"role": "user", "content": "u"}], "stream": True,
+                           "stub": {"raw": SSE, "bytewise": True}}) as r:
+        relayed = b"".join(r.iter_raw())
+    assert relayed == SSE.encode()
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["conversations"][-2:] == [{"from": "gpt", "value": "Grüße, мир 🌍"},
+                                            {"from": "function_call", "value": '{"name":"f","arguments":{"a":1}}'}]
+    assert record["meta"]["reasoning"] == "Let me think. " and record["meta"]["cut_short"] is False
+
+
+def test_reassembly_at_every_byte_boundary() -> None:
+    from mooltiproxy.reassembly import Reassembler
+
+    data = SSE.encode()
+    whole = Reassembler()
+    whole.feed(data)
+    expected = whole.answer()
+    for cut in range(1, len(data)):
+        r = Reassembler()
+        r.feed(data[:cut])
+        r.feed(data[cut:])
+        assert r.answer() == expected and r.done, cut
+
+
+def test_a_dropped_client_leaves_a_cut_short_record(proxy: str, tmp_path: Path) -> None:
+    with http.stream("POST", proxy + "/v1/chat/completions", json={
+            "model": "m", "messages": [{"role": "user", "content": "long"}], "stream": True,
+            "stub": {"chunks": [f"w{i} " for i in range(50)], "delay": 0.05}}) as r:
+        for _ in zip(r.iter_lines(), range(4), strict=False):
+            pass
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["meta"]["cut_short"] is True and record["meta"]["cut_reason"] == "the client disconnected"
+    assert record["conversations"][-1]["value"].startswith("w0 ")
+
+
+def test_an_upstream_that_breaks_off_leaves_a_cut_short_record(client: openai.OpenAI, tmp_path: Path) -> None:
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], stream=True,
+                                                extra_body={"stub": {"chunks": ["a", "b", "c"], "drop_after": 2}}):
+            pass
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["meta"]["cut_short"] is True and "broke off" in record["meta"]["cut_reason"]
+    assert record["conversations"][-1]["value"] == "ab"
+
+
+def test_policy_opt_out_errors_and_redaction(openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}},
+                       "dataset": {"redact": [r"\b\d{4}-\d{4}-\d{4}-\d{4}\b", "(?i)secret-\\w+"]}}).url
+    c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    c.chat.completions.create(model="m", messages=[{"role": "user", "content": "skip me"}], extra_headers={"x-mooltiproxy-record": "off"})
+    with pytest.raises(openai.RateLimitError):
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "e"}], extra_body={"stub": {"status": 429}})
+    c.chat.completions.create(model="m", messages=[{"role": "user", "content": "card 1234-5678-9012-3456 and SECRET-sauce"}])
+    time.sleep(0.3)
+    (record,) = records(tmp_path / "datasets", 1)
+    assert record["conversations"][0]["value"] == "card [REDACTED] and [REDACTED]"
+    assert record["conversations"][1]["value"] == "alpha says: card [REDACTED] and [REDACTED]"
+    assert "1234-5678" not in json.dumps(record)
+
+
+def test_errors_are_recorded_when_asked(openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"record_errors": True, "sink": "sqlite"}}).url
+    http.post(url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "e"}], "stub": {"status": 503}})
+    from mooltiproxy.store import Store
+
+    deadline = time.monotonic() + 5
+    found: list[dict[str, Any]] = []
+    while not found and time.monotonic() < deadline:
+        found = list(Store(tmp_path / "datasets").records()) if (tmp_path / "datasets" / "mooltiproxy.db").exists() else []
+        time.sleep(0.05)
+    (record,) = found
+    assert record["meta"]["status"] == 503 and "stub error" in record["meta"]["error"]
+
+
+def test_the_master_key_is_in_no_file(client: openai.OpenAI, tmp_path: Path) -> None:
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    records(tmp_path / "datasets", 1)
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "config.yaml":
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+# -------------------------------------------------------------------------------- writing safely
+
+
+def _capture(i: int) -> Capture:
+    return Capture(request_id=f"r{i}", endpoint="/v1/chat/completions", target="t",
+                   request={"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
+                   answer={"choices": [{"index": 0, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}]})
+
+
+def test_a_full_queue_and_a_failing_disk_are_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(JsonlSink):
+        def write(self, records: list[dict[str, Any]]) -> None:
+            raise OSError(28, "No space left on device")
+
+    recorder = Recorder(Broken(tmp_path, "s"), "s", queue_size=2)
+    with caplog.at_level("ERROR", logger="mooltiproxy.dataset"):
+        for i in range(5):  # the writer has not started: the queue holds 2
+            recorder.submit(_capture(i))
+        assert recorder.lost == 3
+        recorder.start()
+        recorder.stop()
+    assert recorder.lost == 5 and recorder.written == 0
+    assert any("LOST" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
+
+
+def test_a_session_can_be_continued_and_keeps_its_threads(tmp_path: Path) -> None:
+    first = Recorder(JsonlSink(tmp_path, "s1"), "s1")
+    first.start()
+    first.submit(_capture(1))
+    first.stop()
+    again = Recorder(JsonlSink(tmp_path, "s1"), "s1")
+    again.start()
+    follow = _capture(2)
+    follow.request["messages"] = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                                  {"role": "user", "content": "q2"}]
+    again.submit(follow)
+    again.stop()
+    one, two = read_jsonl(tmp_path / "s1.jsonl")
+    assert two["meta"]["parent"] == one["id"] and two["meta"]["thread"] == one["id"]
+
+
+def _serve(config: Path, port: int, session: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(config), "--port", str(port),
+                             "--session", session, "--log-level", "warning"],
+                            env={**os.environ, "MOOLTIPROXY_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_up(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health")
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("proxy did not start")
+
+
+def _fire(ports: list[int], n: int, workers: int = 25, *, dying: bool = False) -> None:
+    def one(i: int) -> None:
+        try:
+            http.post(f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions",
+                      json={"model": "m", "messages": [{"role": "user", "content": f"message {i} " + "x" * (i % 7) * 300}]})
+        except httpx.TransportError:
+            if not dying:  # the proxy being killed under the traffic is the point of that test
+                raise
+
+    threads = [threading.Thread(target=lambda k=k: [one(i) for i in range(k, n, workers)]) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_500_concurrent_exchanges_from_several_processes_give_500_intact_records(openai_stub: Stub, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"targets: {{default: a, a: {{url: '{openai_stub[1]}'}}}}\nserver: {{max_connections_per_ip: 5000}}\n")
+    ports = [free_port(), free_port(), free_port()]
+    procs = [_serve(config, p, "shared") for p in ports]
+    try:
+        for p in ports:
+            _wait_up(p)
+        _fire(ports, 500)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(20)
+    assert all(p.returncode == 0 for p in procs)
+    lines = (tmp_path / "datasets" / "shared.jsonl").read_bytes().splitlines()
+    assert len(lines) == 500
+    parsed = [json.loads(line) for line in lines]  # every line whole: no interleaving
+    assert len({r["id"] for r in parsed}) == 500
+    assert sorted(int(r["conversations"][0]["value"].split()[1]) for r in parsed) == list(range(500))
+
+
+def test_killing_the_writer_mid_run_leaves_a_readable_file(openai_stub: Stub, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"targets: {{default: a, a: {{url: '{openai_stub[1]}'}}}}\ndataset: {{fsync: never}}\n")
+    port = free_port()
+    proc = _serve(config, port, "killed")
+    _wait_up(port)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            _fire([port], 20, workers=5, dying=True)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    time.sleep(1.5)
+    proc.kill()  # SIGKILL: no shutdown, no flush
+    proc.wait(10)
+    stop.set()
+    t.join(30)
+    path = tmp_path / "datasets" / "killed.jsonl"
+    raw = path.read_bytes()
+    # Simulate the worst a crash can leave: half a line at the end.
+    path.write_bytes(raw + b'{"id": "rec-cut", "conversations": [{"from": "hu')
+    with caplog.at_level("WARNING", logger="mooltiproxy.dataset"):
+        readable = list(read_jsonl(path))
+    assert len(readable) == raw.count(b"\n") and len(readable) > 10
+    assert any("not a whole record" in r.getMessage() for r in caplog.records)
+
