@@ -158,6 +158,10 @@ class Chunks:
             return self._chunk({"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
         return self._chunk({"index": index, "text": text, "logprobs": None, "finish_reason": None})
 
+    def delta(self, delta: dict[str, Any], index: int = 0) -> dict[str, Any]:
+        """A chat chunk carrying any delta: reasoning_content, tool_calls fragments."""
+        return self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+
     def finish(self, reason: str, index: int = 0) -> dict[str, Any]:
         if self._kind == CHAT:
             return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})

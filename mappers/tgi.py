@@ -16,9 +16,9 @@ from typing import Any
 
 from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy.mapping import Fanout, MapContext
-from mooltiproxy.prompting import render_chat
 
 from . import openai as oa
+from .prompted import chat_prompt, completion_prompts
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 # HTTP status TGI gives each error type (server.rs, From<InferError>); used for errors that arrive
@@ -35,17 +35,10 @@ PASSTHROUGH = ("top_k", "typical_p", "repetition_penalty", "truncate", "watermar
 
 
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    """``/v1/chat/completions`` → ``/generate``: the messages rendered by the target's prompter."""
-    messages = oa.messages_of(body)
-    prompter = ctx.prompter
-    if prompter is None:
-        raise MappingError(f"Target '{ctx.target.name}' has no prompter to turn messages into a prompt.")
-    prompt, stops = render_chat(prompter, messages, tools=body.get("tools"), character=ctx.character, user=ctx.target.user_name)
-    # /generate tokenizes with add_special_tokens, so TGI adds its own BOS: the template's must go.
-    if prompter.bos_token and prompt.startswith(prompter.bos_token):
-        prompt = prompt[len(prompter.bos_token):]
-    ctx.prompt = prompt
-    return _generate([prompt], body, ctx, list(stops))
+    """``/v1/chat/completions`` → ``/generate``: the messages rendered by the target's prompter (its
+    leading BOS dropped: ``/generate`` tokenizes with special tokens and adds its own)."""
+    prompt, _ = chat_prompt(body, ctx)
+    return _generate([prompt], body, ctx)
 
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
@@ -54,13 +47,11 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
         raise MappingError("'suffix' is not supported by TGI; put the text into the prompt instead.", param="suffix")
     if body.get("echo"):
         raise MappingError("'echo' is not supported by TGI.", param="echo")
-    prompts = oa.prompts_of(body)
-    ctx.prompt = prompts[0] if len(prompts) == 1 else "\n\n".join(prompts)
-    extra = list(ctx.prompter.stop) if ctx.prompter is not None else []
-    return _generate(prompts, body, ctx, extra)
+    prompts, _ = completion_prompts(body, ctx)
+    return _generate(prompts, body, ctx)
 
 
-def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, template_stops: list[str]) -> dict[str, Any] | Fanout:
+def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     params: dict[str, Any] = {"details": True}
     max_new = oa.max_tokens_of(body)
     if max_new is not None:
@@ -96,9 +87,7 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, templat
     if grammar is not None:
         params["grammar"] = grammar
 
-    client_stops = oa.stops_of(body)
-    stops = list(dict.fromkeys([*client_stops, *template_stops]))
-    ctx.stop = stops
+    stops = ctx.stop
     limit = int(ctx.target.options.get("max_stop_sequences", 4))
     if stops:
         # The client's stops first: they must hold; the template's fill what room is left. Any stop

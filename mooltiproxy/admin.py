@@ -1,4 +1,4 @@
-"""Admin endpoints on the running proxy, for the master key only: list bans, lift one."""
+"""Admin endpoints on the running proxy, for the master key only: list bans, lift one, reload the config."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .bans import BanLedger, normalize
-from .errors import Forbidden, NotFound
+from .bans import normalize
+from .errors import BadRequest, Forbidden, NotFound
 from .keys import MASTER
+from .live import Live
 
 
 def _master_only(request: Request) -> None:
@@ -18,7 +19,9 @@ def _master_only(request: Request) -> None:
         raise Forbidden("The admin endpoints need the master key.", code="admin_only")
 
 
-def routes(ledger: BanLedger) -> list[Route]:
+def routes(live: Live) -> list[Route]:
+    ledger = live.ledger
+
     async def list_bans(request: Request) -> JSONResponse:
         _master_only(request)
         return JSONResponse({"bans": [
@@ -34,7 +37,15 @@ def routes(ledger: BanLedger) -> list[Route]:
             raise NotFound(f"{address} is not banned.", code="not_banned")
         return JSONResponse({"unbanned": address})
 
+    async def reload(request: Request) -> JSONResponse:
+        _master_only(request)
+        if not live.reload():
+            raise BadRequest("The config was not reloaded: it has problems (the proxy's log lists them) or there is no config file; "
+                             "the running config stays.", code="reload_failed")
+        return JSONResponse({"reloaded": str(live.settings.config.source), "targets": list(live.settings.router.targets)})
+
     return [
         Route("/admin/bans", list_bans, methods=["GET"]),
         Route("/admin/bans/{address:path}", unban, methods=["DELETE"]),
+        Route("/admin/reload", reload, methods=["POST"]),
     ]

@@ -1,9 +1,12 @@
 """``create_app``: the Starlette app built from a config and explicit parts; its lifespan owns the upstream
-client and the ban ledger."""
+client, the ban ledger, the recorder and the config watcher (a changed file or SIGHUP reloads it)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,19 +18,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import admin
+from . import admin, ui
 from .bans import BanLedger
 from .config import Config
 from .context import RequestContext
 from .cors import CORS
-from .errors import ConfigError
-from .fronts import load_fronts
+from .fronts import load_dialects, load_fronts
 from .guard import Guard
-from .keys import Keyring
+from .live import Live, build_settings
 from .pipeline import Pipeline
 from .recorder import Recorder, make_sink, new_session
-from .router import Router
-from .targets import build_targets
+from .reviews import Reviews
+from .store import Store
 from .upstream import AiohttpClient, HttpxClient, UpstreamClient
 
 log = logging.getLogger("mooltiproxy")
@@ -47,26 +49,24 @@ class Services:
 
 def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The proxy as an ASGI app. ``transport`` replaces the network under the upstream client (tests)."""
+    settings = build_settings(config)
     auth = config.auth
-    if auth.master_key is None:
-        raise ConfigError([
-            f"auth.master_key_env: the environment variable {auth.master_key_env} is not set, and the proxy does not run "
-            f"without its key. Run: export {auth.master_key_env}=$(mooltiproxy keygen) — then give that key to your clients."
-        ])
+    assert auth.master_key is not None
     if len(auth.master_key) < 16:
         log.warning("the master key in %s is only %d characters long; `mooltiproxy keygen` makes a strong one",
                     auth.master_key_env, len(auth.master_key))
-    targets = build_targets(config)
-    router = Router(targets, config.default_target, config.models)
-    keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets) for k in auth.keys.values()])
     ledger = BanLedger(config.dataset.dir / "state.db", max_failures=auth.max_failures, window=auth.window, ban=auth.ban,
                        whitelist=auth.whitelist)
+    live = Live(settings, ledger)
     dataset = config.dataset
     session = dataset.session or new_session()
     sink = make_sink(dataset.sink, dataset.dir, session)
-    recorder = Recorder(sink, session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue) if sink else None
+    recorder = None
+    if sink is not None:
+        recorder = Recorder(sink, session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue,
+                            dialects=load_dialects())
     services = Services()
-    pipeline = Pipeline(router, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors)
+    pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,9 +75,16 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             recorder.start()
             log.info("recording exchanges to %s (session %s)", getattr(recorder.sink, "path", dataset.dir), session)
         services.client = HttpxClient(transport) if transport is not None else AiohttpClient()
+        loop = asyncio.get_running_loop()
+        watcher = asyncio.ensure_future(live.watch())
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
+            loop.add_signal_handler(signal.SIGHUP, live.reload)
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
             await services.client.aclose()
             services.client = None
             if recorder is not None:
@@ -87,17 +94,18 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir), Reviews.beside(dataset.dir), ledger)
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *admin.routes(ledger), Route("/{path:path}", pipeline)],
+        routes=[Route("/health", health, methods=["GET"]), *admin.routes(live), *pages, Route("/{path:path}", pipeline)],
         middleware=[
             Middleware(RequestContext),
-            Middleware(CORS, origins=config.server.cors_origins),
-            Middleware(Guard, keyring=keyring, ledger=ledger, blacklist=auth.blacklist),
+            Middleware(CORS, live=live),
+            Middleware(Guard, live=live, open_paths=ui.OPEN_PATHS,
+                       cookie_auth=ui.cookie_auth(lambda: live.settings.config.auth.master_key)),
         ],
         lifespan=lifespan,
     )
-    app.state.config = config
-    app.state.router = router
+    app.state.live = live
     app.state.ledger = ledger
     app.state.recorder = recorder
     return app

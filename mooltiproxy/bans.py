@@ -2,18 +2,24 @@
 
 ``max_failures`` failures from one address within ``window`` seconds ban it for ``ban`` seconds. A
 failure counts from the moment it happens and drops out of the count ``window`` seconds later; a
-success erases nothing. Whitelisted networks are never banned. Bans live in SQLite (``state.db``
-beside the dataset) so a restart keeps them; the hot path only reads a dictionary.
+success erases nothing. Whitelisted networks are never banned.
+
+Failures and bans live in SQLite (``state.db`` beside the dataset), so a restart keeps the bans and
+several workers share them: failures are counted across workers, and a ban one worker records is
+enforced by the others on their next request (each checks SQLite's ``data_version``, which changes only
+when another connection has written, and rereads the bans then). The hot path otherwise reads a
+dictionary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +75,13 @@ class BanLedger:
         self.whitelist = tuple(whitelist)
         self.clock = clock
         self._bans: dict[str, Ban] = {}
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}  # only without a database
         self._db: sqlite3.Connection | None = None
+        self._version = -1
+
+    def configure(self, *, max_failures: int, window: float, ban: float, whitelist: Iterable[Network]) -> None:
+        """New rules from a reloaded config; bans already given keep their end."""
+        self.max_failures, self.window, self.ban_seconds, self.whitelist = max_failures, window, ban, tuple(whitelist)
 
     def open(self) -> None:
         if self.path is None:
@@ -80,12 +91,22 @@ class BanLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("CREATE TABLE IF NOT EXISTS bans (address TEXT PRIMARY KEY, until REAL NOT NULL, failures INTEGER NOT NULL)")
-        now = self.clock()
-        self._db.execute("DELETE FROM bans WHERE until <= ?", (now,))
-        for address, until, failures in self._db.execute("SELECT address, until, failures FROM bans"):
-            self._bans[address] = Ban(address, until, failures)
+        self._db.execute("CREATE TABLE IF NOT EXISTS failures (address TEXT NOT NULL, at REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS failures_address ON failures (address, at)")
+        self._db.execute("DELETE FROM bans WHERE until <= ?", (self.clock(),))
+        self._reread()
         if self._bans:
             log.info("%d ban(s) carried over from %s", len(self._bans), self.path)
+
+    def _reread(self) -> None:
+        assert self._db is not None
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        self._bans = {a: Ban(a, until, n) for a, until, n in self._db.execute("SELECT address, until, failures FROM bans")}
+
+    def _sync(self) -> None:
+        """Pick up what other workers wrote since we last looked."""
+        if self._db is not None and self._db.execute("PRAGMA data_version").fetchone()[0] != self._version:
+            self._reread()
 
     def close(self) -> None:
         if self._db is not None:
@@ -94,6 +115,7 @@ class BanLedger:
 
     def banned_for(self, address: str) -> float:
         """Seconds left on this address's ban; 0 when it is not banned."""
+        self._sync()
         ban = self._bans.get(address)
         if ban is None:
             return 0.0
@@ -107,32 +129,60 @@ class BanLedger:
         if in_networks(address, self.whitelist):
             return 0.0
         now = self.clock()
-        attempts = self._failures.setdefault(address, deque())
-        attempts.append(now)
-        while attempts and attempts[0] <= now - self.window:
-            attempts.popleft()
-        if len(self._failures) > 10_000:
-            self._sweep(now)
-        if len(attempts) < self.max_failures:
+        count = self._count_failure(address, now)
+        if count < self.max_failures:
             return 0.0
-        ban = Ban(address, now + self.ban_seconds, len(attempts))
+        ban = Ban(address, now + self.ban_seconds, count)
         self._bans[address] = ban
-        attempts.clear()
         if self._db is not None:
-            self._db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?, ?)", (ban.address, ban.until, ban.failures))
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?, ?)", (ban.address, ban.until, ban.failures))
+                db.execute("DELETE FROM failures WHERE address = ?", (address,))
+        else:
+            self._failures.pop(address, None)
         log.warning("banned %s for %g s after %d failed key attempts within %g s", address, self.ban_seconds, ban.failures,
                     self.window)
         return self.ban_seconds
 
+    def _count_failure(self, address: str, now: float) -> int:
+        """Note one failure; how many this address has within the window, across every worker."""
+        if self._db is None:
+            attempts = self._failures.setdefault(address, deque())
+            attempts.append(now)
+            while attempts and attempts[0] <= now - self.window:
+                attempts.popleft()
+            if len(self._failures) > 10_000:
+                self._sweep(now)
+            return len(attempts)
+        with self._transaction() as db:
+            db.execute("DELETE FROM failures WHERE at <= ?", (now - self.window,))  # counts decay
+            db.execute("INSERT INTO failures VALUES (?, ?)", (address, now))
+            return int(db.execute("SELECT COUNT(*) FROM failures WHERE address = ?", (address,)).fetchone()[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def bans(self) -> list[Ban]:
+        self._sync()
         now = self.clock()
         for address in [a for a, b in self._bans.items() if b.until <= now]:
             self._forget(address)
         return sorted(self._bans.values(), key=lambda b: b.until)
 
     def unban(self, address: str) -> bool:
+        self._sync()
         address = normalize(address)
         self._failures.pop(address, None)
+        if self._db is not None:
+            self._db.execute("DELETE FROM failures WHERE address = ?", (address,))
         if address not in self._bans:
             return False
         self._forget(address)

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     unban.add_argument("address", help="the banned IP address")
     unban.set_defaults(run=_unban)
 
+    from . import dataset_cli
+
+    dataset_cli.add_commands(sub)
+
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -83,7 +87,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args)
     app = create_app(config)  # everything serve would refuse, refused here too
     where = config.source or "built-in defaults"
-    names = ", ".join(f"{t.name} ({t.type})" for t in app.state.router.targets.values()) or "none"
+    names = ", ".join(f"{t.name} ({t.type})" for t in app.state.live.settings.router.targets.values()) or "none"
     print(f"{where}: OK. Targets: {names}.")
     return 0
 

@@ -6,24 +6,23 @@ cannot call the proxy from a visitor's browser. ``*`` allows any origin.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import Forbidden
+from .live import Live
 
 _EXPOSE = b"x-request-id, x-mooltiproxy-overhead-ms, retry-after"
 _METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
 class CORS:
-    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, live: Live) -> None:
         self.app = app
-        self.origins = frozenset(origins)
-        self.any = "*" in self.origins
+        self.live = live  # the origins change with a reloaded config
 
     def allowed(self, origin: str) -> bool:
-        return self.any or origin in self.origins
+        origins = self.live.settings.cors_origins
+        return "*" in origins or origin in origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,7 +43,7 @@ class CORS:
         if not self.allowed(origin):
             await self.app(scope, receive, send)
             return
-        allow = b"*" if self.any else origin.encode("latin-1")
+        allow = b"*" if "*" in self.live.settings.cors_origins else origin.encode("latin-1")
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,7 +62,7 @@ class CORS:
             if name == b"access-control-request-headers":
                 asked = value
         headers = [
-            (b"access-control-allow-origin", b"*" if self.any else origin.encode("latin-1")),
+            (b"access-control-allow-origin", b"*" if "*" in self.live.settings.cors_origins else origin.encode("latin-1")),
             (b"access-control-allow-methods", _METHODS),
             (b"access-control-allow-headers", asked or b"authorization, content-type"),
             (b"access-control-max-age", b"600"),

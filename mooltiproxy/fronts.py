@@ -7,7 +7,10 @@ itself (a TGI target and ``/generate``) is used directly instead.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .mapping import Mapper, resolve
 
@@ -28,7 +31,28 @@ _SPECS = {
     "/generate": _TGI,
     "/generate_stream": _TGI,
     "/": _TGI,  # TGI's compat route, which the text-generation client posts to
+    "/v1/messages": ("/v1/chat/completions", "anthropic.front_request", "anthropic.front_answer", "anthropic.front_stream",
+                     "anthropic.front_error", "anthropic"),
 }
+
+# APIs the recorder reads when their bytes are relayed untranslated (a Messages request to an Anthropic
+# target): their request and answer, turned into the OpenAI shape a record is made from.
+DIALECTS = {"/v1/messages": ("anthropic.to_openai_request", "anthropic.to_openai_answer")}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    request: Callable[[Any], dict[str, Any]]
+    answer: Callable[[Any], dict[str, Any]]
+
+
+def load_dialects() -> dict[str, Dialect]:
+    return {path: Dialect(_function(request), _function(answer)) for path, (request, answer) in DIALECTS.items()}
+
+
+def _function(name: str) -> Callable[[Any], Any]:
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(f"mappers.{module}"), attr)  # type: ignore[no-any-return]
 
 
 def load_fronts() -> dict[str, Front]:

@@ -11,15 +11,24 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Iterable
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .bans import BanLedger, Network, in_networks, normalize
+from .bans import in_networks, normalize
 from .context import RequestInfo
 from .errors import Forbidden, Unauthorized
-from .keys import Keyring, presented
+from .keys import presented
+from .live import Live
 
 OPEN_PATHS = frozenset({"/health"})
+
+
+async def _to_login(scope: Scope, send: Send) -> None:
+    target = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+    location = "/ui/login?next=" + quote(target, safe="")
+    await send({"type": "http.response.start", "status": 303, "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _loopback(address: str) -> bool:
@@ -32,12 +41,11 @@ _HOW = "Send the proxy's key as 'Authorization: Bearer <key>' or 'x-api-key: <ke
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, keyring: Keyring, ledger: BanLedger, blacklist: Iterable[Network] = (),
-                 open_paths: Iterable[str] = (), cookie_auth: Callable[[Scope], str | None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, live: Live, open_paths: Iterable[str] = (),
+                 cookie_auth: Callable[[Scope], str | None] | None = None) -> None:
         self.app = app
-        self.keyring = keyring
-        self.ledger = ledger
-        self.blacklist = tuple(blacklist)
+        self.live = live  # the keyring and the deny list change with a reloaded config
+        self.ledger = live.ledger
         self.open_paths = OPEN_PATHS | frozenset(open_paths)
         # The review page's browser session: a signed cookie stands in for the key under /ui.
         self.cookie_auth = cookie_auth
@@ -47,8 +55,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         info: RequestInfo = scope["mooltiproxy"]
+        settings = self.live.settings
         address = normalize(info.client)
-        if self.blacklist and in_networks(address, self.blacklist):
+        if settings.blacklist and in_networks(address, settings.blacklist):
             raise Forbidden(f"Requests from {address} are refused by this proxy (auth.blacklist).", code="address_blocked")
         if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
@@ -62,13 +71,18 @@ class Guard:
                 code="address_banned", headers=[("Retry-After", str(seconds))],
             )
         token = presented(scope)
-        if token is None and self.cookie_auth is not None and scope["path"].startswith("/ui"):
+        path = scope["path"]
+        if token is None and self.cookie_auth is not None and (path == "/ui" or path.startswith("/ui/")):
             name = self.cookie_auth(scope)
             if name is not None:
                 info.key_name = name
                 await self.app(scope, receive, send)
                 return
-        key = self.keyring.match(token)
+            if scope["method"] in ("GET", "HEAD"):
+                # A browser whose session ended: to the login page, not a JSON error, and no failed attempt counted.
+                await _to_login(scope, send)
+                return
+        key = settings.keyring.match(token)
         if key is None:
             self.ledger.fail(address)
             if token is None:

@@ -61,6 +61,7 @@ class MapContext:
     state: dict[str, Any] = field(default_factory=dict)  # handed from the request mapper to the others
     prompt: str | None = None  # the rendered prompt, when the request mapper made one (it is recorded)
     stop: list[str] = field(default_factory=list)  # stop strings in force, which answers are cut at
+    upstream_path: str | None = None  # a request mapper may send the request elsewhere than the route's path
 
 
 class MapperLookupError(Exception):

@@ -30,9 +30,9 @@ from .errors import (
 )
 from .fanout import merge_answers, merge_streams
 from .fronts import Front
+from .live import Live
 from .mapping import Fanout, MapContext, call_mapper, run_stream_mapper
 from .recorder import Recorder
-from .router import Router
 from .tape import RECORDED, Tape
 from .targets import Route, Target
 from .upstream import UpstreamClient, UpstreamResponse, forward_headers, response_headers
@@ -104,9 +104,9 @@ class Exchange:
 class Pipeline:
     """The ASGI app behind every proxied path."""
 
-    def __init__(self, router: Router, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front],
+    def __init__(self, live: Live, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front],
                  recorder: Recorder | None = None, record_errors: bool = False) -> None:
-        self.router = router
+        self.live = live  # targets and routes change with a reloaded config; a request keeps what it started with
         self.client = client
         self.max_body = server.max_body
         self.body_timeout = server.body_timeout
@@ -116,6 +116,7 @@ class Pipeline:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info: RequestInfo = scope["mooltiproxy"]
+        router = self.live.settings.router
         path, method = scope["path"], scope["method"]
         own = _OWN_PATHS.get(path)
         if own is not None and own != method:
@@ -135,16 +136,16 @@ class Pipeline:
             elif name == b"x-mooltiproxy-record":
                 record = record and value.strip().lower() not in (b"off", b"0", b"false", b"no")
         if path == "/v1/models" and method == "GET":
-            chosen = self.router.pick_if_any(target_header)
+            chosen = router.pick_if_any(target_header)
             if chosen is None or path not in chosen.routes:
-                await _send_json(None, 200, self.router.listing(info.key_targets), send)
+                await _send_json(None, 200, router.listing(info.key_targets), send)
                 return
             _may_use(info, chosen)
         body = await read_body(receive, self.max_body, declared, self.body_timeout)
         parsed = parse_json(body) if body else None
 
         model = parsed.get("model") if isinstance(parsed, dict) else None
-        target, alias = self.router.pick(target_header, model if isinstance(model, str) else None)
+        target, alias = router.pick(target_header, model if isinstance(model, str) else None)
         info.target = target.name
         _may_use(info, target)
         route, front = self._route(target, path, method)
@@ -250,7 +251,8 @@ class Pipeline:
 
     async def _send_upstream(self, ex: Exchange, body: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:
         target, route = ex.target, ex.route
-        upstream_path = route.stream_path if ex.stream and route.stream_path else route.path
+        upstream_path = (ex.ctx.upstream_path if ex.ctx is not None else None) or (
+            route.stream_path if ex.stream and route.stream_path else route.path)
         qs = ex.scope.get("query_string")
         url = target.url + upstream_path + ("?" + qs.decode("latin-1") if qs else "")
         if not ex.t_sent:
@@ -468,6 +470,8 @@ def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
     """An error inside a stream whose status line is gone, in the front's own shape."""
     if ex.front is not None and ex.front.framing == "tgi":
         return sse.frame_tgi({"error": exc.message, "error_type": exc.code or exc.type})
+    if ex.front is not None and ex.front.framing == "anthropic":
+        return sse.frame_typed({"type": "error", "error": {"type": "api_error", "message": exc.message}})
     return sse.frame(exc.body())
 
 

@@ -122,3 +122,69 @@ class Reassembler:
         if self.usage is not None:
             answer["usage"] = self.usage
         return answer
+
+
+class MessagesReassembler:
+    """The same for the Anthropic Messages event stream (relayed to a client of an Anthropic target): the
+    blocks put back together into the ``Message`` they add up to, in Anthropic's own shape (the recorder
+    turns it into the OpenAI one, as it does a relayed non-streamed answer)."""
+
+    __slots__ = ("_blocks", "_parser", "_stop_reason", "_usage", "done", "error", "head")
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._stop_reason: str | None = None
+        self._usage: dict[str, Any] = {}
+        self.head: dict[str, Any] = {}
+        self.done = False  # message_stop seen
+        self.error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done
+
+    def feed(self, data: bytes) -> None:
+        for _, payload in self._parser.feed(data):
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self.add(event)
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.head = {"id": message.get("id"), "model": message.get("model")}
+            self._usage.update(message.get("usage") or {})
+        elif kind == "content_block_start":
+            self._blocks[event.get("index", len(self._blocks))] = dict(event.get("content_block") or {})
+        elif kind == "content_block_delta":
+            block = self._blocks.setdefault(event.get("index", 0), {"type": "text", "text": ""})
+            delta = event.get("delta") or {}
+            for field, into in (("text", "text"), ("thinking", "thinking"), ("partial_json", "partial_json")):
+                if isinstance(delta.get(field), str):
+                    block[into] = block.get(into, "") + delta[field]
+        elif kind == "message_delta":
+            self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
+            self._usage.update(event.get("usage") or {})
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.error = str((event.get("error") or {}).get("message") or "error event")
+
+    def answer(self) -> dict[str, Any]:
+        content = []
+        for index in sorted(self._blocks):
+            block = dict(self._blocks[index])
+            partial = block.pop("partial_json", None)
+            if block.get("type") == "tool_use" and partial:
+                try:
+                    block["input"] = orjson.loads(partial)
+                except orjson.JSONDecodeError:
+                    block["input"] = {"partial_json": partial}
+            content.append(block)
+        return {**self.head, "type": "message", "role": "assistant", "content": content, "stop_reason": self._stop_reason,
+                "usage": self._usage}

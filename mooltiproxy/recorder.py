@@ -15,11 +15,13 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from .fronts import Dialect
 from .records import Capture, build, continuation_keys, redact
 from .sinks import JsonlSink, Sink, SqliteSink
 
@@ -50,8 +52,10 @@ class Recorder:
         redact: list[str] | tuple[str, ...] = (),
         fsync: str = "interval",
         queue_size: int = 10_000,
+        dialects: Mapping[str, Dialect] | None = None,
     ) -> None:
         self.sink = sink
+        self.dialects = dialects or {}
         self.session = session
         self.patterns = [re.compile(p) for p in redact]
         self.fsync = fsync
@@ -138,6 +142,11 @@ class Recorder:
                 capture.answer = orjson.loads(capture.answer)
             except orjson.JSONDecodeError:
                 capture.answer = None
+        dialect = self.dialects.get(capture.endpoint)
+        if dialect is not None:  # relayed in another API's shape: recorded in the OpenAI one
+            capture.request = dialect.request(capture.request)
+            if capture.answer is not None:
+                capture.answer = dialect.answer(capture.answer)
         records = build(capture, self.session)
         messages = capture.request.get("messages") if isinstance(capture.request, dict) else None
         parent = thread = None

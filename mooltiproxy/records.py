@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-CHAT, COMPLETION = "/v1/chat/completions", "/v1/completions"
+CHAT, COMPLETION, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/messages"
 PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "frequency_penalty",
           "presence_penalty", "repetition_penalty", "response_format", "tool_choice", "stream")
 

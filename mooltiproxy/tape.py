@@ -9,10 +9,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from .errors import ProxyError
-from .reassembly import Reassembler
-from .records import CHAT, COMPLETION, Capture
+from .reassembly import MessagesReassembler, Reassembler
+from .records import CHAT, COMPLETION, MESSAGES, Capture
 
-RECORDED = frozenset({CHAT, COMPLETION})
+RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
 _MAX_TAPED_BODY = 16 * 1024 * 1024  # a non-streamed answer kept for the record; beyond this it is not JSON we can use
 
 
@@ -25,16 +25,19 @@ class Tape:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.answer: Any = None
-        self.reassembler: Reassembler | None = None
+        self.reassembler: Reassembler | MessagesReassembler | None = None
         self.relayed_body: list[bytes] = []
         self.relayed_size = 0
         self.error: str | None = None
         self.status = 0
         self.why_cut: str | None = None
 
-    def _assembler(self) -> Reassembler:
+    def _assembler(self) -> Reassembler | MessagesReassembler:
         if self.reassembler is None:
-            self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat")
+            if self.endpoint == MESSAGES:
+                self.reassembler = MessagesReassembler()
+            else:
+                self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat")
         return self.reassembler
 
     def relayed(self, chunk: bytes, stream: bool) -> None:

@@ -111,9 +111,10 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
             headers.append(("x-api-key", tc.api_key))
         else:
             headers.append(("authorization", f"Bearer {tc.api_key}"))
+    options = _options(tc, preset.options, at, problems)
+    headers.extend((name, str(options[option])) for name, option in preset.headers.items() if options.get(option) is not None)
     headers.extend((k.lower(), v) for k, v in tc.headers.items())
 
-    options = _options(tc, preset.options, at, problems)
     character = _card(config, tc.character, [*at, "character"], problems) if tc.character else None
     characters = {name: _card(config, path, [*at, "characters", name], problems) for name, path in tc.characters.items()}
     prompter = None
@@ -122,9 +123,10 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
     except PrompterError as exc:
         problems.append(f"{format_path([*at, 'prompter'])}: {exc}")
     else:
-        if prompter is None and preset.needs_prompter:
+        if prompter is None and (preset.needs_prompter or options.get("raw_prompt")):
             problems.append(
-                f"{format_path([*at, 'prompter'])}: type {tc.type} takes one prompt string, so chat messages need a prompter "
+                f"{format_path([*at, 'prompter'])}: type {tc.type}{' with raw_prompt' if options.get('raw_prompt') else ''} "
+                f"takes one prompt string, so chat messages need a prompter "
                 f"to lay them out; name one of {', '.join(preset_names())}, a .jinja file or a tokenizer_config.json"
             )
 

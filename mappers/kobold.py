@@ -1,0 +1,247 @@
+"""The KoboldAI API (KoboldCpp, KoboldAI United, text-generation-webui's legacy API): OpenAI chat and
+completions onto ``/api/v1/generate``, streamed from KoboldCpp's ``/api/extra/generate/stream``.
+
+Chats are rendered by the target's prompter (its leading BOS dropped: the server adds one). Kobold's
+``temperature`` must be above 0, so OpenAI's 0 (greedy) becomes ``top_k: 1`` with no temperature: only
+the likeliest token is left to sample from. At most 10 ``stop_sequence``: the client's come first; any
+left out is still honoured by cutting here. The KoboldAI API keeps a stop string in its text; OpenAI
+does not, so answers are cut at the first one and streamed text that could start one is held back.
+Kobold's own ``n`` (KoboldAI United, at most 5) has no streamed form and not every Kobold server
+honours it, so ``n`` answers take ``n`` calls.
+
+Finish reasons: the KoboldAI API reports none, so they are inferred (protocols §7.1): a stop string
+found here → ``stop``; else the server's token count (KoboldCpp's ``completion_tokens``) at the limit →
+``length``, below it → ``stop``; else KoboldCpp's own ``finish_reason`` (``stop`` is an end-of-sequence
+token; its ``length`` also covers a stop sequence it trimmed itself); else streamed tokens reaching the
+limit → ``length``; else ``stop``. Usage is given when the server counts tokens (KoboldCpp), else left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy.mapping import Fanout, MapContext
+
+from . import openai as oa
+from .prompted import chat_prompt, completion_prompts
+
+MAX_STOPS = 10
+SEED_MAX = 2**64 - 1
+# Kobold sampler fields a client may send (e.g. with extra_body) under Kobold's own names.
+PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "rep_pen_slope", "sampler_order",
+               "sampler_full_determinism")
+
+
+# -------------------------------------------------------------------------------- OpenAI → Kobold
+
+
+def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/chat/completions`` → ``/api/v1/generate`` with the prompt rendered by the target's prompter."""
+    prompt, _ = chat_prompt(body, ctx)
+    return _generate([prompt], body, ctx)
+
+
+def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/completions`` → ``/api/v1/generate`` with the prompt as given; a list of prompts, one call each."""
+    if body.get("suffix"):
+        raise MappingError("'suffix' is not supported by the KoboldAI API; put the text into the prompt instead.", param="suffix")
+    if body.get("echo"):
+        raise MappingError("'echo' is not supported by the KoboldAI API.", param="echo")
+    prompts, _ = completion_prompts(body, ctx)
+    return _generate(prompts, body, ctx)
+
+
+def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    params = _params(body, ctx)
+    n = oa.n_of(body)
+    bodies = []
+    for prompt in prompts:
+        for i in range(n):
+            p = {"prompt": prompt, **params}
+            if i and "sampler_seed" in p:
+                p["sampler_seed"] = (p["sampler_seed"] + i) % (SEED_MAX + 1)  # one seed n times: one answer n times
+            bodies.append(p)
+    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+
+def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    if body.get("logprobs"):
+        raise MappingError("'logprobs' cannot be translated for the KoboldAI API.", param="logprobs")
+    max_length = oa.max_tokens_of(body) or int(ctx.target.options.get("max_length") or 512)
+    ctx.state["max_length"] = max_length
+    params: dict[str, Any] = {"max_length": max_length}
+    if ctx.target.options.get("max_context_length") is not None:
+        params["max_context_length"] = ctx.target.options["max_context_length"]
+    for key in PASSTHROUGH:
+        if body.get(key) is not None:
+            params[key] = body[key]
+    if body.get("typical_p") is not None:
+        params["typical"] = oa.number(body, "typical_p", 0, 1)
+    top_k = oa.integer(body, "top_k", 0)
+    if top_k is not None:
+        params["top_k"] = top_k
+    params.update(_sampling(body))
+    rep_pen = _rep_pen(body)
+    if rep_pen is not None:
+        params["rep_pen"] = rep_pen
+    seed = oa.integer(body, "seed")
+    if seed is not None:
+        if not 0 <= seed <= SEED_MAX:
+            raise MappingError(f"'seed' must be between 0 and {SEED_MAX} for the KoboldAI API, not {seed}.", param="seed")
+        params["sampler_seed"] = seed
+    if ctx.stop:
+        # The client's stops first: they must hold; the template's fill what room is left.
+        params["stop_sequence"] = ctx.stop[:MAX_STOPS]
+    return params
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """temperature and top_p; greedy (OpenAI's 0 for either) is ``top_k: 1``, as Kobold refuses temperature 0."""
+    temperature = oa.number(body, "temperature", 0, 2)
+    top_p = oa.number(body, "top_p", 0, 1)
+    if temperature == 0 or top_p == 0:
+        return {"top_k": 1}
+    out: dict[str, Any] = {}
+    if temperature is not None:
+        out["temperature"] = temperature
+    if top_p is not None:
+        out["top_p"] = top_p
+    return out
+
+
+def _rep_pen(body: dict[str, Any]) -> float | None:
+    """``rep_pen`` (a factor, 1 = none) from ``repetition_penalty``, else from OpenAI's penalties:
+    2**(p/2) maps the stronger of presence/frequency penalty in (0, 2] onto (1, 2]."""
+    factor = oa.number(body, "repetition_penalty", 1, 10)
+    if factor is not None:
+        return factor
+    penalties = [p for p in (oa.number(body, "presence_penalty", -2, 2), oa.number(body, "frequency_penalty", -2, 2)) if p]
+    if not penalties:
+        return None
+    strongest = max(penalties)
+    if strongest < 0:
+        raise MappingError("The KoboldAI API cannot reward repetition (its rep_pen is at least 1): "
+                           "use a presence_penalty or frequency_penalty of 0 or more.", param="presence_penalty")
+    return round(math.pow(2, strongest / 2), 4)
+
+
+# -------------------------------------------------------------------------------- Kobold → OpenAI
+
+
+def chat_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.CHAT)
+
+
+def completion_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.COMPLETION)
+
+
+def _answer(body: Any, ctx: MapContext, kind: str) -> dict[str, Any]:
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or not results or not all(isinstance(r, dict) and isinstance(r.get("text"), str) for r in results):
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered without 'results': is it a KoboldAI API server?")
+    choices = []
+    for result in results:
+        text, stopped = oa.cut_at_stop(result["text"], ctx.stop)
+        choices.append((text, _finish(ctx, stopped=stopped, counted=result.get("completion_tokens"), reported=result.get("finish_reason"))))
+    return oa.answer(ctx, kind, choices, _usage(results))
+
+
+def _finish(ctx: MapContext, *, stopped: bool, counted: Any = None, reported: Any = None, streamed: int = 0) -> str:
+    """The inferred finish reason (see the module's docstring for the order of the clues)."""
+    limit = int(ctx.state.get("max_length") or 0)
+    if stopped:
+        return "stop"
+    if isinstance(counted, int) and not isinstance(counted, bool):
+        return "length" if limit and counted >= limit else "stop"
+    if reported in ("stop", "length"):
+        return str(reported)
+    return "length" if limit and streamed >= limit else "stop"
+
+
+def _usage(results: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Usage when the server counted tokens (KoboldCpp); the KoboldAI API itself does not."""
+    prompt = results[0].get("prompt_tokens")
+    completion = [r.get("completion_tokens") for r in results]
+    if not isinstance(prompt, int) or not all(isinstance(c, int) for c in completion):
+        return None
+    return oa.usage(prompt, sum(c for c in completion if isinstance(c, int)))
+
+
+async def chat_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.CHAT):
+        yield chunk
+
+
+async def completion_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.COMPLETION):
+        yield chunk
+
+
+async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> AsyncIterator[dict[str, Any]]:
+    """KoboldCpp's ``{"token": ...}`` events → OpenAI chunks. Its stream has no last event of its own:
+    it ends when the connection closes, so the answer is closed then (or at a stop string, sooner)."""
+    chunks = oa.Chunks(ctx, kind)
+    cutter = oa.StopCutter(ctx.stop)
+    started = False
+    tokens = 0
+    reported = None
+    async for event in events:
+        if not isinstance(event, dict):
+            continue
+        if "detail" in event or event.get("finish_reason") == "error":
+            raise _stream_error(event)
+        if not started:
+            # Only now, with a first event in hand, is it sure the server is generating.
+            yield chunks.role()
+            started = True
+        piece = event.get("token")
+        if isinstance(piece, str) and piece:
+            tokens += 1
+            text = cutter.feed(piece)
+            if text:
+                yield chunks.text(text)
+        if "finish_reason" in event:
+            reported = event["finish_reason"]  # the last event's counts: earlier ones may carry a stale value
+        if cutter.stopped:
+            break
+    if not started:
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' closed its stream without sending a token.",
+                            code="upstream_stream_broken")
+    tail = cutter.flush()
+    if tail:
+        yield chunks.text(tail)
+    yield chunks.finish(_finish(ctx, stopped=cutter.stopped, reported=reported, streamed=tokens))
+
+
+def _stream_error(event: dict[str, Any]) -> UpstreamStatus:
+    if "detail" in event:
+        message, kind = _detail(event["detail"])
+    else:
+        # KoboldCpp ends a failed generation with finish_reason "error" and no message of its own.
+        message, kind = "KoboldCpp stopped the generation with an error; its console says why.", "generation_error"
+    return UpstreamStatus(message or "The KoboldAI server reported an error during generation.", status=500, code=kind)
+
+
+def _detail(detail: Any) -> tuple[str, str | None]:
+    """Message and type of Kobold's ``detail``: ``{msg, type}``, or a validation error's ``{field: [messages]}``."""
+    if isinstance(detail, dict) and "msg" in detail:
+        kind = detail.get("type")
+        return str(detail.get("msg") or ""), str(kind) if kind else None
+    if isinstance(detail, dict):
+        fields = [f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}" for field, msgs in detail.items()]
+        return "; ".join(fields), "validation_error"
+    if isinstance(detail, list):  # FastAPI's [{"loc": [...], "msg": ...}]
+        return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail), "validation_error"
+    return (detail if isinstance(detail, str) else ""), None
+
+
+def error(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """Kobold's ``{"detail": {"msg", "type"}}`` or ``{"detail": {field: [messages]}}`` (or a bare text) → OpenAI error body."""
+    message, kind = _detail(body.get("detail") if isinstance(body, dict) else body)
+    if not message.strip():
+        message = f"The upstream of target '{ctx.target.name}' answered {ctx.upstream_status} without a message."
+    return {"error": {"message": message.strip(), "type": "upstream_error", "param": None, "code": kind}}

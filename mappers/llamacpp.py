@@ -1,0 +1,198 @@
+"""llama.cpp's ``llama-server``: OpenAI chat and completions onto its native ``/completion``.
+
+Chats are rendered by the target's prompter; the server adds a BOS to a string prompt itself, so the
+template's leading BOS is dropped. Sampling fields keep llama.cpp's names (``n_predict``,
+``repeat_penalty``, ``min_p``…); ``cache_prompt`` comes from the target option. llama.cpp leaves stop
+words out of ``content`` and holds back a possible stop word while streaming, so nothing is cut here.
+``stop_type`` gives the finish reason, ``tokens_evaluated`` / ``tokens_predicted`` the usage. Its SSE
+stream ends with an event whose ``stop`` is true; an error inside it is ``data: {"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy.mapping import Fanout, MapContext
+
+from . import openai as oa
+from .prompted import chat_prompt, completion_prompts
+
+FINISH = {"eos": "stop", "word": "stop", "limit": "length"}
+SEED_MAX = 2**32 - 1  # llama.cpp's seed is a uint32; -1 (its default) means a random one
+# Sampling fields a client may send (e.g. with extra_body): (llama.cpp name, low, high).
+EXTRA_NUMBERS = {"min_p": ("min_p", 0, 1), "typical_p": ("typical_p", 0, 1), "repetition_penalty": ("repeat_penalty", 0, 10),
+                 "repeat_penalty": ("repeat_penalty", 0, 10)}
+EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
+
+
+# ----------------------------------------------------------------------------- OpenAI → llama.cpp
+
+
+def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/chat/completions`` → ``/completion`` with the prompt rendered by the target's prompter."""
+    prompt, _ = chat_prompt(body, ctx)
+    return _completion([prompt], body, ctx)
+
+
+def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    """``/v1/completions`` → ``/completion`` with the prompt as given; a list of prompts, one call each."""
+    if body.get("suffix"):
+        raise MappingError("'suffix' is not supported by llama.cpp's /completion (its /infill is another API).", param="suffix")
+    if body.get("echo"):
+        raise MappingError("'echo' is not supported by llama.cpp's /completion.", param="echo")
+    prompts, _ = completion_prompts(body, ctx)
+    return _completion(prompts, body, ctx)
+
+
+def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
+    params = _params(body, ctx)
+    n = oa.n_of(body)
+    bodies = []
+    for prompt in prompts:
+        for i in range(n):
+            p = {"prompt": prompt, **params}
+            if i and "seed" in p:
+                p["seed"] = (p["seed"] + i) % (SEED_MAX + 1)  # the same seed n times would give the same answer n times
+            bodies.append(p)
+    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+
+def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    if body.get("logprobs"):
+        raise MappingError("'logprobs' cannot be translated for llama.cpp's /completion.", param="logprobs")
+    params: dict[str, Any] = {"stream": ctx.stream, "cache_prompt": bool(ctx.target.options.get("cache_prompt", True))}
+    max_tokens = oa.max_tokens_of(body)
+    if max_tokens is not None:
+        params["n_predict"] = max_tokens
+    # temperature 0 is greedy in llama.cpp as in OpenAI, so every value passes as it is.
+    for key, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("frequency_penalty", -2, 2), ("presence_penalty", -2, 2)):
+        value = oa.number(body, key, low, high)
+        if value is not None:
+            params[key] = value
+    for key, (name, low, high) in EXTRA_NUMBERS.items():
+        value = oa.number(body, key, low, high)
+        if value is not None:
+            params[name] = value
+    for key, name in EXTRA_INTEGERS.items():
+        whole = oa.integer(body, key, 0)
+        if whole is not None:
+            params[name] = whole
+    seed = oa.integer(body, "seed")
+    if seed is not None:
+        if not 0 <= seed <= SEED_MAX:
+            raise MappingError(f"'seed' must be between 0 and {SEED_MAX} for llama.cpp, not {seed}.", param="seed")
+        params["seed"] = seed
+    if ctx.stop:
+        params["stop"] = list(ctx.stop)
+    schema = _json_schema(body.get("response_format"))
+    if schema is not None:
+        params["json_schema"] = schema
+    return params
+
+
+def _json_schema(fmt: Any) -> dict[str, Any] | None:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise MappingError("'response_format' must be an object such as {\"type\": \"json_object\"}.", param="response_format")
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
+        return schema
+    raise MappingError(f"response_format type '{kind}' cannot be sent to llama.cpp.", param="response_format")
+
+
+# ----------------------------------------------------------------------------- llama.cpp → OpenAI
+
+
+def chat_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.CHAT)
+
+
+def completion_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    return _answer(body, ctx, oa.COMPLETION)
+
+
+def _answer(body: Any, ctx: MapContext, kind: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("content"), str):
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered without 'content': is it llama.cpp's llama-server?")
+    return oa.answer(ctx, kind, [(body["content"], _finish(body))], _usage(body))
+
+
+def _finish(event: dict[str, Any]) -> str:
+    return FINISH.get(str(event.get("stop_type") or ""), "stop")
+
+
+def _usage(event: dict[str, Any]) -> dict[str, int]:
+    return oa.usage(_int(event.get("tokens_evaluated")), _int(event.get("tokens_predicted")))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+async def chat_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.CHAT):
+        yield chunk
+
+
+async def completion_stream(events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in _stream(events, ctx, oa.COMPLETION):
+        yield chunk
+
+
+async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> AsyncIterator[dict[str, Any]]:
+    """llama.cpp's token events → OpenAI chunks; the event with ``stop: true`` carries the finish and the counts."""
+    chunks = oa.Chunks(ctx, kind)
+    started = False
+    async for event in events:
+        if not isinstance(event, dict):
+            continue
+        if "error" in event:
+            raise _stream_error(event["error"])
+        if not started:
+            # Only now, with a first event in hand, is it sure the server is generating.
+            yield chunks.role()
+            started = True
+        text = event.get("content")
+        if isinstance(text, str) and text:
+            yield chunks.text(text)
+        if event.get("stop") is True:
+            yield chunks.finish(_finish(event))
+            use = chunks.usage(_usage(event))
+            if use is not None:
+                yield use
+            return
+    raise UpstreamError(f"The upstream of target '{ctx.target.name}' ended its stream before the event with \"stop\": true.",
+                        code="upstream_stream_broken")
+
+
+def _stream_error(err: Any) -> UpstreamStatus:
+    message, kind, status = _error_fields(err)
+    return UpstreamStatus(message or "llama.cpp reported an error during generation.", status=status or 500, code=kind)
+
+
+def _error_fields(err: Any) -> tuple[str, str | None, int | None]:
+    """Message, type and HTTP status of llama.cpp's ``{"code", "message", "type"}`` (or a bare text)."""
+    if isinstance(err, dict):
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else None
+        kind = err.get("type")
+        return str(err.get("message") or ""), str(kind) if kind else None, status
+    return (err if isinstance(err, str) else ""), None, None
+
+
+def error(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """llama.cpp's ``{"error": {"code", "message", "type"}}`` (or a bare text) → OpenAI error body."""
+    message, kind, _ = _error_fields(body.get("error") if isinstance(body, dict) else body)
+    if not message.strip():
+        message = f"The upstream of target '{ctx.target.name}' answered {ctx.upstream_status} without a message."
+    return {"error": {"message": message.strip(), "type": "upstream_error", "param": None, "code": kind}}

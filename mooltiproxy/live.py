@@ -1,0 +1,98 @@
+"""The parts of a running proxy a config reload replaces, and the reload itself.
+
+Requests read ``Live.settings`` once, at their start, and keep what they read: a reload swaps in new
+settings for the requests that come after it while those in flight finish on the old ones. A config
+that does not validate changes nothing; every problem is logged. Server and dataset settings (where it
+listens, its TLS, where records go) need a restart, and a reload that changes them says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bans import BanLedger, Network
+from .config import Config, load
+from .errors import ConfigError
+from .keys import Keyring
+from .router import Router
+from .targets import build_targets
+
+log = logging.getLogger("mooltiproxy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: Config
+    router: Router
+    keyring: Keyring
+    blacklist: tuple[Network, ...]
+    cors_origins: frozenset[str]
+
+
+def build_settings(config: Config) -> Settings:
+    """Everything requests need from a config; ``ConfigError`` when it cannot run."""
+    auth = config.auth
+    if auth.master_key is None:
+        raise ConfigError([
+            f"auth.master_key_env: the environment variable {auth.master_key_env} is not set, and the proxy does not run "
+            f"without its key. Run: export {auth.master_key_env}=$(mooltiproxy keygen) — then give that key to your clients."
+        ])
+    router = Router(build_targets(config), config.default_target, config.models)
+    keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets) for k in auth.keys.values()])
+    return Settings(config=config, router=router, keyring=keyring, blacklist=auth.blacklist,
+                    cors_origins=frozenset(config.server.cors_origins))
+
+
+class Live:
+    def __init__(self, settings: Settings, ledger: BanLedger) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.reloads = 0
+
+    def reload(self, path: Path | None = None) -> bool:
+        """Load the config again (from ``path``, else where it came from); keep the old one if it is broken."""
+        old = self.settings.config
+        source = path or old.source
+        if source is None:
+            log.warning("reload asked for, but the proxy runs on the built-in defaults: there is no config file to read")
+            return False
+        try:
+            settings = build_settings(load(source))
+        except ConfigError as exc:
+            log.error("config %s NOT reloaded, %d problem(s); the running config stays:\n  %s", source, len(exc.problems),
+                      "\n  ".join(exc.problems))
+            return False
+        new = settings.config
+        for section in ("server", "dataset"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("config %s: changes under '%s' take effect at the next restart", source, section)
+        auth = new.auth
+        self.ledger.configure(max_failures=auth.max_failures, window=auth.window, ban=auth.ban, whitelist=auth.whitelist)
+        self.settings = settings
+        self.reloads += 1
+        log.info("config %s reloaded: targets %s", source, ", ".join(settings.router.targets) or "none")
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload when the config file changes (its modification time or size)."""
+        source = self.settings.config.source
+        if source is None:
+            return
+        seen = _stamp(source)
+        while True:
+            await asyncio.sleep(interval)
+            stamp = _stamp(source)
+            if stamp != seen and stamp is not None:
+                seen = stamp
+                self.reload(source)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

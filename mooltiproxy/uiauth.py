@@ -1,0 +1,111 @@
+"""The review page's browser session: a signed, expiring cookie in place of the key, and CSRF tokens.
+
+The session cookie holds an expiry time and a random nonce, signed with HMAC-SHA256 under a key derived
+from the master key (never the key itself, which no cookie carries): changing the master key, by a
+restart or a config reload, ends every session and every login with the old key. The cookie is
+HttpOnly, SameSite=Strict, limited to /ui, and Secure over HTTPS. A form that changes something carries
+a CSRF token derived from the session cookie. The login form carries a token tied to a short-lived
+cookie of its own, so another site cannot make a visitor's browser post wrong keys (each of which
+counts toward a ban of the visitor's address).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
+from .keys import MASTER
+
+COOKIE = "mooltiproxy_ui"
+LOGIN_COOKIE = "mooltiproxy_ui_login"
+SESSION_SECONDS = 12 * 3600
+LOGIN_SECONDS = 3600
+PATH = "/ui"
+SESSION_PURPOSE = "session"
+LOGIN_PURPOSE = "login"  # a login form's token: signed apart, so it can never pass for a session
+
+
+MasterKey = str | Callable[[], str | None]  # the key, or where to read the current one (a reloaded config may change it)
+
+
+class Sessions:
+    def __init__(self, master_key: MasterKey, *, lifetime: float = SESSION_SECONDS, clock: Callable[[], float] = time.time) -> None:
+        self._source: Callable[[], str | None] = master_key if callable(master_key) else (lambda: master_key)
+        self._derived: tuple[str, bytes, bytes] | None = None  # (master key, signing key, master key digest)
+        self.lifetime = lifetime
+        self.clock = clock
+
+    def _keys(self) -> tuple[bytes, bytes] | None:
+        """The signing key and the master key's digest, derived again when the master key changed; None without a key."""
+        master = self._source()
+        if not master:
+            return None
+        if self._derived is None or not hmac.compare_digest(self._derived[0].encode(), master.encode()):
+            signing = hmac.new(master.encode(), b"mooltiproxy review page session", hashlib.sha256).digest()
+            self._derived = (master, signing, hashlib.sha256(master.encode()).digest())
+        return self._derived[1], self._derived[2]
+
+    def _mac(self, text: str) -> str:
+        keys = self._keys()
+        if keys is None:  # no master key: nothing can be signed, so nothing is ever valid
+            return secrets.token_hex(32)
+        return hmac.new(keys[0], text.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, purpose: str = SESSION_PURPOSE, lifetime: float | None = None) -> str:
+        """A new token, ``<expiry>.<nonce>.<signature>``: a session cookie's value, or a login form's token."""
+        payload = f"{int(self.clock() + (self.lifetime if lifetime is None else lifetime))}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._mac(f'{purpose} {payload}')}"
+
+    def valid(self, value: str | None, purpose: str = SESSION_PURPOSE) -> bool:
+        if not value or value.count(".") != 2:
+            return False
+        payload, _, signature = value.rpartition(".")
+        if not hmac.compare_digest(signature.encode(), self._mac(f"{purpose} {payload}").encode()):
+            return False
+        expiry = payload.partition(".")[0]
+        return expiry.isdigit() and int(expiry) > self.clock()
+
+    def csrf(self, session: str) -> str:
+        """The token the session's forms carry."""
+        return self._mac("csrf " + session)
+
+    def csrf_ok(self, session: str | None, token: str | None) -> bool:
+        return bool(session and token) and hmac.compare_digest(str(token).encode(), self.csrf(str(session)).encode())
+
+    def is_master(self, key: str) -> bool:
+        """Whether ``key`` is the master key (compared as digests, in constant time)."""
+        keys = self._keys()
+        return keys is not None and hmac.compare_digest(hashlib.sha256(key.encode()).digest(), keys[1])
+
+
+def cookie(scope: Scope, name: str) -> str | None:
+    for header, value in scope["headers"]:
+        if header == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(name)
+            if found:
+                return found
+    return None
+
+
+def set_cookie(name: str, value: str, *, max_age: int, secure: bool, path: str = PATH) -> tuple[str, str]:
+    """A Set-Cookie header; ``max_age=0`` deletes the cookie."""
+    attributes = [f"{name}={value}", f"Max-Age={max_age}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
+    if secure:
+        attributes.append("Secure")
+    return "set-cookie", "; ".join(attributes)
+
+
+def cookie_auth(master_key: MasterKey) -> Callable[[Scope], str | None]:
+    """For the guard: the key name ("master") a request's valid session cookie stands for, else None."""
+    sessions = Sessions(master_key)
+
+    def check(scope: Scope) -> str | None:
+        return MASTER if sessions.valid(cookie(scope, COOKIE)) else None
+
+    return check

@@ -1,0 +1,45 @@
+"""The benchmark harness itself: a quick run of its cheapest scenario gives figures and leaves no process behind.
+
+Timings are not asserted: this machine's speed is not the harness's business in the normal suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.procs import pid_running
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+    reason="the harness pins the proxy and the load to two different cores with taskset",
+)
+
+
+def test_quick_run_gives_figures_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    # S5 needs only the stub and one proxy, and takes a few seconds.
+    run = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "S5", "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode in (0, 1), run.stdout + run.stderr  # 1: a target missed, which is not this test's business
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "done"
+    s5 = doc["scenarios"]["S5"]
+    assert s5["error"] is None
+    labels = {c["label"]: c for c in s5["checks"]}
+    cancelled = labels["upstream requests cancelled within 1 s (worst round)"]
+    assert cancelled["figure"].endswith("/100") and cancelled["verdict"] in ("PASS", "FAIL")
+    assert [len(r) for r in s5["data"]["rounds"].values()] == [doc["settings"]["rounds"]] * 2
+    assert "S5" in run.stdout and "summary" in run.stdout
+
+    started = doc["pids"]
+    assert len(started) >= 3  # stub, proxy, load runs
+    assert [pid for pid in started if pid_running(pid)] == []
