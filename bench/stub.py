@@ -1,13 +1,15 @@
 """The streaming and failure stand-in upstream: an OpenAI-compatible server with knobs.
 
     python -m bench.stub --port 9100 [--ttft 0.05] [--tokens 50] [--token-delay 0.02] [--status 200]
-                         [--drop-after N] [--tgi]
+                         [--drop-after N]
 
 Non-stream requests are answered after ``ttft`` seconds; ``"stream": true`` requests get ``tokens``
 chunks, the first after ``ttft`` and then one every ``token-delay`` seconds, then ``[DONE]``
-(with ``--tgi``, TGI ``/generate`` and ``/generate_stream`` framing instead). ``GET /_stats``
-counts active, finished and cancelled requests, so a benchmark can see that a dropped client's
-upstream request was cancelled.
+(``/generate`` and ``/generate_stream`` answer in TGI's framing instead). Each knob can be overridden
+per request in the query string (``?tokens=100000&token_delay=0``), which the proxy forwards, so one
+stub serves every scenario. ``GET /_stats`` counts active (and the most at once), finished and
+cancelled requests with the cancel times (``time.monotonic``), so a benchmark can see that a dropped
+client's upstream request was cancelled and when.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Stats:
         self.finished = 0
         self.cancelled = 0
         self.total = 0
+        self.peak_active = 0
         self.cancel_times: list[float] = []
 
 
@@ -50,43 +53,57 @@ def build(args: argparse.Namespace) -> web.Application:
                                    "model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode()
     final += b"\n\n"
 
-    def tgi_token(i: int, last: bool) -> bytes:
+    def tgi_token(i: int, tokens: int) -> bytes:
         event = {"index": i + 1, "token": {"id": 100 + i, "text": f" tok{i}", "logprob": -0.1, "special": False},
                  "generated_text": None, "details": None}
-        if last:
-            event["generated_text"] = "".join(f" tok{j}" for j in range(args.tokens))
-            event["details"] = {"finish_reason": "length", "generated_tokens": args.tokens, "seed": None, "input_length": 12}
+        if i == tokens - 1:
+            event["generated_text"] = "".join(f" tok{j}" for j in range(tokens))
+            event["details"] = {"finish_reason": "length", "generated_tokens": tokens, "seed": None, "input_length": 12}
         return b"data:" + json.dumps(event).encode() + b"\n\n"
+
+    def knobs(request: web.Request) -> argparse.Namespace:
+        if not request.query:
+            return args
+        k = argparse.Namespace(**vars(args))
+        for name, value in request.query.items():
+            if name in ("ttft", "token_delay"):
+                setattr(k, name, float(value))
+            elif name in ("tokens", "status", "drop_after"):
+                setattr(k, name, int(value))
+        return k
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        k = knobs(request)
         stats.total += 1
         stats.active += 1
+        stats.peak_active = max(stats.peak_active, stats.active)
         try:
-            if args.status != 200:
-                await asyncio.sleep(args.ttft)
-                return web.json_response({"error": {"message": "stub failure", "type": "server_error"}}, status=args.status)
+            if k.status != 200:
+                await asyncio.sleep(k.ttft)
+                return web.json_response({"error": {"message": "stub failure", "type": "server_error"}}, status=k.status)
             stream = b'"stream":true' in body or b'"stream": true' in body or request.path == "/generate_stream"
             if not stream:
-                if args.ttft:
-                    await asyncio.sleep(args.ttft)
+                if k.ttft:
+                    await asyncio.sleep(k.ttft)
+                stats.finished += 1
                 if request.path == "/generate":
-                    text = "".join(f" tok{j}" for j in range(args.tokens))
-                    answer = {"generated_text": text, "details": {"finish_reason": "length", "generated_tokens": args.tokens,
+                    text = "".join(f" tok{j}" for j in range(k.tokens))
+                    answer = {"generated_text": text, "details": {"finish_reason": "length", "generated_tokens": k.tokens,
                                                                   "seed": None, "prefill": [], "tokens": []}}
                     return web.json_response(answer, headers={"x-prompt-tokens": "12"})
                 return web.Response(body=chat_body, content_type="application/json")
             resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await resp.prepare(request)
             tgi = request.path == "/generate_stream"
-            await asyncio.sleep(args.ttft)
-            for i in range(args.tokens):
-                if args.drop_after is not None and i == args.drop_after:
+            await asyncio.sleep(k.ttft)
+            for i in range(k.tokens):
+                if k.drop_after is not None and i == k.drop_after:
                     request.transport.close()  # type: ignore[union-attr]
                     return resp
-                await resp.write(tgi_token(i, i == args.tokens - 1) if tgi else chunk(i))
-                if args.token_delay and i < args.tokens - 1:
-                    await asyncio.sleep(args.token_delay)
+                await resp.write(tgi_token(i, k.tokens) if tgi else chunk(i))
+                if k.token_delay and i < k.tokens - 1:
+                    await asyncio.sleep(k.token_delay)
             if not tgi:
                 await resp.write(final + b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -100,8 +117,9 @@ def build(args: argparse.Namespace) -> web.Application:
             stats.active -= 1
 
     async def stat(request: web.Request) -> web.Response:
-        return web.json_response({"active": stats.active, "finished": stats.finished, "cancelled": stats.cancelled,
-                                  "total": stats.total, "last_cancel": max(stats.cancel_times, default=0.0)})
+        return web.json_response({"active": stats.active, "peak_active": stats.peak_active, "finished": stats.finished,
+                                  "cancelled": stats.cancelled, "total": stats.total, "cancel_times": stats.cancel_times,
+                                  "last_cancel": max(stats.cancel_times, default=0.0)})
 
     async def reset(request: web.Request) -> web.Response:
         stats.__init__()  # type: ignore[misc]
@@ -130,7 +148,8 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(build(args), host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True)
+    # A deep backlog: 256 clients connecting at once must not wait for SYN retries (the default is 128).
+    web.run_app(build(args), host=args.host, port=args.port, access_log=None, print=None, handler_cancellation=True, backlog=4096)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""The runner: ``python -m bench run [--quick] [SCENARIO…]`` and ``python -m bench litellm-setup``.
+
+The runner itself sits on the load core; the proxy gets core 0 to itself. Whatever happens (a target
+missed, a scenario failing, Ctrl-C, SIGTERM), every process it started is stopped before it exits,
+and the JSON of what was measured so far is written to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from . import litellm, report
+from .harness import Harness, Result, Settings
+from .procs import LOAD_CORE, Procs, pinned
+from .scenarios import ORDER, runners
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _selected(names: list[str], quick: bool) -> set[str]:
+    # LiteLLM alone takes seconds to start and is slow to measure: a quick run leaves it out unless named.
+    chosen = {n.upper() for n in names} or (set(ORDER) - {"PEER"} if quick else set(ORDER))
+    unknown = chosen - set(ORDER)
+    if unknown:
+        raise SystemExit(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(ORDER)}")
+    return chosen
+
+
+def _preflight() -> None:
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        packages = " ".join("util-linux" if t == "taskset" else t for t in missing)
+        raise SystemExit(f"missing {', '.join(missing)}: apt-get install {packages}")
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("the harness needs two cores (proxy on core 0, upstream and load on core 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    selected = _selected(args.scenarios, args.quick)
+    _preflight()
+    settings = Settings.make(args.quick, args.rounds)
+    started = datetime.now(UTC)
+    code = report.code_state()  # taken first: the tree may change while a long run goes on
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    json_path = Path(args.json) if args.json else OUT / f"results-{stamp}{'-quick' if args.quick else ''}.json"
+    workdir = Path(tempfile.mkdtemp(prefix="mooltiproxy-bench-"))
+    signal.signal(signal.SIGTERM, _terminate)
+    # Started in the background by a script, a process inherits SIGINT ignored; a run must still stop on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    results: list[Result] = []
+    t0 = time.monotonic()
+    status = "interrupted"
+    pids: list[int] = []
+    recording = None
+    print(f"mooltiproxy bench: {'quick' if args.quick else 'full'} run of {', '.join(s for s in ORDER if s in selected)}; "
+          f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}", flush=True)
+    try:
+        with pinned(LOAD_CORE), Procs(workdir / "logs") as procs:
+            try:
+                h = Harness(settings, procs, workdir, profile=args.profile, client=args.client, log_level=args.log_level)
+                recording = {"available": h.recording.available, "reason": h.recording.reason}
+                if not h.recording.available:
+                    print(f"recording: not available in this build ({h.recording.reason})", flush=True)
+                for sid, fn in runners(selected).items():
+                    t = time.monotonic()
+                    try:
+                        res = fn(h)
+                    except Exception as exc:
+                        res = Result(sid, "failed", error=f"{type(exc).__name__}: {exc}")
+                        traceback.print_exc()
+                    results.append(res)
+                    report.show(res, time.monotonic() - t)
+                status = "done"
+            finally:
+                pids = procs.pids()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the run started has been stopped", file=sys.stderr)
+    finally:
+        elapsed = time.monotonic() - t0
+        meta = {"started": started.isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 1), "status": status,
+                "command": "python -m bench " + " ".join(sys.argv[1:]), "quick": args.quick, "settings": settings.__dict__,
+                "machine": report.machine(), "code": code, "code_at_end": report.code_state(), "recording": recording, "pids": pids}
+        report.write(json_path, meta, results)
+        if args.keep:
+            print(f"logs and configs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report.summary(results))
+    print(f"\n{status} in {elapsed:.0f} s; results in {json_path}")
+    if status != "done" or any(r.error for r in results):
+        return 2
+    return 1 if any(c.ok is False for r in results for c in r.checks) else 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description="mooltiproxy against a direct connection, same run.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run scenarios (all by default)")
+    r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=" ".join(ORDER))
+    r.add_argument("--quick", action="store_true", help="short runs for a sanity check (about a minute; PEER only when named)")
+    r.add_argument("--rounds", type=int, help="interleaved rounds after the warm-up (at least 3)")
+    r.add_argument("--profile", action="store_true", help="also sample the proxy with py-spy during one extra load per scenario")
+    r.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx", "httpx-aiohttp"], help="the proxy's upstream client")
+    r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
+    r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
+    r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")
+    s = sub.add_parser("litellm-setup", help="create bench/.litellm-venv with the pinned LiteLLM proxy")
+    s.add_argument("--pin", default=litellm.PIN)
+    args = p.parse_args()
+    if args.command == "litellm-setup":
+        sys.exit(litellm.setup(args.pin))
+    if args.rounds is not None and args.rounds < 3:
+        p.error("--rounds must be at least 3")
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Starting the servers under test: the stub upstream on the load core, mooltiproxy on the proxy core.
+
+mooltiproxy runs as its users run it, ``python -m mooltiproxy serve`` at its default log level (its
+access line per request is part of the cost), unless another upstream client is asked for, which
+only ``bench/proxy.py`` can plug in.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import configs
+from .procs import LOAD_CORE, PROXY_CORE, Proc, Procs, free_port, wait_listening
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    proc: Proc
+    key: str = configs.MASTER_KEY
+    dataset_dir: Path | None = None
+
+
+def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Service:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.stub", "--port", str(port), "--ttft", str(ttft), "--tokens", str(tokens),
+            "--token-delay", str(token_delay)]
+    proc = procs.start("stub", argv, core=LOAD_CORE, cwd=configs.ROOT)
+    wait_listening(proc, port)
+    return Service("stub", f"http://127.0.0.1:{port}", proc)
+
+
+def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream: str, recording: configs.Recording, *,
+                client: str = "aiohttp", log_level: str = "info", label: str = "") -> Service:
+    name = f"mooltiproxy-{label or variant.name}"
+    dataset_dir = workdir / f"dataset-{label or variant.name}"
+    path = configs.write(configs.config(variant, upstream, dataset_dir, recording), workdir / f"{name}.yaml")
+    port = free_port()
+    if client == "aiohttp":
+        argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]
+    else:
+        argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--client", client]
+    proc = procs.start(name, argv, core=PROXY_CORE, env=configs.proxy_env(), cwd=configs.ROOT)
+    wait_listening(proc, port)
+    return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None)

@@ -1,0 +1,88 @@
+"""S2: the capacity of one core: wrk at c=8 and c=128 through the proxy to nginx, recording off and on.
+
+Also measures the TGI translation path on the same rounds when S6 asks for it, so that S6 compares
+figures taken side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..configs import MASTER_KEY, Variant
+from ..harness import Check, Harness, Measure, Result, at_least, fmt_spread
+from ..stats import paired, spread
+
+CONCURRENCY = (8, 128)
+
+
+def proxies(h: Harness, with_tgi: bool) -> dict[str, tuple[str, str]]:
+    """name → (url, key). ``proxy`` is the variant that is checked: recording on where the build records."""
+    out = {"direct": (h.nginx, MASTER_KEY)}
+    out["proxy"] = (h.proxy(h.default_variant(), h.nginx).url, MASTER_KEY)
+    if h.recording.available:
+        out["proxy-rec-off"] = (h.proxy(Variant("passthrough", False), h.nginx).url, MASTER_KEY)
+    if with_tgi:
+        out["tgi"] = (h.proxy(h.default_variant("tgi"), h.nginx).url, MASTER_KEY)
+    return out
+
+
+def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    if "S2" in h.cache and ("tgi" in h.cache["S2"][8] or not with_tgi):
+        return dict(h.cache["S2"])
+    targets = proxies(h, with_tgi)
+    data = {}
+    for c in CONCURRENCY:
+        measures: dict[str, Measure] = {
+            name: (lambda d, url=url, key=key, c=c: h.wrk(url, key, c, d)) for name, (url, key) in targets.items()
+        }
+        data[c] = h.rounds(measures, h.s.wrk_s, warmup=None if c == CONCURRENCY[0] else 0)
+    h.cache["S2"] = data
+    proxy_url = targets["proxy"][0]
+    h.cache["capacity"] = max(spread([r["rps"] for r in data[c]["proxy"]])["median"] for c in CONCURRENCY)
+    prof = h.profiled(h.proxy(h.default_variant(), h.nginx), "S2-c128", lambda: h.wrk(proxy_url, MASTER_KEY, 128, h.profile_s))
+    if prof is not None:
+        h.cache["S2-profile"] = prof
+    if h.recording.available:
+        off = h.proxy(Variant("passthrough", False), h.nginx)
+        prof = h.profiled(off, "S2-c128-rec-off", lambda: h.wrk(off.url, MASTER_KEY, 128, h.profile_s))
+        if prof is not None:
+            h.cache["S2-rec-off-profile"] = prof
+    if with_tgi:
+        tgi = h.proxy(h.default_variant("tgi"), h.nginx)
+        prof = h.profiled(tgi, "S6-S2-c128", lambda: h.wrk(tgi.url, MASTER_KEY, 128, h.profile_s))
+        if prof is not None:
+            h.cache["S6-S2-profile"] = prof
+    return data
+
+
+def rps(rounds: list[dict[str, Any]]) -> list[float]:
+    return [r["rps"] for r in rounds]
+
+
+def failures(rounds: list[dict[str, Any]]) -> int:
+    return sum(r["non2xx"] + r["socket_errors"] for r in rounds)
+
+
+def run(h: Harness, with_tgi: bool = False) -> Result:
+    res = Result("S2", "capacity of one core (wrk, closed loop, nginx upstream)")
+    data = measure(h, with_tgi)
+    for c in CONCURRENCY:
+        parts = [f"{name} {fmt_spread(spread(rps(rounds)), '', 0)}" for name, rounds in data[c].items()]
+        res.lines.append(f"c={c:<3} req/s: " + " · ".join(parts))
+    rec = "recording on" if h.recording.available else "recording off (this build cannot record)"
+    best = max(CONCURRENCY, key=lambda c: spread(rps(data[c]["proxy"]))["median"])
+    res.checks.append(at_least(f"proxy req/s on one core (c={best}, {rec})", spread(rps(data[best]["proxy"])), 4000, "", 0))
+    res.checks.append(at_least("c128 / c8", paired(rps(data[128]["proxy"]), rps(data[8]["proxy"]), "/"), 0.9))
+    if h.recording.available:
+        for c in CONCURRENCY:
+            ratio = paired(rps(data[c]["proxy"]), rps(data[c]["proxy-rec-off"]), "/")
+            res.checks.append(at_least(f"recording on / off (c={c})", ratio, 0.9))
+    else:
+        res.checks.append(Check("recording on / off", h.recording.skipped, "≥ 0.9", None, h.recording.reason))
+    bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")
+    res.checks.append(Check("failed answers through the proxy", str(bad), "0", bad == 0))
+    res.data = {"rounds": {str(c): data[c] for c in CONCURRENCY}, "recording": h.recording.available}
+    for key in ("S2-profile", "S2-rec-off-profile"):
+        if key in h.cache:
+            res.data[key] = h.cache[key]
+    return res
