@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -15,7 +15,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from . import admin, ui
@@ -26,6 +26,7 @@ from .cors import CORS
 from .fronts import load_dialects, load_fronts
 from .guard import Guard
 from .live import Live, build_settings
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .recorder import Recorder, make_sink, new_session
 from .reviews import Reviews
@@ -65,8 +66,12 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     if sink is not None:
         recorder = Recorder(sink, session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue,
                             dialects=load_dialects())
+    metrics = Metrics(dataset.dir / "metrics")
+    if recorder is not None:
+        metrics.gauges["mooltiproxy_dataset_records_written_total"] = lambda: recorder.written
+        metrics.gauges["mooltiproxy_dataset_records_lost_total"] = lambda: recorder.lost
     services = Services()
-    pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors)
+    pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,28 +82,36 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         services.client = HttpxClient(transport) if transport is not None else AiohttpClient()
         loop = asyncio.get_running_loop()
         watcher = asyncio.ensure_future(live.watch())
+        snapshots = asyncio.ensure_future(_every(1.0, metrics.write))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
             loop.add_signal_handler(signal.SIGHUP, live.reload)
         try:
             yield
         finally:
             watcher.cancel()
+            snapshots.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await services.client.aclose()
             services.client = None
             if recorder is not None:
                 recorder.stop()
+            metrics.forget()
             ledger.close()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def prometheus(request: Request) -> PlainTextResponse:
+        text = metrics.render([("mooltiproxy_bans", len(ledger.bans()))])
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     pages = ui.routes(lambda: live.settings.config, Store(dataset.dir), Reviews.beside(dataset.dir), ledger)
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *admin.routes(live), *pages, Route("/{path:path}", pipeline)],
+        routes=[Route("/health", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"]), *admin.routes(live), *pages,
+                Route("/{path:path}", pipeline)],
         middleware=[
-            Middleware(RequestContext),
+            Middleware(RequestContext, metrics=metrics),
             Middleware(CORS, live=live),
             Middleware(Guard, live=live, open_paths=ui.OPEN_PATHS,
                        cookie_auth=ui.cookie_auth(lambda: live.settings.config.auth.master_key)),
@@ -108,4 +121,11 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     app.state.live = live
     app.state.ledger = ledger
     app.state.recorder = recorder
+    app.state.metrics = metrics
     return app
+
+
+async def _every(seconds: float, job: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        job()

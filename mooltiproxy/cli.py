@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
     serve.add_argument("--session", help="append to this dataset session (default: dataset.session, else a new one)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"], help="plain lines or one JSON object per line")
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="validate a config, import every mapper and prompter it names")
@@ -138,7 +139,9 @@ def _render(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
-    from .server import run
+    from .logs import setup_logging
+    from .recorder import new_session
+    from .server import run, run_workers
 
     config = _load(args)
     server = config.server
@@ -147,7 +150,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = replace(config, server=server)
     if args.session:
         config = replace(config, dataset=replace(config.dataset, session=args.session))
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
+    if args.workers > 1:
+        create_app(config)  # refuse a config that cannot run before any worker starts
+        # One session for every worker, so they append to one dataset file.
+        config = replace(config, dataset=replace(config.dataset, session=config.dataset.session or new_session()))
+        run_workers(config, args.workers, log_level=args.log_level, log_format=args.log_format)
+        return 0
     run(create_app(config), server)
     return 0
 
@@ -211,11 +220,3 @@ def _unban(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     return _admin(args, "DELETE", "/admin/bans/" + quote(args.address, safe=""))
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())

@@ -41,6 +41,7 @@ class ServerConfig:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_connections_per_ip: int = 1000
+    shutdown_grace: float = 30.0
     trusted_proxies: tuple[Network, ...] = ()
     cors_origins: tuple[str, ...] = ()
 
@@ -103,6 +104,11 @@ class TargetConfig:
     characters: dict[str, str] = field(default_factory=dict)
     user_name: str = "User"
     timeout: float | None = None
+    fallbacks: tuple[str, ...] = ()
+    retries: int = 0
+    retry_backoff: float = 0.5
+    cooldown: float = 30.0
+    cooldown_after: int = 3
     headers: dict[str, str] = field(default_factory=dict)
     routes: dict[str, RouteConfig] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -298,6 +304,11 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
             characters=t["characters"],
             user_name=t["user_name"],
             timeout=t["timeout"],
+            fallbacks=tuple(t["fallbacks"]),
+            retries=t["retries"],
+            retry_backoff=t["retry_backoff"],
+            cooldown=t["cooldown"],
+            cooldown_after=t["cooldown_after"],
             headers=t["headers"],
             routes={p: RouteConfig(**r) for p, r in t["routes"].items()},
             options=t["options"],
@@ -336,6 +347,14 @@ def _cross_check(config: Config, broken: set[str]) -> list[str]:
             problems.append(
                 f"{format_path(['models', alias])}: no target named '{spec.target}'{did_you_mean(spec.target, names)}; targets: {known}"
             )
+    for tc in config.targets.values():
+        for i, fallback in enumerate(tc.fallbacks):
+            if fallback not in names or fallback == tc.name:
+                problems.append(
+                    f"{format_path(['targets', tc.name, 'fallbacks', i])}: "
+                    + ("a target cannot fall back on itself" if fallback == tc.name else
+                       f"no target named '{fallback}'{did_you_mean(fallback, names)}; targets: {known}")
+                )
     for named in config.auth.keys.values():
         for i, target in enumerate(named.targets or ()):
             if target not in names:

@@ -16,6 +16,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ProxyError, render
+from .metrics import Metrics
 
 access_log = logging.getLogger("mooltiproxy.access")
 log = logging.getLogger("mooltiproxy")
@@ -26,7 +27,7 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 class RequestInfo:
     """What the layers below learn about a request, for the access log and the response headers."""
 
-    __slots__ = ("client", "id", "key_name", "key_targets", "start", "started", "status", "target", "upstream_ms")
+    __slots__ = ("client", "id", "key_name", "key_targets", "route", "start", "started", "status", "target", "upstream_ms")
 
     def __init__(self, request_id: str, start: float, client: str) -> None:
         self.id = request_id
@@ -35,6 +36,7 @@ class RequestInfo:
         self.key_name: str | None = None
         self.key_targets: frozenset[str] | None = None  # None: the key may use every target
         self.target: str | None = None
+        self.route: str | None = None  # the route's inbound path, once one is chosen
         self.status = 0
         self.upstream_ms: float | None = None
         self.started = False
@@ -45,8 +47,9 @@ def new_request_id() -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +84,10 @@ class RequestContext:
                 send,
             )
         finally:
-            _access(scope, info)
+            total = (time.perf_counter() - info.start) * 1000
+            if self.metrics is not None:
+                self.metrics.request(info.target, info.route, info.status, info.upstream_ms, total)
+            _access(scope, info, total)
 
     async def _answer_error(self, info: RequestInfo, exc: ProxyError, send: Send) -> None:
         if info.started:
@@ -100,13 +106,14 @@ def _client(scope: Scope) -> str:
     return client[0] if client else "-"
 
 
-def _access(scope: Scope, info: RequestInfo) -> None:
+def _access(scope: Scope, info: RequestInfo, total: float) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
-    total = (time.perf_counter() - info.start) * 1000
     upstream = f"{info.upstream_ms:.1f}" if info.upstream_ms is not None else "-"
+    fields = {"client": info.client, "method": scope["method"], "path": scope["path"], "status": info.status, "target": info.target,
+              "key": info.key_name, "upstream_ms": info.upstream_ms, "total_ms": round(total, 3), "request_id": info.id}
     access_log.info(
         "%s %s %s status=%d target=%s key=%s upstream_ms=%s total_ms=%.1f id=%s",
         info.client, scope["method"], scope["path"], info.status, info.target or "-", info.key_name or "-", upstream, total,
-        info.id,
+        info.id, extra={"fields": fields},
     )

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -30,8 +30,10 @@ from .errors import (
 )
 from .fanout import merge_answers, merge_streams
 from .fronts import Front
+from .health import Health
 from .live import Live
 from .mapping import Fanout, MapContext, call_mapper, run_stream_mapper
+from .metrics import Metrics
 from .recorder import Recorder
 from .tape import RECORDED, Tape
 from .targets import Route, Target
@@ -46,7 +48,9 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
-_OWN_PATHS = {"/health": "GET"}
+_OWN_PATHS = {"/health": "GET", "/metrics": "GET"}
+MAX_RETRY_WAIT = 30.0  # longest Retry-After honoured before moving on to a fallback
+_FANNED_OUT = object()
 
 
 class Exchange:
@@ -59,6 +63,7 @@ class Exchange:
         "ctx",
         "done",
         "front",
+        "front_state",
         "info",
         "json",
         "route",
@@ -68,6 +73,7 @@ class Exchange:
         "t_sent",
         "tape",
         "target",
+        "tried",
     )
 
     def __init__(self, info: RequestInfo, scope: Scope, body: bytes, parsed: Any, target: Target, route: Route,
@@ -87,6 +93,8 @@ class Exchange:
         self.client_gone = False
         self.character: Any = None
         self.tape: Tape | None = None  # what the recorder will get, when this exchange is recorded
+        self.front_state: dict[str, Any] = {}  # what the front's request mapper noted for its answer mapper
+        self.tried: list[str] = []  # targets that failed before the one answering, for the log and the record
 
     def overhead_ms(self) -> bytes:
         """Time spent in the proxy so far, the upstream's own time taken out."""
@@ -105,9 +113,12 @@ class Pipeline:
     """The ASGI app behind every proxied path."""
 
     def __init__(self, live: Live, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front],
-                 recorder: Recorder | None = None, record_errors: bool = False) -> None:
+                 recorder: Recorder | None = None, record_errors: bool = False, health: Health | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.live = live  # targets and routes change with a reloaded config; a request keeps what it started with
         self.client = client
+        self.health = health or Health()
+        self.metrics = metrics or Metrics(None)
         self.max_body = server.max_body
         self.body_timeout = server.body_timeout
         self.fronts = fronts
@@ -149,6 +160,7 @@ class Pipeline:
         info.target = target.name
         _may_use(info, target)
         route, front = self._route(target, path, method)
+        info.route = route.inbound
         if alias is not None and alias.model and isinstance(parsed, dict):
             parsed["model"] = alias.model
             body = orjson.dumps(parsed)
@@ -205,27 +217,118 @@ class Pipeline:
     # ------------------------------------------------------------------------------ request stage
 
     async def _exchange(self, ex: Exchange, send: Send) -> None:
-        target, route, front = ex.target, ex.route, ex.front
-        body = ex.body
+        """Try the target, again on a failure if it allows retries, then its fallbacks: until one answers
+        without a connect error, a 5xx or a 429, or nothing is left (its failure is then the answer)."""
+        if ex.front is not None:
+            await self._apply_front(ex)
+        candidates = self._candidates(ex)
+        for i, (target, route) in enumerate(candidates):
+            last = i == len(candidates) - 1
+            left = self.health.cooling(target.name)
+            if left and not last:
+                ex.tried.append(f"{target.name} (cooling down, {left:.0f} s left)")
+                continue
+            tried = await self._try(ex, target, route, last, send)
+            if tried is _FANNED_OUT:
+                return
+            if tried is None:
+                continue  # on to the next target
+            resp = cast(UpstreamResponse, tried)
+            if ex.tried:
+                log.info("request %s answered by target %s after: %s", ex.info.id, target.name, ", ".join(ex.tried))
+            try:
+                if ex.ctx is not None:
+                    _note_upstream(ex.ctx, resp)
+                await self._respond(ex, resp, ex.ctx, send)
+            finally:
+                ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
+                await resp.aclose()
+            return
+
+    async def _try(self, ex: Exchange, target: Target, route: Route, last: bool, send: Send) -> UpstreamResponse | object | None:
+        """One target, with its retries: the response to answer with, or None to move on to the next target."""
+        tc = target.config
+        retries = tc.retries if tc is not None else 0
+        attempt = 0
+        while True:
+            ex.target, ex.route = target, route
+            ex.info.target = target.name
+            bodies, headers = await self._prepare(ex)
+            if len(bodies) > 1:
+                await self._fanout(ex, bodies, headers, send)  # several calls at once are not retried
+                return _FANNED_OUT
+            resp: UpstreamResponse | None = None
+            failure: UpstreamError | None = None
+            try:
+                resp = await self._send_upstream(ex, bodies[0], headers)
+            except UpstreamError as exc:
+                failure = exc
+            if resp is not None and resp.status < 500 and resp.status != 429:
+                self.health.succeeded(target.name)
+                return resp
+            wait = _retry_after(resp) if resp is not None else None
+            if wait is None:
+                wait = (tc.retry_backoff if tc is not None else 0.5) * 2 ** attempt
+            again = attempt < retries and wait <= MAX_RETRY_WAIT
+            self.metrics.failed(target.name)
+            if tc is not None:
+                self.health.failed(target.name, after=tc.cooldown_after, cooldown=tc.cooldown)
+            if not again and last:
+                if failure is not None:  # nothing left to try: this failure is the answer
+                    raise failure
+                return resp
+            what = failure.code if failure is not None else str(resp.status if resp is not None else "?")
+            ex.tried.append(f"{target.name} ({what})")
+            log.warning("request %s: target %s failed (%s); %s", ex.info.id, target.name, what,
+                        f"trying again in {wait:g} s" if again else "trying the next target")
+            if resp is not None:
+                await resp.aclose()
+            if not again:
+                return None
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    def _candidates(self, ex: Exchange) -> list[tuple[Target, Route]]:
+        """The chosen target, then its fallbacks that serve the same route."""
+        out = [(ex.target, ex.route)]
+        tc = ex.target.config
+        router = self.live.settings.router
+        for name in tc.fallbacks if tc is not None else ():
+            fallback = router.targets.get(name)
+            route = fallback.routes.get(ex.route.inbound) if fallback is not None else None
+            if fallback is not None and route is not None and route.method == ex.route.method:
+                out.append((fallback, route))
+        return out
+
+    def _context(self, ex: Exchange, state: dict[str, Any] | None = None) -> MapContext:
+        return MapContext(
+            target=ex.target,
+            path=ex.route.inbound if ex.front is not None else ex.scope["path"],
+            model=ex.json.get("model") if isinstance(ex.json, dict) else None,
+            request_id=ex.info.id,
+            stream=ex.stream,
+            prompter=ex.target.prompter,
+            character=ex.character,
+            request=ex.json,
+            state=dict(state or {}),
+        )
+
+    async def _apply_front(self, ex: Exchange) -> None:
+        """The front's request in the OpenAI shape, once, whichever target ends up answering."""
+        assert ex.front is not None
+        ctx = self._context(ex)
+        ctx.path = ex.scope["path"]
+        ex.json = await call_mapper(ex.front.request, ex.json, ctx)
+        ex.stream = isinstance(ex.json, dict) and ex.json.get("stream") is True
+        ex.body = orjson.dumps(ex.json)
+        ex.front_state = ctx.state
+
+    async def _prepare(self, ex: Exchange) -> tuple[list[bytes], list[tuple[str, str]]]:
+        """The upstream bodies (several when a mapper fans out) and headers for the current target."""
+        target, route = ex.target, ex.route
         headers = forward_headers(ex.scope["headers"], target.headers)
-        if ex.mapped:
-            ex.ctx = ctx = MapContext(
-                target=target,
-                path=ex.scope["path"],
-                model=ex.json.get("model") if isinstance(ex.json, dict) else None,
-                request_id=ex.info.id,
-                stream=ex.stream,
-                prompter=target.prompter,
-                character=ex.character,
-                request=ex.json,
-            )
-            if front is not None:
-                ex.json = await call_mapper(front.request, ex.json, ctx)
-                ex.stream = ctx.stream = isinstance(ex.json, dict) and ex.json.get("stream") is True
-                ctx.request, ctx.path = ex.json, route.inbound
-                ctx.model = ex.json.get("model") if isinstance(ex.json, dict) else None
-                body = orjson.dumps(ex.json)
-        bodies = [body]
+        ex.ctx = self._context(ex, ex.front_state) if ex.mapped else None
+        bodies = [ex.body]
         if route.request is not None:
             assert ex.ctx is not None
             if not isinstance(ex.json, dict):
@@ -234,20 +337,10 @@ class Pipeline:
             bodies = [orjson.dumps(b) for b in out] if isinstance(out, Fanout) else [orjson.dumps(out)]
             if isinstance(out, Fanout):
                 ex.ctx.state["fanout_prompts"] = out.prompts
-        if route.request is not None or front is not None:
+        if route.request is not None or ex.front is not None:
             headers = [h for h in headers if h[0] != "content-type"]
             headers.append(("content-type", "application/json"))
-        if len(bodies) > 1:
-            await self._fanout(ex, bodies, headers, send)
-            return
-        resp = await self._send_upstream(ex, bodies[0], headers)
-        try:
-            if ex.ctx is not None:
-                _note_upstream(ex.ctx, resp)
-            await self._respond(ex, resp, ex.ctx, send)
-        finally:
-            ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
-            await resp.aclose()
+        return bodies, headers
 
     async def _send_upstream(self, ex: Exchange, body: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:
         target, route = ex.target, ex.route
@@ -338,6 +431,8 @@ class Pipeline:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         stream = _is_stream(resp)
         tape = ex.tape
+        if stream:
+            self.metrics.streams += 1
         try:
             if first:
                 if tape is not None:
@@ -353,6 +448,9 @@ class Pipeline:
                 tape.cut(exc.message)
             if stream:
                 await send({"type": "http.response.body", "body": sse.frame(exc.body()), "more_body": True})
+        finally:
+            if stream:
+                self.metrics.streams -= 1
         ex.done = True
         await send({"type": "http.response.body", "body": b""})
 
@@ -378,6 +476,7 @@ class Pipeline:
                 events = run_stream_mapper(ex.front.stream, events, ex.ctx)
         frame, done = sse.FRAMINGS[framing]
         started = False
+        self.metrics.streams += 1
         try:
             async for event in events:
                 if not started:
@@ -398,6 +497,7 @@ class Pipeline:
                 ex.tape.cut(exc.message)
             await send({"type": "http.response.body", "body": _error_event(ex, exc), "more_body": True})
         finally:
+            self.metrics.streams -= 1
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -446,7 +546,7 @@ class Pipeline:
             return
         self.recorder.submit(tape.capture(
             request_id=ex.info.id, target=ex.target.name, request=ex.json, status=status, key=ex.info.key_name, stream=ex.stream,
-            prompt=ex.ctx.prompt if ex.ctx is not None else None, started=ex.info.start,
+            prompt=ex.ctx.prompt if ex.ctx is not None else None, started=ex.info.start, tried=ex.tried,
         ))
 
 
@@ -473,6 +573,16 @@ def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
     if ex.front is not None and ex.front.framing == "anthropic":
         return sse.frame_typed({"type": "error", "error": {"type": "api_error", "message": exc.message}})
     return sse.frame(exc.body())
+
+
+def _retry_after(resp: UpstreamResponse) -> float | None:
+    for k, v in resp.headers:
+        if k == b"retry-after":
+            try:
+                return max(0.0, float(v))
+            except ValueError:
+                return None  # an HTTP date: rare from model servers, and the backoff serves
+    return None
 
 
 def _note_upstream(ctx: MapContext, resp: UpstreamResponse) -> None:

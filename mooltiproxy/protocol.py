@@ -4,7 +4,8 @@ concurrent connections from one address.
 uvicorn gives a client that trickles its headers byte by byte all the time it wants, and holds as many
 connections from one address as it opens. Both are decided here, per TCP connection, before any ASGI
 code runs: a late client gets a 408, one over the cap a 429, both with the OpenAI error body, and the
-connection is closed.
+connection is closed. The limits travel on the uvicorn config (``ProxyServerConfig``), so worker
+processes get them too; connections are counted per server (per worker).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import ProxyError, TooManyRequests, render
@@ -21,7 +23,19 @@ from .errors import ProxyError, TooManyRequests, render
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _refusal(exc: ProxyError) -> bytes:
+class ProxyServerConfig(uvicorn.Config):
+    """uvicorn's config, carrying the proxy's connection limits to the protocol (and to worker processes)."""
+
+    def __init__(self, app: Any, *, header_timeout: float = 10.0, max_per_address: int = 1000, exempt: tuple[Network, ...] = (),
+                 **options: Any) -> None:
+        super().__init__(app, http=GuardedProtocol, **options)
+        self.header_timeout = header_timeout
+        self.max_per_address = max_per_address
+        self.exempt = exempt
+
+
+def refusal(exc: ProxyError) -> bytes:
+    """A whole HTTP response for ``exc``, written straight to the socket."""
     status, headers, body = render(exc)
     lines = [f"HTTP/1.1 {status} {'Request Timeout' if status == 408 else 'Too Many Requests'}".encode()]
     lines += [name + b": " + value for name, value in headers]
@@ -29,75 +43,78 @@ def _refusal(exc: ProxyError) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def guarded_protocol(*, header_timeout: float, max_per_address: int, exempt: Iterable[Network] = ()) -> type[HttpToolsProtocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` enforcing these limits; ``exempt`` (the trusted
-    reverse proxies, whose connections carry many clients) is not capped."""
-    open_by_address: Counter[str] = Counter()
-    exempt = tuple(exempt)
-    late = _refusal(ProxyError(
-        f"The request's headers did not arrive within {header_timeout:g} s (server.header_timeout).",
-        status=408, type="invalid_request_error", code="request_timeout",
-    ))
-    crowded = _refusal(TooManyRequests(
-        f"This address already holds {max_per_address} open connections to the proxy (server.max_connections_per_ip); "
-        f"close some or reuse them.",
-        code="too_many_connections",
-    ))
+def _exempt(host: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
 
-    def is_exempt(host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in exempt)
 
-    class GuardedProtocol(HttpToolsProtocol):
-        _counted: str | None = None
-        _header_timer: asyncio.TimerHandle | None = None
+class GuardedProtocol(HttpToolsProtocol):
+    _counted: str | None = None
+    _header_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            host = self.client[0] if self.client else None
-            if host and not is_exempt(host):
-                open_by_address[host] += 1
-                self._counted = host
-                if open_by_address[host] > max_per_address:
-                    transport.write(crowded)
-                    transport.close()
-                    return
-            self._arm()
+    @property
+    def _open(self) -> Counter[str]:
+        """Open connections per address, kept on the server's own state (shared by its connections)."""
+        counts: Counter[str] | None = getattr(self.server_state, "mooltiproxy_open", None)
+        if counts is None:
+            counts = Counter()
+            self.server_state.mooltiproxy_open = counts  # type: ignore[attr-defined]
+        return counts
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            if self._counted is not None:
-                open_by_address[self._counted] -= 1
-                if open_by_address[self._counted] <= 0:
-                    del open_by_address[self._counted]
-                self._counted = None
-            super().connection_lost(exc)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        config = self.config
+        host = self.client[0] if self.client else None
+        cap = getattr(config, "max_per_address", None)
+        if host and cap is not None and not _exempt(host, getattr(config, "exempt", ())):
+            self._open[host] += 1
+            self._counted = host
+            if self._open[host] > cap:
+                transport.write(refusal(TooManyRequests(
+                    f"This address already holds {cap} open connections to the proxy (server.max_connections_per_ip); "
+                    f"close some or reuse them.", code="too_many_connections")))
+                transport.close()
+                return
+        self._arm()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            if self._header_timer is None:
-                self._arm()  # the next request on a kept-alive connection
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._counted is not None:
+            open_ = self._open
+            open_[self._counted] -= 1
+            if open_[self._counted] <= 0:
+                del open_[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
 
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm()  # the next request on a kept-alive connection
 
-        def _arm(self) -> None:
-            self._header_timer = self.loop.call_later(header_timeout, self._too_slow)
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
 
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    def _arm(self) -> None:
+        timeout = getattr(self.config, "header_timeout", None)
+        if timeout is not None:
+            self._header_timer = self.loop.call_later(timeout, self._too_slow)
 
-        def _too_slow(self) -> None:
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            if not self.transport.is_closing():
-                if self.cycle is None or self.cycle.response_complete:
-                    self.transport.write(late)
-                self.transport.close()
 
-    return GuardedProtocol
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            if self.cycle is None or self.cycle.response_complete:
+                timeout = getattr(self.config, "header_timeout", 0)
+                self.transport.write(refusal(ProxyError(
+                    f"The request's headers did not arrive within {timeout:g} s (server.header_timeout).",
+                    status=408, type="invalid_request_error", code="request_timeout")))
+            self.transport.close()

@@ -50,6 +50,7 @@ class Capture:
     cut_short: bool = False
     cut_reason: str | None = None
     error: str | None = None
+    tried: list[str] = field(default_factory=list)  # targets that failed before the one that answered
 
 
 def text_of(content: Any) -> str:
@@ -155,6 +156,7 @@ def build(capture: Capture, session: str) -> list[dict[str, Any]]:
         "cut_short": capture.cut_short,
         "cut_reason": capture.cut_reason,
         "error": capture.error,
+        "tried": capture.tried,
         "n": len(choices),
     }
     if capture.endpoint == COMPLETION:

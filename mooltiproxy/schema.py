@@ -74,6 +74,11 @@ TARGET = section(
         vol.Optional("characters", default={}): mapping_of(_NAME, text()),
         vol.Optional("user_name", default="User"): text(),
         vol.Optional("timeout", default=None): vol.Any(None, duration()),
+        vol.Optional("fallbacks", default=[]): list_of(text()),
+        vol.Optional("retries", default=0): integer(min=0, max=10),
+        vol.Optional("retry_backoff", default=0.5): duration(allow_zero=True),
+        vol.Optional("cooldown", default=30): duration(allow_zero=True),
+        vol.Optional("cooldown_after", default=3): integer(min=1),
         vol.Optional("headers", default={}): mapping_of(text(), text()),
         vol.Optional("routes", default={}): mapping_of(
             text(pattern=r"/\S*", hint="a route's key must be an inbound path starting with /"), ROUTE
@@ -162,6 +167,7 @@ SCHEMA = section(
                 vol.Optional("header_timeout", default=10): duration(),
                 vol.Optional("body_timeout", default=60): duration(),
                 vol.Optional("max_connections_per_ip", default=1000): integer(min=1),
+                vol.Optional("shutdown_grace", default=30): duration(allow_zero=True),
                 vol.Optional("trusted_proxies", default=[]): list_of(network),
                 vol.Optional("cors_origins", default=[]): list_of(
                     text(pattern=r"\*|https?://[^/\s]+", hint="must be an origin such as https://app.example.com, or *")

@@ -62,7 +62,7 @@ class Tape:
         self.error = exc.message
 
     def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
-                prompt: str | None, started: float) -> Capture:
+                prompt: str | None, started: float, tried: list[str]) -> Capture:
         answer = self.answer
         if self.reassembler is not None:
             answer = self.reassembler.answer()
@@ -73,5 +73,5 @@ class Tape:
         return Capture(
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
-            cut_reason=self.why_cut, error=self.error,
+            cut_reason=self.why_cut, error=self.error, tried=tried,
         )

@@ -36,6 +36,7 @@ class OpenAIStub:
     cancelled_streams: int = 0
     stream_finished_at: float = 0.0
     fail: tuple[int, str] | None = None  # (status, message) for every request while set
+    fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers), one per request
 
     def app(self) -> Starlette:
         return Starlette(
@@ -58,6 +59,10 @@ class OpenAIStub:
         return body
 
     async def _steer(self, body: Any) -> Response | None:
+        if self.fail_next:
+            status, headers = self.fail_next.pop(0)
+            return JSONResponse({"error": {"message": f"{self.name} failed with {status}", "type": "stub_error", "param": None,
+                                           "code": None}}, status_code=status, headers=headers)
         if self.fail:
             return JSONResponse({"error": {"message": self.fail[1], "type": "stub_error", "param": None, "code": None}},
                                 status_code=self.fail[0])
