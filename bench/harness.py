@@ -91,7 +91,7 @@ def at_least(label: str, s: dict[str, Any], limit: float, unit: str = "", digits
 
 
 class Harness:
-    def __init__(self, settings: Settings, procs: Procs, workdir: Path, *, profile: bool = False, client: str = "aiohttp",
+    def __init__(self, settings: Settings, procs: Procs, workdir: Path, *, profile: bool = False, client: str = "serve",
                  log_level: str = "info") -> None:
         self.s = settings
         self.procs = procs

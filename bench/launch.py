@@ -34,12 +34,12 @@ def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Servi
 
 
 def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream: str, recording: configs.Recording, *,
-                client: str = "aiohttp", log_level: str = "info", label: str = "") -> Service:
+                client: str = "serve", log_level: str = "info", label: str = "") -> Service:
     name = f"mooltiproxy-{label or variant.name}"
     dataset_dir = workdir / f"dataset-{label or variant.name}"
     path = configs.write(configs.config(variant, upstream, dataset_dir, recording), workdir / f"{name}.yaml")
     port = free_port()
-    if client == "aiohttp":
+    if client == "serve":
         argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]
     else:
         argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--client", client]

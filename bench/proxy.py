@@ -1,9 +1,9 @@
-"""Run mooltiproxy for a benchmark, with a chosen upstream client.
+"""Run mooltiproxy for a benchmark, with another upstream client than the one it ships with.
 
-    python -m bench.proxy --config FILE --port P [--client aiohttp|httpx|httpx-aiohttp]
+    python -m bench.proxy --config FILE --port P --client aiohttp|httpx|httpx-aiohttp
 
-``aiohttp`` is what ``mooltiproxy serve`` uses; the two httpx variants exist so the harness can show
-why (RESULTS.md).
+``mooltiproxy serve`` uses its own HTTP/1.1 client (mooltiproxy/h1.py); these exist so the harness
+can show why (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from mooltiproxy.server import run
 
 
 def transport(kind: str) -> Any:
-    if kind == "aiohttp":
-        return None
     import httpx
 
     if kind == "httpx":
@@ -40,9 +38,14 @@ def main() -> None:
     p.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx", "httpx-aiohttp"])
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = load(args.config)
-    server = replace(config.server, port=args.port)
-    run(create_app(replace(config, server=server), transport=transport(args.client)), server)
+    config = replace(load(args.config), server=replace(load(args.config).server, port=args.port))
+    if args.client == "aiohttp":
+        from .aiohttp_client import AiohttpClient
+
+        app = create_app(config, upstream=AiohttpClient)
+    else:
+        app = create_app(config, transport=transport(args.client))
+    run(app, config.server)
 
 
 if __name__ == "__main__":

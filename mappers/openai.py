@@ -7,6 +7,7 @@ clear 400 for a field that is not what the OpenAI API allows.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -19,8 +20,13 @@ CHAT = "chat"
 COMPLETION = "completion"
 
 
+_ids = itertools.count()
+_PROCESS = os.urandom(6).hex()
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{os.urandom(12).hex()}"
+    """Unique across processes and runs (a random part per process, then a counter), without a system call."""
+    return f"{prefix}-{_PROCESS}{next(_ids):012x}"
 
 
 # ---------------------------------------------------------------------------------- reading requests

@@ -10,28 +10,34 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin, ui
 from .bans import BanLedger
 from .config import Config
 from .context import RequestContext
 from .cors import CORS
+from .errors import ProxyError, render
 from .fronts import load_dialects, load_fronts
 from .guard import Guard
+from .h1 import H1Client
 from .live import Live, build_settings
+from .logs import flush_logs
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .recorder import Recorder, make_sink, new_session
 from .reviews import Reviews
 from .store import Store
-from .upstream import AiohttpClient, HttpxClient, UpstreamClient
+from .upstream import HttpxClient, UpstreamClient
 
 log = logging.getLogger("mooltiproxy")
 
@@ -48,8 +54,10 @@ class Services:
         return self.client
 
 
-def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The proxy as an ASGI app. ``transport`` replaces the network under the upstream client (tests)."""
+def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None,
+               upstream: Callable[[], UpstreamClient] | None = None) -> Starlette:
+    """The proxy as an ASGI app. ``transport`` replaces the network under the upstream client (tests);
+    ``upstream`` makes another client altogether (the benchmark compares them)."""
     settings = build_settings(config)
     auth = config.auth
     assert auth.master_key is not None
@@ -79,10 +87,14 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         if recorder is not None:
             recorder.start()
             log.info("recording exchanges to %s (session %s)", getattr(recorder.sink, "path", dataset.dir), session)
-        services.client = HttpxClient(transport) if transport is not None else AiohttpClient()
+        if transport is not None:
+            services.client = HttpxClient(transport)
+        else:
+            services.client = upstream() if upstream is not None else H1Client()
         loop = asyncio.get_running_loop()
         watcher = asyncio.ensure_future(live.watch())
         snapshots = asyncio.ensure_future(_every(1.0, metrics.write))
+        logs = asyncio.ensure_future(_every(0.2, flush_logs))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
             loop.add_signal_handler(signal.SIGHUP, live.reload)
         try:
@@ -90,6 +102,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         finally:
             watcher.cancel()
             snapshots.cancel()
+            logs.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await services.client.aclose()
@@ -98,6 +111,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
                 recorder.stop()
             metrics.forget()
             ledger.close()
+            flush_logs()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -107,15 +121,14 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     pages = ui.routes(lambda: live.settings.config, Store(dataset.dir), Reviews.beside(dataset.dir), ledger)
-    app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"]), *admin.routes(live), *pages,
-                Route("/{path:path}", pipeline)],
-        middleware=[
-            Middleware(RequestContext, metrics=metrics),
-            Middleware(CORS, live=live),
-            Middleware(Guard, live=live, open_paths=ui.OPEN_PATHS,
-                       cookie_auth=ui.cookie_auth(lambda: live.settings.config.auth.master_key)),
-        ],
+    cookie_auth = ui.cookie_auth(lambda: live.settings.config.auth.master_key)
+    app = ProxyApp(
+        proxied=RequestContext(CORS(Guard(pipeline, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth), live=live),
+                               metrics=metrics),
+        routes=[Route("/health", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"]), *admin.routes(live), *pages],
+        middleware=[Middleware(RequestContext, metrics=metrics), Middleware(CORS, live=live),
+                    Middleware(Guard, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth)],
+        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.live = live
@@ -123,6 +136,36 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     app.state.recorder = recorder
     app.state.metrics = metrics
     return app
+
+
+class ProxyApp(Starlette):
+    """The Starlette app, with proxied paths taking the short way: the request context, CORS, the guard
+    and the pipeline, straight. Starlette's router and its wrappers, which every request and every
+    streamed chunk would otherwise pass through, serve the proxy's own pages (health, metrics, admin,
+    the review page) and the lifespan."""
+
+    OWN = ("/health", "/metrics", "/admin/", "/ui")
+
+    def __init__(self, *, proxied: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proxied = proxied
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(self.OWN):
+            scope["app"] = self
+            await self.proxied(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (a wrong method or path under the proxy's pages) in the OpenAI error shape."""
+    assert isinstance(exc, HTTPException)
+    allow = (exc.headers or {}).get("Allow", "")
+    message = {404: f"There is no {request.url.path} here.",
+               405: f"{request.url.path} answers {allow} only, not {request.method}."}.get(exc.status_code, str(exc.detail))
+    _, _, body = render(ProxyError(message, status=exc.status_code, type="invalid_request_error"))
+    return Response(body, status_code=exc.status_code, media_type="application/json", headers={"Allow": allow} if allow else None)
 
 
 async def _every(seconds: float, job: Callable[[], None]) -> None:

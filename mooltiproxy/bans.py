@@ -6,17 +6,21 @@ success erases nothing. Whitelisted networks are never banned.
 
 Failures and bans live in SQLite (``state.db`` beside the dataset), so a restart keeps the bans and
 several workers share them: failures are counted across workers, and a ban one worker records is
-enforced by the others on their next request (each checks SQLite's ``data_version``, which changes only
-when another connection has written, and rereads the bans then). The hot path otherwise reads a
-dictionary.
+enforced by the others on their next request. A worker that changes the bans writes a new random stamp
+into ``state.stamp``, a tiny memory-mapped file; every request compares it with the stamp it last saw
+(one read from memory) and rereads the bans when it differs. The hot path otherwise reads a dictionary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
+import mmap
+import os
 import sqlite3
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +32,7 @@ log = logging.getLogger("mooltiproxy.guard")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(address: str) -> str:
     """One spelling per address: IPv6 compressed, IPv4-mapped IPv6 as IPv4; anything else unchanged."""
     try:
@@ -39,7 +44,8 @@ def normalize(address: str) -> str:
     return str(ip)
 
 
-def in_networks(address: str, networks: Iterable[Network]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -77,7 +83,8 @@ class BanLedger:
         self._bans: dict[str, Ban] = {}
         self._failures: dict[str, deque[float]] = {}  # only without a database
         self._db: sqlite3.Connection | None = None
-        self._version = -1
+        self._stamp: mmap.mmap | None = None
+        self._seen = b""
 
     def configure(self, *, max_failures: int, window: float, ban: float, whitelist: Iterable[Network]) -> None:
         """New rules from a reloaded config; bans already given keep their end."""
@@ -94,21 +101,40 @@ class BanLedger:
         self._db.execute("CREATE TABLE IF NOT EXISTS failures (address TEXT NOT NULL, at REAL NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS failures_address ON failures (address, at)")
         self._db.execute("DELETE FROM bans WHERE until <= ?", (self.clock(),))
+        stamp = self.path.with_name("state.stamp")
+        fd = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._stamp = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
         self._reread()
         if self._bans:
             log.info("%d ban(s) carried over from %s", len(self._bans), self.path)
 
     def _reread(self) -> None:
         assert self._db is not None
-        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._stamp is not None:
+            self._seen = self._stamp[:8]
         self._bans = {a: Ban(a, until, n) for a, until, n in self._db.execute("SELECT address, until, failures FROM bans")}
 
     def _sync(self) -> None:
-        """Pick up what other workers wrote since we last looked."""
-        if self._db is not None and self._db.execute("PRAGMA data_version").fetchone()[0] != self._version:
+        """Pick up what other workers changed since we last looked."""
+        if self._stamp is not None and self._stamp[:8] != self._seen:
+            self._reread()
+
+    def _changed(self) -> None:
+        """Tell the other workers the bans changed: a new stamp. Then reread, so that a change another
+        worker stamped a moment before (and this stamp overwrote) is not missed here."""
+        if self._stamp is not None:
+            self._stamp[:8] = struct.pack("<Q", int.from_bytes(os.urandom(8), "little") | 1)
             self._reread()
 
     def close(self) -> None:
+        if self._stamp is not None:
+            self._stamp.close()
+            self._stamp = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -138,6 +164,7 @@ class BanLedger:
             with self._transaction() as db:
                 db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?, ?)", (ban.address, ban.until, ban.failures))
                 db.execute("DELETE FROM failures WHERE address = ?", (address,))
+            self._changed()
         else:
             self._failures.pop(address, None)
         log.warning("banned %s for %g s after %d failed key attempts within %g s", address, self.ban_seconds, ban.failures,
@@ -193,6 +220,7 @@ class BanLedger:
         self._bans.pop(address, None)
         if self._db is not None:
             self._db.execute("DELETE FROM bans WHERE address = ?", (address,))
+            self._changed()
 
     def _sweep(self, now: float) -> None:
         """Drop addresses whose failures have all aged out, so a spray of addresses cannot grow memory."""

@@ -3,28 +3,19 @@ that fails with a sentence (where it broke) instead of a traceback."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from starlette.types import Receive
 
-from .errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout, UpstreamError
+from .errors import BadRequest, ClientGone, PayloadTooLarge, UpstreamError
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None, deadline: float) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to be over ``limit``, and with 408
-    when it takes longer than ``deadline`` seconds to arrive (uvicorn itself waits forever)."""
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to be over ``limit``. (The
+    deadline for it to arrive is kept by the server's protocol: a timer per request costs nothing there.)"""
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    try:
-        async with asyncio.timeout(deadline):
-            return await _read_body(receive, limit)
-    except TimeoutError:
-        raise RequestTimeout(f"The request body did not arrive within {deadline:g} s (server.body_timeout).") from None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):

@@ -8,6 +8,7 @@ no query string, no body.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -42,8 +43,13 @@ class RequestInfo:
         self.started = False
 
 
+_ids = itertools.count()
+_PROCESS = os.urandom(6).hex()
+
+
 def new_request_id() -> str:
-    return os.urandom(12).hex()
+    """Unique across processes and runs (a random part per process, a counter) without a system call per request."""
+    return f"{_PROCESS}{next(_ids):012x}"
 
 
 class RequestContext:
@@ -60,7 +66,8 @@ class RequestContext:
             if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
                 request_id = value.decode()
                 break
-        info = RequestInfo(request_id or new_request_id(), time.perf_counter(), _client(scope))
+        # The clock starts when the server parsed the request's first byte, as the client's clock does.
+        info = RequestInfo(request_id or new_request_id(), scope.get("mooltiproxy.arrived") or time.perf_counter(), _client(scope))
         scope["mooltiproxy"] = info
         rid = info.id.encode()
 

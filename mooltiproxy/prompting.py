@@ -26,6 +26,7 @@ run. Every failure while rendering is a ``MappingError`` (400) naming the prompt
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,7 @@ from jinja2.exceptions import SecurityError
 
 from .characters import Card
 from .errors import MappingError
-from .sandbox import Limits, Refused, Sandbox, TooBig
+from .sandbox import Limits, Refused, Sandbox, TooBig, Trusted
 from .validators import did_you_mean
 
 __all__ = ["Limits", "Prompter", "PrompterError", "TemplateRefused", "load_prompter", "preset_names", "render_chat"]
@@ -81,7 +82,7 @@ class Prompter:
     templates: Mapping[str, jinja2.Template] = field(repr=False, compare=False)
     sources: Mapping[str, str] = field(repr=False, compare=False)
     special_tokens: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    environment: Sandbox | None = field(default=None, repr=False, compare=False)
+    environment: Sandbox | Trusted | None = field(default=None, repr=False, compare=False)
 
     def render(
         self,
@@ -186,18 +187,27 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+@functools.lru_cache(maxsize=256)
+def _tool_support(source: str) -> tuple[bool, bool]:
+    """Whether a template's source has a place for assistant tool calls, and for tool messages (once per template)."""
+    return "tool_calls" in source, re.search(r"\btool\b", source) is not None
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _plain_messages(messages: Sequence[Any], label: str, source: str) -> list[dict[str, Any]]:
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise MappingError("messages must be a list of message objects")
     if not messages:
         raise MappingError(f"prompter '{label}' cannot render an empty conversation: send at least one message")
-    knows_tool_calls = "tool_calls" in source
-    knows_tool_role = re.search(r"\btool\b", source) is not None
+    knows_tool_calls, knows_tool_role = _tool_support(source)
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(messages):
         if not isinstance(raw, Mapping):
             raise MappingError(f"messages[{i}] must be an object with a role and a content")
-        message = _plain(raw)
+        # A shallow copy is enough for what is plain already (orjson gives only dicts, lists, str, numbers).
+        message = {k: v if type(v) in _SCALARS else _plain(v) for k, v in raw.items()}
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise MappingError(f"messages[{i}] has no role")
@@ -287,7 +297,7 @@ def load_prompter(
     presets = _presets()
     if spec in presets:
         text = presets[spec].read_text(encoding="utf-8")
-        return _from_jinja_text(spec, text, env, extra_stop, where=f"preset '{spec}'")
+        return _from_jinja_text(spec, text, Trusted(limits or Limits()), extra_stop, where=f"preset '{spec}'")
     path = base_dir / spec
     looks_like_path = "/" in spec or "\\" in spec or spec.endswith((".jinja", ".json", ".j2"))
     if not path.exists():
@@ -322,7 +332,7 @@ def _inline(spec: Mapping[str, Any], env: Sandbox, extra_stop: Sequence[str]) ->
                   bos=_token(spec.get("bos_token"), "bos_token", where), eos=_token(spec.get("eos_token"), "eos_token", where), where=where)
 
 
-def _from_jinja_text(name: str, text: str, env: Sandbox, extra_stop: Sequence[str], *, where: str) -> Prompter:
+def _from_jinja_text(name: str, text: str, env: Sandbox | Trusted, extra_stop: Sequence[str], *, where: str) -> Prompter:
     header: dict[str, Any] = {}
     match = _FRONT_MATTER.match(text)
     if match:
@@ -418,7 +428,7 @@ def _stops(value: Any, where: str) -> tuple[str, ...]:
 def _build(
     name: str,
     texts: Mapping[str, str],
-    env: Sandbox,
+    env: Sandbox | Trusted,
     *,
     stop: Sequence[str],
     extra_stop: Sequence[str],

@@ -1,17 +1,21 @@
-"""uvicorn's HTTP protocol with the limits it lacks: a deadline for a request's headers, and a cap on
-concurrent connections from one address.
+"""uvicorn's HTTP protocol with what it lacks: deadlines for a request's headers and body, a cap on
+concurrent connections from one address, and the cancellation of a request whose client has gone.
 
-uvicorn gives a client that trickles its headers byte by byte all the time it wants, and holds as many
-connections from one address as it opens. Both are decided here, per TCP connection, before any ASGI
-code runs: a late client gets a 408, one over the cap a 429, both with the OpenAI error body, and the
-connection is closed. The limits travel on the uvicorn config (``ProxyServerConfig``), so worker
-processes get them too; connections are counted per server (per worker).
+uvicorn gives a client that trickles its headers or body byte by byte all the time it wants, and holds
+as many connections from one address as it opens. These are decided here, per TCP connection: a late
+client gets a 408, one over the cap a 429, both with the OpenAI error body, and the connection is
+closed. When a client disconnects while the proxy works on its request, the request's task is
+cancelled at once (the pipeline marks when it can be), so the upstream request is dropped with it;
+this costs nothing per request, where a task watching for the disconnect would. The limits travel on
+the uvicorn config (``ProxyServerConfig``), so worker processes get them too; connections are counted
+per server (per worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,10 +30,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class ProxyServerConfig(uvicorn.Config):
     """uvicorn's config, carrying the proxy's connection limits to the protocol (and to worker processes)."""
 
-    def __init__(self, app: Any, *, header_timeout: float = 10.0, max_per_address: int = 1000, exempt: tuple[Network, ...] = (),
-                 **options: Any) -> None:
+    def __init__(self, app: Any, *, header_timeout: float = 10.0, body_timeout: float = 60.0, max_per_address: int = 1000,
+                 exempt: tuple[Network, ...] = (), **options: Any) -> None:
         super().__init__(app, http=GuardedProtocol, **options)
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.max_per_address = max_per_address
         self.exempt = exempt
 
@@ -51,9 +56,17 @@ def _exempt(host: str, networks: tuple[Network, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
+ARRIVED = "mooltiproxy.arrived"  # scope key: perf_counter() when the request's first byte was parsed
+PROTOCOL_CANCELS = "mooltiproxy.protocol_cancels"  # scope key: this protocol cancels the request when its client leaves
+CANCELLABLE = "mooltiproxy.cancellable"  # scope key: the app may be cancelled now if its client leaves
+CLIENT_GONE = "mooltiproxy.client_gone"  # scope key: set before such a cancellation
+
+
 class GuardedProtocol(HttpToolsProtocol):
     _counted: str | None = None
     _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _arrived = 0.0
 
     @property
     def _open(self) -> Counter[str]:
@@ -82,6 +95,14 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
+        cycle = self.cycle
+        scope: dict[str, Any] = cycle.scope if cycle is not None else {}  # type: ignore[assignment]
+        if cycle is not None and not cycle.response_complete and scope.get(CANCELLABLE):
+            task: asyncio.Task[None] | None = getattr(cycle, "mooltiproxy_task", None)
+            if task is not None and not task.done():
+                scope[CLIENT_GONE] = True
+                task.cancel()
         if self._counted is not None:
             open_ = self._open
             open_[self._counted] -= 1
@@ -91,13 +112,44 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
+        self._arrived = time.perf_counter()
         super().on_message_begin()
         if self._header_timer is None:
             self._arm()  # the next request on a kept-alive connection
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self.scope[PROTOCOL_CANCELS] = True  # type: ignore[literal-required]
+        self.scope[ARRIVED] = self._arrived  # type: ignore[literal-required]
         super().on_headers_complete()
+        timeout = getattr(self.config, "body_timeout", None)
+        if timeout is not None and self._body_timer is None:
+            self._body_timer = self.loop.call_later(timeout, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body()
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        cycle.mooltiproxy_task = task  # for cancelling it when the client leaves
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self.transport.is_closing():
+            if self.cycle is not None and not self.cycle.response_started:
+                timeout = getattr(self.config, "body_timeout", 0)
+                self.transport.write(refusal(ProxyError(
+                    f"The request body did not arrive within {timeout:g} s (server.body_timeout).",
+                    status=408, type="invalid_request_error", code="request_timeout")))
+            self.transport.close()
 
     def _arm(self) -> None:
         timeout = getattr(self.config, "header_timeout", None)

@@ -15,6 +15,14 @@ import orjson
 from .sse import SSEParser
 
 
+def _append(pieces: list[str], piece: str) -> None:
+    """Add a streamed piece; every few hundred pieces become one string, so a long stream costs its text,
+    not a Python object per token."""
+    pieces.append(piece)
+    if len(pieces) >= 256:
+        pieces[:] = ["".join(pieces)]
+
+
 class _Choice:
     __slots__ = ("content", "finish_reason", "reasoning", "role", "tool_calls")
 
@@ -74,14 +82,14 @@ class Reassembler:
                 choice.finish_reason = c["finish_reason"]
             if self._kind != "chat":
                 if isinstance(c.get("text"), str):
-                    choice.content.append(c["text"])
+                    _append(choice.content, c["text"])
                 continue
             delta = c.get("delta") or {}
             if isinstance(delta.get("content"), str):
-                choice.content.append(delta["content"])
+                _append(choice.content, delta["content"])
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str):
-                choice.reasoning.append(reasoning)
+                _append(choice.reasoning, reasoning)
             for call in delta.get("tool_calls") or ():
                 self._tool_call(choice, call)
 
@@ -162,11 +170,11 @@ class MessagesReassembler:
         elif kind == "content_block_start":
             self._blocks[event.get("index", len(self._blocks))] = dict(event.get("content_block") or {})
         elif kind == "content_block_delta":
-            block = self._blocks.setdefault(event.get("index", 0), {"type": "text", "text": ""})
+            block = self._blocks.setdefault(event.get("index", 0), {"type": "text"})
             delta = event.get("delta") or {}
-            for field, into in (("text", "text"), ("thinking", "thinking"), ("partial_json", "partial_json")):
+            for field in ("text", "thinking", "partial_json"):
                 if isinstance(delta.get(field), str):
-                    block[into] = block.get(into, "") + delta[field]
+                    _append(block.setdefault(f"_{field}", []), delta[field])
         elif kind == "message_delta":
             self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
             self._usage.update(event.get("usage") or {})
@@ -178,8 +186,11 @@ class MessagesReassembler:
     def answer(self) -> dict[str, Any]:
         content = []
         for index in sorted(self._blocks):
-            block = dict(self._blocks[index])
-            partial = block.pop("partial_json", None)
+            block = {k: v for k, v in self._blocks[index].items() if not k.startswith("_")}
+            for field in ("text", "thinking"):
+                if f"_{field}" in self._blocks[index]:
+                    block[field] = block.get(field, "") + "".join(self._blocks[index][f"_{field}"])
+            partial = "".join(self._blocks[index].get("_partial_json", ()))
             if block.get("type") == "tool_use" and partial:
                 try:
                     block["input"] = orjson.loads(partial)

@@ -1,20 +1,27 @@
-"""Recording every exchange without slowing any: a bounded queue, one writer thread, the dataset sink.
+"""Recording every exchange without slowing any: a bounded queue, records built in small slices on
+the event loop, one thread for the disk.
 
-The pipeline hands over a ``Capture`` (references, no copies) and moves on. The writer turns captures
-into records, links each to the earlier exchange it continues, applies ``dataset.redact``, and appends
-them to the sink. When the queue is full or the disk fails, the request has already succeeded: the loss
-is counted and logged loudly, never silent. On shutdown the queue is drained before the sink closes.
+The pipeline hands over a ``Capture`` (references, no copies) and moves on. Every ``LINGER`` seconds
+the event loop turns what has gathered into records — linked to the earlier exchange each continues,
+redacted per ``dataset.redact``, encoded — a few at a time between requests, and hands the encoded
+batches to the writer thread, which only writes (and syncs), holding nothing the event loop needs.
+Building records on another thread instead made it and the event loop fight over the interpreter
+lock and cost a fifth of the proxy's throughput (bench/RESULTS.md).
+
+When the queue is full or the disk fails, the request has already succeeded: the loss is counted and
+logged loudly, never silent. On shutdown everything queued is written before the sink closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -22,13 +29,14 @@ from typing import Any
 import orjson
 
 from .fronts import Dialect
-from .records import Capture, build, continuation_keys, redact
+from .records import Capture, build_with_keys, redact
 from .sinks import JsonlSink, Sink, SqliteSink
+from .tape import PendingStream
 
 log = logging.getLogger("mooltiproxy.dataset")
 
-_STOP = object()
 _INDEX_SIZE = 200_000  # fingerprints kept for threading; older threads can still be relinked offline
+LINGER = 0.1  # seconds between the writer's rounds
 
 
 def new_session() -> str:
@@ -41,6 +49,10 @@ def make_sink(kind: str, directory: Any, session: str) -> Sink | None:
     if kind == "sqlite":
         return SqliteSink(directory, session)
     return None
+
+
+_STOP = object()
+SLICE = 32  # records built per turn of the event loop
 
 
 class Recorder:
@@ -59,7 +71,11 @@ class Recorder:
         self.session = session
         self.patterns = [re.compile(p) for p in redact]
         self.fsync = fsync
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._pending: deque[Capture] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # encoded batches for the writer thread
         self._thread: threading.Thread | None = None
         self._index: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.written = 0
@@ -70,73 +86,88 @@ class Recorder:
 
     def submit(self, capture: Capture) -> None:
         """Hand over an exchange; never blocks, never raises."""
-        try:
-            self._queue.put_nowait(capture)
-        except queue.Full:
+        if len(self._pending) >= self.queue_size:
             self._lose(1, "queue", "the recording queue is full (the disk is slower than the traffic)")
+            return
+        self._pending.append(capture)
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_later(LINGER, self._build)
 
-    # --------------------------------------------------------------------- the writer
+    # --------------------------------------------------------------------- building (event loop)
 
     def start(self) -> None:
+        """Open the sink and start the writer; call from the event loop that will submit."""
+        self._loop = asyncio.get_running_loop()
         self.sink.open()
         for record in self.sink.session_records():
             meta = record.get("meta") or {}
             if meta.get("key") and meta.get("thread"):
                 self._remember(meta["key"], record["id"], meta["thread"])
-        self._thread = threading.Thread(target=self._run, name="mooltiproxy-recorder", daemon=True)
+        self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
+        if self._pending:
+            self._scheduled = True
+            self._loop.call_soon(self._build)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then close the sink."""
-        if self._thread is None:
-            return
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("the recorder did not finish writing within %g s; %d exchange(s) may be lost", timeout, self._queue.qsize())
-        self._thread = None
-        self.sink.close()
-
-    def _run(self) -> None:
-        last_sync = time.monotonic()
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            while len(batch) < 256:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(i is _STOP for i in batch)
-            captures = [i for i in batch if i is not _STOP]
-            if captures:
-                self._write(captures)
-                now = time.monotonic()
-                if self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= 1.0):
-                    self._sync()
-                    last_sync = now
-            if stopping:
-                if self.fsync != "never":
-                    self._sync()
-                return
-
-    def _write(self, captures: list[Capture]) -> None:
+    def _build(self) -> None:
+        """One slice: build and encode a few records, then give the event loop back to requests."""
+        batch = [self._pending.popleft() for _ in range(min(SLICE, len(self._pending)))]
         records: list[dict[str, Any]] = []
-        for capture in captures:
+        for capture in batch:
             try:
                 records.extend(self._records(capture))
             except Exception:  # a capture the recorder cannot read must not stop the ones after it
                 log.exception("could not turn exchange %s into a record", capture.request_id)
                 self._lose(1, "record", "an exchange could not be turned into a record")
-        if not records:
+        if records:
+            try:
+                self._outbox.put((len(records), self.sink.encode(records)))
+            except Exception as exc:
+                self._lose(len(records), "write", f"the records could not be encoded ({exc})")
+        if self._pending and self._loop is not None:
+            self._loop.call_soon(self._build)
+        else:
+            self._scheduled = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Build and write what is queued, then close the sink."""
+        if self._thread is None:
             return
-        try:
-            self.sink.write(records)
-            self.written += len(records)
-        except Exception as exc:
-            self._lose(len(records), "write", f"the dataset could not be written ({exc})")
+        while self._pending:
+            self._build()
+        self._outbox.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the recorder did not finish writing within %g s; records may be lost", timeout)
+        self._thread = None
+        self.sink.close()
+
+    # --------------------------------------------------------------------- writing (its own thread)
+
+    def _write_loop(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            item = self._outbox.get()
+            if item is _STOP:
+                if self.fsync != "never":
+                    self._sync()
+                return
+            count, payload = item
+            try:
+                self.sink.write(payload)
+                self.written += count
+            except Exception as exc:
+                self._lose(count, "write", f"the dataset could not be written ({exc})")
+            now = time.monotonic()
+            if self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= 1.0):
+                self._sync()
+                last_sync = now
 
     def _records(self, capture: Capture) -> list[dict[str, Any]]:
+        if isinstance(capture.answer, PendingStream):
+            capture.answer, why_cut = capture.answer.resolve()
+            capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
         if isinstance(capture.answer, (bytes, bytearray)):
             try:
                 capture.answer = orjson.loads(capture.answer)
@@ -147,15 +178,13 @@ class Recorder:
             capture.request = dialect.request(capture.request)
             if capture.answer is not None:
                 capture.answer = dialect.answer(capture.answer)
-        records = build(capture, self.session)
-        messages = capture.request.get("messages") if isinstance(capture.request, dict) else None
+        records, continues = build_with_keys(capture, self.session)
         parent = thread = None
-        if isinstance(messages, list):
-            for key in continuation_keys([m for m in messages if isinstance(m, dict)]):
-                found = self._index.get(key)
-                if found is not None:
-                    parent, thread = found
-                    break
+        for key in continues:
+            found = self._index.get(key)
+            if found is not None:
+                parent, thread = found
+                break
         for record in records:
             meta = record["meta"]
             meta["parent"] = parent

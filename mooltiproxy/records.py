@@ -17,19 +17,21 @@ messages begin with an earlier record's ``key`` continues it (``meta.parent``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 CHAT, COMPLETION, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/messages"
-PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "frequency_penalty",
-          "presence_penalty", "repetition_penalty", "response_format", "tool_choice", "stream")
+PARAMS = frozenset(("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
+                    "frequency_penalty", "presence_penalty", "repetition_penalty", "response_format", "tool_choice", "stream"))
 
 
 @dataclass(slots=True)
@@ -46,7 +48,7 @@ class Capture:
     stream: bool = False
     prompt: str | None = None
     latency_ms: float = 0.0
-    created: float = field(default_factory=lambda: datetime.now(UTC).timestamp())
+    created: float = field(default_factory=time.time)
     cut_short: bool = False
     cut_reason: str | None = None
     error: str | None = None
@@ -78,16 +80,17 @@ def _call_value(calls: Sequence[dict[str, Any]]) -> str:
     return orjson.dumps(out[0] if len(out) == 1 else out).decode()
 
 
+_FROM = {"system": "system", "developer": "system", "user": "human", "tool": "observation", "function": "observation"}
+
+
 def turns_of(message: dict[str, Any]) -> list[dict[str, str]]:
     """One OpenAI message as ShareGPT turns (an assistant message may give text and a function_call)."""
     role = message.get("role")
-    text = text_of(message.get("content"))
-    if role in ("system", "developer"):
-        return [{"from": "system", "value": text}]
-    if role == "user":
-        return [{"from": "human", "value": text}]
-    if role in ("tool", "function"):
-        return [{"from": "observation", "value": text}]
+    content = message.get("content")
+    text = content if isinstance(content, str) else text_of(content)
+    speaker = _FROM.get(role)  # type: ignore[arg-type]
+    if speaker is not None:
+        return [{"from": speaker, "value": text}]
     if role == "assistant":
         turns = [{"from": "gpt", "value": text}] if text or not message.get("tool_calls") else []
         if message.get("tool_calls"):
@@ -99,14 +102,21 @@ def turns_of(message: dict[str, Any]) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------ threads
 
 
+_SAME_ROLE = {"developer": "system", "function": "tool"}
+
+
 def _canon(message: dict[str, Any]) -> bytes:
     """What makes two messages the same for threading. Not: whitespace at the ends (clients trim), how
     tool-call arguments were spaced, or a tool call's id."""
     role = str(message.get("role"))
+    role = _SAME_ROLE.get(role, role)
+    content = message.get("content")
+    text = (content if isinstance(content, str) else text_of(content)).strip()
+    if not message.get("tool_calls"):
+        return role.encode() + b"\x1f" + text.encode("utf-8", "surrogatepass")  # most messages: no JSON to build
     calls = [[(c.get("function") or {}).get("name"), _arguments(c.get("function") or {})]
-             for c in message.get("tool_calls") or () if isinstance(c, dict)]
-    role = {"developer": "system", "function": "tool"}.get(role, role)
-    return orjson.dumps([role, text_of(message.get("content")).strip(), calls], option=orjson.OPT_SORT_KEYS)
+             for c in message["tool_calls"] if isinstance(c, dict)]
+    return role.encode() + b"\x1f" + orjson.dumps([text, calls], option=orjson.OPT_SORT_KEYS)
 
 
 def fingerprint(messages: Iterable[dict[str, Any]]) -> str:
@@ -116,49 +126,49 @@ def fingerprint(messages: Iterable[dict[str, Any]]) -> str:
     return h.hexdigest()[:32]
 
 
+def _fingerprints(sent: Sequence[dict[str, Any]]) -> tuple[bytes, str, list[str]]:
+    """One pass over a conversation: its canonical bytes (to extend with each answer), its turn
+    fingerprint, and the fingerprints of its beginnings that end with an assistant message, longest first.
+    The same values ``fingerprint`` gives, in as few hash calls as there are fingerprints."""
+    canons = [_canon(m) + b"\n" for m in sent]
+    joined = b"".join(canons)
+    keys = [_digest(b"".join(canons[: i + 1])) for i, m in enumerate(sent) if m.get("role") == "assistant"]
+    return joined, _digest(joined), keys[::-1]
+
+
 def continuation_keys(messages: Sequence[dict[str, Any]]) -> list[str]:
     """Fingerprints of every beginning of ``messages`` that ends with an assistant message, longest first:
     the ``key`` of the record this request would continue."""
-    h = hashlib.sha256()
-    keys = []
-    for m in messages:
-        h.update(_canon(m) + b"\n")
-        if m.get("role") == "assistant":
-            keys.append(h.hexdigest()[:32])
-    return keys[::-1]
+    return _fingerprints(messages)[2]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 # ------------------------------------------------------------------------------------------ building
 
 
+_ids = itertools.count()
+_PROCESS = os.urandom(6).hex()  # with a counter: unique across processes and runs, without a system call per record
+
+
 def new_id() -> str:
-    return "rec-" + os.urandom(10).hex()
+    return f"rec-{_PROCESS}{next(_ids):08x}"
 
 
 def build(capture: Capture, session: str) -> list[dict[str, Any]]:
     """The records of one exchange: one per choice (one when it has no usable answer)."""
+    return build_with_keys(capture, session)[0]
+
+
+def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records, and the fingerprints (longest first) of the earlier exchanges this one may continue."""
     request = capture.request if isinstance(capture.request, dict) else {}
     answer = capture.answer if isinstance(capture.answer, dict) else {}
     choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
-    meta_common = {
-        "target": capture.target,
-        "model": request.get("model") or answer.get("model"),
-        "endpoint": capture.endpoint,
-        "key_name": capture.key,
-        "request_id": capture.request_id,
-        "prompt": capture.prompt,
-        "params": {k: request[k] for k in PARAMS if k in request},
-        "usage": answer.get("usage"),
-        "latency_ms": round(capture.latency_ms, 1),
-        "status": capture.status,
-        "stream": capture.stream,
-        "created": datetime.fromtimestamp(capture.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "cut_short": capture.cut_short,
-        "cut_reason": capture.cut_reason,
-        "error": capture.error,
-        "tried": capture.tried,
-        "n": len(choices),
-    }
+    params = {k: v for k, v in request.items() if k in PARAMS}
+    stamp = _second(int(capture.created)) + f".{int(capture.created * 1000) % 1000:03d}Z"
     if capture.endpoint == COMPLETION:
         prompt = request.get("prompt")
         head = [{"from": "human", "value": prompt if isinstance(prompt, str) else text_of(prompt)}]
@@ -168,7 +178,7 @@ def build(capture: Capture, session: str) -> list[dict[str, Any]]:
         head = [t for m in sent for t in turns_of(m)]
     tools = request.get("tools")
     tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
-    turn = fingerprint(sent)
+    running, turn, continues = _fingerprints(sent)
     records = []
     for choice in choices:
         message: dict[str, Any] = {"role": "assistant", "content": ""}
@@ -177,23 +187,49 @@ def build(capture: Capture, session: str) -> list[dict[str, Any]]:
         elif isinstance(choice.get("message"), dict):
             message = choice["message"]
         meta = {
-            **meta_common,
+            "target": capture.target,
+            "model": request.get("model") or answer.get("model"),
+            "endpoint": capture.endpoint,
+            "key_name": capture.key,
+            "request_id": capture.request_id,
+            "prompt": capture.prompt,
+            "params": params,
+            "usage": answer.get("usage"),
+            "latency_ms": round(capture.latency_ms, 1),
+            "status": capture.status,
+            "stream": capture.stream,
+            "created": stamp,
+            "cut_short": capture.cut_short,
+            "cut_reason": capture.cut_reason,
+            "error": capture.error,
+            "tried": capture.tried,
+            "n": len(choices),
             "choice": choice.get("index", 0),
             "finish_reason": choice.get("finish_reason"),
             "reasoning": message.get("reasoning_content") or message.get("reasoning"),
             "turn": turn,
-            "key": fingerprint([*sent, message]),
+            "key": _extended(running, message),
             "parent": None,
             "thread": None,
         }
         records.append({
             "id": new_id(),
             "session": session,
-            "conversations": head + turns_of({**message, "role": "assistant"}),
+            "conversations": head + turns_of(message if message.get("role") == "assistant" else {**message, "role": "assistant"}),
             "tools": tools_field,
             "meta": meta,
         })
-    return records
+    return records, continues if capture.endpoint != COMPLETION else []
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    """An ISO time to the second: the same for every record of that second, so formatted once."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _extended(joined: bytes, message: dict[str, Any]) -> str:
+    return _digest(joined + _canon(message) + b"\n")
 
 
 def sent_messages(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ dataset, and one dataset session chosen before they start.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
@@ -43,8 +44,18 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
         "ssl_keyfile": str(server.tls.keyfile) if server.tls else None,
     }
     options.update(overrides)
-    return ProxyServerConfig(app, header_timeout=server.header_timeout, max_per_address=server.max_connections_per_ip,
-                             exempt=server.trusted_proxies, **options)
+    return ProxyServerConfig(app, header_timeout=server.header_timeout, body_timeout=server.body_timeout,
+                             max_per_address=server.max_connections_per_ip, exempt=server.trusted_proxies, **options)
+
+
+def tune_runtime() -> None:
+    """Garbage collection for a server: what exists after startup is frozen out of every collection, and the
+    young generation is collected every 50 000 allocations instead of every 700. A request allocates a few
+    hundred short-lived objects; with the default, the collector ran several times per request's worth of
+    traffic, and the proxy answered 8 % fewer requests per second (bench/RESULTS.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _stop_cleanly() -> None:
@@ -57,6 +68,7 @@ def _stop_cleanly() -> None:
 def run(app: Any, server: ServerConfig, **overrides: Any) -> None:
     """Serve until SIGTERM or Ctrl-C, let in-flight requests finish (up to ``server.shutdown_grace``), return."""
     _stop_cleanly()
+    tune_runtime()
     uvicorn.Server(uvicorn_config(app, server, **overrides)).run()
 
 
@@ -89,7 +101,9 @@ def worker_app() -> Starlette:
     config = replace(config, server=replace(config.server, host=spec["host"], port=spec["port"]),
                      dataset=replace(config.dataset, session=spec["session"]))
     logging.getLogger("mooltiproxy").info("worker %d ready", os.getpid())
-    return create_app(config)
+    app = create_app(config)
+    tune_runtime()
+    return app
 
 
 def _best(preferred: str, fallback: str) -> str:

@@ -24,8 +24,12 @@ DB_NAME = "mooltiproxy.db"
 class Sink(Protocol):
     def open(self) -> None: ...
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """Write a batch; raises ``OSError`` (or ``sqlite3.Error``) when the records could not be stored."""
+    def encode(self, records: list[dict[str, Any]]) -> Any:
+        """A batch of records ready to ``write`` (done on the event loop, where the records are built)."""
+
+    def write(self, payload: Any) -> None:
+        """Write an encoded batch (on the writer thread); raises ``OSError`` (or ``sqlite3.Error``) when it
+        could not be stored."""
 
     def sync(self) -> None: ...
 
@@ -44,9 +48,12 @@ class JsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def encode(self, records: list[dict[str, Any]]) -> bytes:
+        return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+    def write(self, payload: Any) -> None:
         assert self._fd is not None
-        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        data: bytes = payload
         written = os.write(self._fd, data)
         if written != len(data):  # a full disk: the rest of the line cannot follow later without interleaving
             raise OSError(f"only {written} of {len(data)} bytes reached {self.path}")
@@ -75,12 +82,14 @@ class SqliteSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = connect(self.path)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        assert self._db is not None
-        rows = [(r["id"], r["session"], r["meta"]["created"], r["meta"]["target"], r["meta"]["thread"], r["meta"]["parent"],
+    def encode(self, records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(r["id"], r["session"], r["meta"]["created"], r["meta"]["target"], r["meta"]["thread"], r["meta"]["parent"],
                  r["meta"]["turn"], r["meta"]["key"], orjson.dumps(r).decode()) for r in records]
+
+    def write(self, payload: Any) -> None:
+        assert self._db is not None
         with self._db:
-            self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", payload)
 
     def sync(self) -> None:
         """Each batch is its own transaction, made durable by SQLite itself."""

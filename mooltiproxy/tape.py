@@ -14,13 +14,34 @@ from .records import CHAT, COMPLETION, MESSAGES, Capture
 
 RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
 _MAX_TAPED_BODY = 16 * 1024 * 1024  # a non-streamed answer kept for the record; beyond this it is not JSON we can use
+# A relayed stream's bytes are kept raw and parsed in one go: by the recorder's writer at the end, or here
+# whenever this much has gathered, so a long stream holds its text, not its bytes.
+_PARSE_AT = 64 * 1024
+
+
+class PendingStream:
+    """A stream's answer as the recorder finishes it: the bytes not parsed yet, then the reassembly."""
+
+    __slots__ = ("assembler", "rest", "why_cut")
+
+    def __init__(self, assembler: Reassembler | MessagesReassembler, rest: bytes, why_cut: str | None) -> None:
+        self.assembler, self.rest, self.why_cut = assembler, rest, why_cut
+
+    def resolve(self) -> tuple[dict[str, Any], str | None]:
+        """The whole answer, and why the stream was cut short (None when it ended properly)."""
+        if self.rest:
+            self.assembler.feed(self.rest)
+        why = self.why_cut
+        if why is None and not (self.assembler.done or self.assembler.finished):
+            why = self.assembler.error or "the stream ended before its last event"
+        return self.assembler.answer(), why
 
 
 class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
-    __slots__ = ("answer", "endpoint", "error", "reassembler", "relayed_body", "relayed_size", "status", "why_cut")
+    __slots__ = ("answer", "endpoint", "error", "reassembler", "relayed_body", "relayed_size", "status", "streamed", "why_cut")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -31,6 +52,7 @@ class Tape:
         self.error: str | None = None
         self.status = 0
         self.why_cut: str | None = None
+        self.streamed = False
 
     def _assembler(self) -> Reassembler | MessagesReassembler:
         if self.reassembler is None:
@@ -42,10 +64,16 @@ class Tape:
 
     def relayed(self, chunk: bytes, stream: bool) -> None:
         if stream:
-            self._assembler().feed(chunk)
+            self.relayed_body.append(chunk)
+            self.relayed_size += len(chunk)
+            if self.relayed_size >= _PARSE_AT:
+                self._assembler().feed(b"".join(self.relayed_body))
+                self.relayed_body.clear()
+                self.relayed_size = 0
         elif self.relayed_size < _MAX_TAPED_BODY:
             self.relayed_body.append(chunk)
             self.relayed_size += len(chunk)
+        self.streamed = self.streamed or stream
 
     async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         assembler = self._assembler()
@@ -63,11 +91,9 @@ class Tape:
 
     def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
                 prompt: str | None, started: float, tried: list[str]) -> Capture:
-        answer = self.answer
-        if self.reassembler is not None:
-            answer = self.reassembler.answer()
-            if self.why_cut is None and not (self.reassembler.done or self.reassembler.finished):
-                self.why_cut = self.reassembler.error or "the stream ended before its last event"
+        answer: Any = self.answer
+        if self.reassembler is not None or self.streamed:
+            answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut)
         elif answer is None and self.relayed_body:
             answer = b"".join(self.relayed_body)
         return Capture(

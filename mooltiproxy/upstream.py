@@ -1,20 +1,18 @@
-"""The pooled HTTP client that talks to targets, the header hygiene around it, and its errors.
+"""What every upstream client offers (``UpstreamClient``), the header hygiene around it, and its errors.
 
-One client serves the whole process; the app's lifespan opens and closes it. The default speaks
-through aiohttp: at 64 concurrent slow requests it kept the proxy at the direct connection's
-throughput where plain httpx 0.28 fell far behind (bench/RESULTS.md). An ``httpx`` transport may be
-given instead (``create_app(config, transport=...)``), which is how tests plug in
+One client serves the whole process; the app's lifespan opens and closes it. The proxy's own
+HTTP/1.1 client (``h1.py``) is the default: it cost the proxy a fraction of what aiohttp did, and
+plain httpx 0.28 fell far behind both at 64 concurrent slow requests (bench/RESULTS.md). An ``httpx``
+transport may be given instead (``create_app(config, transport=...)``), which is how tests plug in
 ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 
 from .errors import UpstreamError, UpstreamTimeout
@@ -38,6 +36,29 @@ _RESPONSE_DROP = frozenset(
         b"transfer-encoding", b"upgrade", b"server", b"date", b"set-cookie", b"alt-svc",
     }
 )
+
+
+class RawHeaderView(Mapping[str, str]):
+    """An upstream's raw headers as a read-only mapping of lower-case names, decoded only when asked
+    (mappers look at one or two of them, if any)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: RawHeaders) -> None:
+        self._raw = raw
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode("latin-1") for k, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 def forward_headers(client_headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -104,14 +125,14 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _unreachable(target: str, url: str, reason: str) -> UpstreamError:
+def unreachable(target: str, url: str, reason: str) -> UpstreamError:
     return UpstreamError(
         f"The upstream of target '{target}' ({display_url(url)}) could not be reached: {reason}. "
         f"Check that it is running and that targets.{target}.url is right."
     )
 
 
-def _slow(target: str, url: str, timeout: float, phase: str) -> UpstreamTimeout:
+def slow(target: str, url: str, timeout: float, phase: str) -> UpstreamTimeout:
     knob = f"targets.{target}.timeout" if phase == "answer" else "server.connect_timeout"
     return UpstreamTimeout(
         f"The upstream of target '{target}' ({display_url(url)}) did not {phase} within {timeout:g} s. "
@@ -121,105 +142,6 @@ def _slow(target: str, url: str, timeout: float, phase: str) -> UpstreamTimeout:
 
 def broken_stream(target: str, reason: str) -> UpstreamError:
     return UpstreamError(f"The upstream of target '{target}' broke off its answer: {reason}.", code="upstream_stream_broken")
-
-
-# ----------------------------------------------------------------------------------------- aiohttp
-
-
-class _AiohttpResponse:
-    __slots__ = ("_read_timeout", "_resp", "_target", "headers", "status")
-
-    def __init__(self, resp: aiohttp.ClientResponse, target: str, read_timeout: float) -> None:
-        self.status = resp.status
-        self.headers = [(k.lower(), v) for k, v in resp.raw_headers]
-        self._resp = resp
-        self._target = target
-        self._read_timeout = read_timeout
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except TimeoutError:
-            raise broken_stream(self._target, f"nothing arrived for {self._read_timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise broken_stream(self._target, _reason(exc)) from None
-
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except TimeoutError:
-            raise broken_stream(self._target, f"nothing arrived for {self._read_timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise broken_stream(self._target, _reason(exc)) from None
-
-    async def aclose(self) -> None:
-        self._resp.close()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "its host name does not resolve"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        err = exc.os_error
-        if isinstance(err, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(err, socket.gaierror):
-            return "its host name does not resolve"
-        return err.strerror or str(err) or type(err).__name__
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "it closed the connection without answering"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the connection closed before the answer was complete"
-    return str(exc) or type(exc).__name__
-
-
-class AiohttpClient:
-    """The production client: one aiohttp session with an unbounded connection pool."""
-
-    def __init__(self) -> None:
-        # Unbounded: the proxy must not cap concurrency below what its clients ask for (aiohttp's
-        # default of 100 connections made 256 concurrent streams queue behind each other).
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
-
-    async def send(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str,
-    ) -> UpstreamResponse:
-        t = self._timeouts.get((timeout, connect_timeout))
-        if t is None:
-            t = self._timeouts[(timeout, connect_timeout)] = aiohttp.ClientTimeout(
-                total=None, connect=connect_timeout, sock_read=timeout
-            )
-        for attempt in (1, 2):
-            try:
-                resp = await self._session.request(
-                    method, url, headers=headers, data=body or None, allow_redirects=False, timeout=t
-                )
-                return _AiohttpResponse(resp, target, timeout)
-            except aiohttp.ServerDisconnectedError:
-                # A pooled connection the upstream had already closed: it never saw the request.
-                if attempt == 2:
-                    raise _unreachable(target, url, "it closed the connection without answering") from None
-            except aiohttp.ConnectionTimeoutError:
-                raise _slow(target, url, connect_timeout, "accept a connection") from None
-            except TimeoutError:
-                raise _slow(target, url, timeout, "answer") from None
-            except aiohttp.ClientError as exc:
-                raise _unreachable(target, url, _reason(exc)) from None
-            except OSError as exc:
-                raise _unreachable(target, url, exc.strerror or str(exc)) from None
-        raise AssertionError("unreachable")
-
-    async def aclose(self) -> None:
-        await self._session.close()
 
 
 # ------------------------------------------------------------------------------------------- httpx
@@ -272,16 +194,16 @@ class HttpxClient:
         try:
             resp = await self._client.send(request, stream=True)
         except httpx.ConnectTimeout:
-            raise _slow(target, url, connect_timeout, "accept a connection") from None
+            raise slow(target, url, connect_timeout, "accept a connection") from None
         except httpx.TimeoutException:
-            raise _slow(target, url, timeout, "answer") from None
+            raise slow(target, url, timeout, "answer") from None
         except httpx.ConnectError as exc:
             reason = str(exc) or "connection failed"
             if "refused" in reason.lower():
                 reason = "connection refused"
-            raise _unreachable(target, url, reason) from None
+            raise unreachable(target, url, reason) from None
         except httpx.TransportError as exc:
-            raise _unreachable(target, url, str(exc) or type(exc).__name__) from None
+            raise unreachable(target, url, str(exc) or type(exc).__name__) from None
         return _HttpxResponse(resp, target)
 
     async def aclose(self) -> None:

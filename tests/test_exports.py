@@ -318,7 +318,7 @@ def test_records_of_the_sqlite_sink_are_exported_too(folder: Path) -> None:
     second = rec.chat([user("hi"), assistant("hello"), user("bye")], "goodbye")
     sink = SqliteSink(folder, "db-session")
     sink.open()
-    sink.write([{**r, "meta": {**r["meta"], "thread": r["id"]}} for r in first + second])
+    sink.write(sink.encode([{**r, "meta": {**r["meta"], "thread": r["id"]}} for r in first + second]))
     sink.close()
     selection = Selection(where=Filter(sessions=("db-session",)), dedupe=True)
     out, _ = exports.export(Store(folder), Reviews.beside(folder), "sharegpt", selection)

@@ -3,6 +3,7 @@ reassembled whatever their chunking, cut-short exchanges, policy, and writing th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -230,32 +231,36 @@ def _capture(i: int) -> Capture:
 
 def test_a_full_queue_and_a_failing_disk_are_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(JsonlSink):
-        def write(self, records: list[dict[str, Any]]) -> None:
+        def write(self, payload: Any) -> None:
             raise OSError(28, "No space left on device")
 
     recorder = Recorder(Broken(tmp_path, "s"), "s", queue_size=2)
-    with caplog.at_level("ERROR", logger="mooltiproxy.dataset"):
+
+    async def run() -> None:
         for i in range(5):  # the writer has not started: the queue holds 2
             recorder.submit(_capture(i))
         assert recorder.lost == 3
         recorder.start()
         recorder.stop()
+
+    with caplog.at_level("ERROR", logger="mooltiproxy.dataset"):
+        asyncio.run(run())
     assert recorder.lost == 5 and recorder.written == 0
     assert any("LOST" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
 
 
 def test_a_session_can_be_continued_and_keeps_its_threads(tmp_path: Path) -> None:
-    first = Recorder(JsonlSink(tmp_path, "s1"), "s1")
-    first.start()
-    first.submit(_capture(1))
-    first.stop()
-    again = Recorder(JsonlSink(tmp_path, "s1"), "s1")
-    again.start()
+    async def session(capture: Capture) -> None:
+        recorder = Recorder(JsonlSink(tmp_path, "s1"), "s1")
+        recorder.start()
+        recorder.submit(capture)
+        recorder.stop()
+
+    asyncio.run(session(_capture(1)))
     follow = _capture(2)
     follow.request["messages"] = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
                                   {"role": "user", "content": "q2"}]
-    again.submit(follow)
-    again.stop()
+    asyncio.run(session(follow))
     one, two = read_jsonl(tmp_path / "s1.jsonl")
     assert two["meta"]["parent"] == one["id"] and two["meta"]["thread"] == one["id"]
 

@@ -1,0 +1,206 @@
+"""The proxy's own HTTP/1.1 upstream client against servers that answer in every way HTTP allows."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mooltiproxy.errors import UpstreamError, UpstreamTimeout
+from mooltiproxy.h1 import H1Client
+
+from .servers import serve
+
+Handler = Callable[[bytes], list[bytes]]
+
+
+@contextmanager
+def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[int, dict[str, int]]]:
+    """A TCP server that answers each request with the byte pieces ``handler`` gives (sent one by one)."""
+    stats = {"connections": 0, "requests": 0}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+
+    def serve_one(conn: socket.socket) -> None:
+        stats["connections"] += 1
+        buf = b""
+        with conn:
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    head, _, rest = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    if len(rest) < length:
+                        break
+                    request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                    stats["requests"] += 1
+                    for piece in handler(request):
+                        conn.sendall(piece)
+                        time.sleep(0.01)
+                    if not keep_open:
+                        return
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield port, stats
+    finally:
+        stop.set()
+        t.join(2)
+        sock.close()
+
+
+async def fetch(client: H1Client, url: str, body: bytes = b"{}", timeout: float = 5) -> tuple[int, bytes, list[bytes]]:
+    resp = await client.send("POST", url, [("content-type", "application/json")], body, timeout=timeout, connect_timeout=2,
+                             target="t")
+    chunks = [c async for c in resp.chunks()]
+    await resp.aclose()
+    return resp.status, b"".join(chunks), chunks
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_content_length_chunked_and_close_delimited_answers() -> None:
+    answers = {
+        b"/length": [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"],
+        b"/chunked": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", b"2\r\nde\r\n", b"0\r\n\r\n"],
+        b"/close": [b"HTTP/1.0 200 OK\r\n\r\nuntil the end"],
+    }
+
+    def handler(request: bytes) -> list[bytes]:
+        return answers[request.split(b" ")[1]]
+
+    with raw_server(handler, keep_open=False) as (port, _):
+        async def go() -> None:
+            client = H1Client()
+            base = f"http://127.0.0.1:{port}"
+            assert (await fetch(client, base + "/length"))[:2] == (200, b"hello")
+            assert (await fetch(client, base + "/chunked"))[:2] == (200, b"abcde")
+            assert (await fetch(client, base + "/close"))[:2] == (200, b"until the end")
+            await client.aclose()
+
+        run(go())
+
+
+def test_connections_are_reused_and_a_stale_one_is_replaced() -> None:
+    def handler(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+
+    with raw_server(handler) as (port, stats):
+        async def go() -> None:
+            client = H1Client()
+            url = f"http://127.0.0.1:{port}/x"
+            for _ in range(5):
+                assert (await fetch(client, url))[:2] == (200, b"ok")
+            assert stats["connections"] == 1 and stats["requests"] == 5
+            # The upstream drops the idle connection: the next request goes out on a fresh one, unharmed.
+            for conn in client._idle[("http", "127.0.0.1", port)]:
+                assert conn.transport is not None
+                conn.transport.abort()
+            await asyncio.sleep(0.05)
+            assert (await fetch(client, url))[:2] == (200, b"ok")
+            await client.aclose()
+
+        run(go())
+
+
+def test_stream_pieces_arrive_as_they_are_sent() -> None:
+    def handler(request: bytes) -> list[bytes]:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        return [head, *[b"%x\r\n%s\r\n" % (len(e), e) for e in (b"data: 1\n\n", b"data: 2\n\n")], b"0\r\n\r\n"]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = H1Client()
+            status, body, chunks = await fetch(client, f"http://127.0.0.1:{port}/s")
+            assert status == 200 and body == b"data: 1\n\ndata: 2\n\n" and len(chunks) == 2  # not held back until the end
+            await client.aclose()
+
+        run(go())
+
+
+def test_errors_name_what_happened() -> None:
+    def silent(request: bytes) -> list[bytes]:
+        time.sleep(1)
+        return []
+
+    def cut(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part"]
+
+    async def go() -> None:
+        client = H1Client()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+        with pytest.raises(UpstreamError, match="connection refused"):
+            await fetch(client, f"http://127.0.0.1:{closed_port}/")
+        with pytest.raises(UpstreamError, match="does not resolve"):
+            await fetch(client, "http://no-such-host.invalid/")
+        with raw_server(silent) as (port, _), pytest.raises(UpstreamTimeout, match=r"did not answer within 0\.3 s"):
+            await fetch(client, f"http://127.0.0.1:{port}/", timeout=0.3)
+        with raw_server(cut, keep_open=False) as (port, _), pytest.raises(UpstreamError, match="broke off its answer"):
+            await fetch(client, f"http://127.0.0.1:{port}/")
+        await client.aclose()
+
+    run(go())
+
+
+def test_tls_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"over tls"})
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the default context trusts what this names
+    with serve(app, ssl_certfile=str(tmp_path / "cert.pem"), ssl_keyfile=str(tmp_path / "key.pem")) as upstream:
+        async def go() -> None:
+            client = H1Client()
+            status, body, _ = await fetch(client, f"https://127.0.0.1:{upstream.port}/")
+            assert (status, body) == (200, b"over tls")
+            await client.aclose()
+            untrusted = H1Client()
+            untrusted._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts only another authority
+            untrusted._ssl.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+            with pytest.raises(UpstreamError, match="TLS handshake failed"):
+                await fetch(untrusted, f"https://127.0.0.1:{upstream.port}/")
+
+        run(go())
