@@ -300,12 +300,41 @@ def error(body: Any, ctx: MapContext) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the Messages API in front
 
 
+# What each field of a Messages request must be, as the API itself checks, so a wrong type is a 400 that names it.
+_NUMBER = (int, float)
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "system": ((str, list), "a string or a list of text blocks"),
+    "stop_sequences": ((list,), "a list of strings"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "top_k": ((int,), "a whole number"),
+    "stream": ((bool,), "true or false"),
+    "tools": ((list,), "a list of {name, description, input_schema}"),
+    "tool_choice": ((dict,), "an object such as {\"type\": \"auto\"}"),
+    "metadata": ((dict,), "an object"),
+}
+
+
+def _check_fields(body: dict[str, Any]) -> None:
+    for name, (types, what) in FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise MappingError(f"'{name}' must be {what}.", param=name)
+    if any(not isinstance(s, str) for s in body.get("stop_sequences") or ()):
+        raise MappingError("'stop_sequences' must be a list of strings.", param="stop_sequences")
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema", {}), dict):
+            raise MappingError(f"tools[{i}] must be {{name, description, input_schema}} with a name and a JSON schema object.",
+                               param=f"tools[{i}]")
+
+
 def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
     """An Anthropic Messages request → an OpenAI chat request."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise MappingError("A Messages request needs 'messages', a list of {role, content}.", param="messages")
     if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool):
         raise MappingError("A Messages request needs 'max_tokens', a whole number.", param="max_tokens")
+    _check_fields(body)
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
@@ -319,9 +348,9 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
         if body.get(src) is not None:
             out[dst] = body[src]
     if body.get("tools"):
-        out["tools"] = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
+        out["tools"] = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
                                                           "parameters": t.get("input_schema") or {"type": "object"}}}
-                        for t in body["tools"] if isinstance(t, dict)]
+                        for t in body["tools"]]
         choice = body.get("tool_choice") or {}
         kind = choice.get("type")
         if kind == "tool":
@@ -340,7 +369,9 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
 
 
 def _blocks_text(blocks: Any) -> str:
-    return "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text") if isinstance(blocks, list) else ""
+    if not isinstance(blocks, list):
+        return ""
+    return "".join(b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
 
 
 def _openai_messages(message: dict[str, Any], index: int) -> list[dict[str, Any]]:
@@ -354,6 +385,8 @@ def _openai_messages(message: dict[str, Any], index: int) -> list[dict[str, Any]
     calls: list[dict[str, Any]] = []
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
+        if kind in ("text", "image", "tool_use", "tool_result"):
+            _check_block(block, kind, index)
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
@@ -381,6 +414,23 @@ def _openai_messages(message: dict[str, Any], index: int) -> list[dict[str, Any]
         simple = all(p["type"] == "text" for p in parts)
         out.append({"role": "user", "content": "".join(p["text"] for p in parts) if simple else parts})
     return out
+
+
+_BLOCK_FIELDS: dict[str, tuple[str, tuple[type, ...], str]] = {
+    "text": ("text", (str,), "a string"),
+    "image": ("source", (dict,), "an object {type: base64, media_type, data} or {type: url, url}"),
+    "tool_use": ("input", (dict,), "an object"),
+    "tool_result": ("content", (str, list), "a string or a list of blocks"),
+}
+
+
+def _check_block(block: dict[str, Any], kind: str, index: int) -> None:
+    field, types, what = _BLOCK_FIELDS[kind]
+    value = block.get(field)
+    if value is not None and not isinstance(value, types):
+        raise MappingError(f"messages[{index}] has a {kind} block whose '{field}' is not {what}.", param=f"messages[{index}].content")
+    if kind == "tool_use" and not isinstance(block.get("name", ""), str):
+        raise MappingError(f"messages[{index}] has a tool_use block whose 'name' is not a string.", param=f"messages[{index}].content")
 
 
 def front_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
                 recorder.stop()
             metrics.forget()
             ledger.close()
-            flush_logs()
+            flush_logs(wait=True)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -5,14 +5,21 @@ name, timings, request id) as a record attribute, so the JSON form has them as f
 
 Lines are written in batches: a write and a flush per request cost the proxy a twentieth of its
 throughput at saturation. A warning or worse is written at once; the rest within ``flush_logs``'s
-period (the app flushes every 200 ms).
+period (the app flushes every 200 ms). The writing itself happens on a thread of its own, so a reader of
+the log that stalls (a pipe nobody empties) never stalls the requests: past ``MAX_PENDING`` bytes
+waiting, lines are dropped, counted, and the count is written once the reader catches up.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import multiprocessing.util
+import queue
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,13 +40,20 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+MAX_PENDING = 8 * 1024 * 1024  # bytes of log waiting for a slow reader before lines are dropped
+
+
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that gathers formatted lines and writes them together."""
+    """A stream handler that gathers formatted lines and has a thread write them together."""
 
     def __init__(self, stream: Any = None, limit: int = 256) -> None:
         super().__init__(stream)
         self.lines: list[str] = []
         self.limit = limit
+        self.pending = 0  # bytes handed to the writer, not yet written
+        self.dropped = 0  # lines dropped since the last notice
+        self._outbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -52,15 +66,55 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            if self.lines:
-                lines, self.lines = self.lines, []
-                self.stream.write("".join(lines))
-            super().flush()
+            if not self.lines:
+                return
+            lines, self.lines = self.lines, []
+            text = "".join(lines)
+            if self.pending + len(text) > MAX_PENDING:
+                self.dropped += len(lines)
+                return
+            self.pending += len(text)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="mooltiproxy-log", daemon=True)
+                self._writer.start()
+        self._outbox.put(text)
+
+    def _write_loop(self) -> None:
+        while True:
+            text = self._outbox.get()
+            if text is None:
+                return
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # a closed stream: nothing left to tell it
+                pass
+            with self.lock:  # type: ignore[union-attr]
+                self.pending -= len(text)
+                dropped, caught_up = self.dropped, self.pending == 0
+                if dropped and caught_up:
+                    self.dropped = 0
+            if dropped and caught_up:
+                with contextlib.suppress(Exception):
+                    self.stream.write(f"{dropped} log line(s) dropped: the log's reader did not keep up\n")
+                    self.stream.flush()
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Write everything gathered and wait for it to be written (at exit)."""
+        self.flush()
+        writer = self._writer
+        if writer is not None:
+            self._outbox.put(None)
+            writer.join(timeout)
+            self._writer = None
 
 
-def flush_logs() -> None:
+def flush_logs(*, wait: bool = False) -> None:
     for handler in logging.getLogger().handlers:
-        handler.flush()
+        if wait and isinstance(handler, BatchedStreamHandler):
+            handler.drain()
+        else:
+            handler.flush()
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
@@ -72,3 +126,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    atexit.register(handler.drain)
+    # A worker process of `serve --workers` ends through multiprocessing, which skips atexit.
+    multiprocessing.util.Finalize(None, handler.drain, exitpriority=0)

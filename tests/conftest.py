@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,7 +19,7 @@ from mooltiproxy import create_app
 from mooltiproxy.config import load
 from mooltiproxy.server import uvicorn_config
 
-from .servers import ServerThread, serve
+from .servers import ServerThread, free_port, serve
 from .stubs.openai_upstream import OpenAIStub
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,15 +52,16 @@ def openai_stub2(stack: ExitStack) -> tuple[OpenAIStub, str]:
 ProxyFactory = Callable[..., ServerThread]
 
 
-@pytest.fixture
-def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProxyFactory:
-    """Write ``config`` as config.yaml, build the app from it, serve it on a free port."""
+def proxy_factory(stack: ExitStack, directory: Path, monkeypatch: pytest.MonkeyPatch) -> ProxyFactory:
+    """A function that writes ``config`` as config.yaml in ``directory``, builds the app from it and serves it on a free port.
+
+    Plain so that module-scoped fixtures can share one proxy; ``start_proxy`` is the per-test form."""
 
     def start(config: dict[str, Any], *, env: dict[str, str] | None = None, transport: Any = None, host: str = "127.0.0.1",
               **options: Any) -> ServerThread:
         for k, v in {"MOOLTIPROXY_KEY": KEY, **(env or {})}.items():
             monkeypatch.setenv(k, v)
-        path = tmp_path / "config.yaml"
+        path = directory / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         loaded = load(path)
         app = create_app(loaded, transport=transport)
@@ -65,3 +70,27 @@ def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                                                                             **options)))
 
     return start
+
+
+@pytest.fixture
+def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProxyFactory:
+    """Write ``config`` as config.yaml, build the app from it, serve it on a free port."""
+    return proxy_factory(stack, tmp_path, monkeypatch)
+
+
+def proxy_process(directory: Path, config: dict[str, Any], *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health."""
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), *args],
+                            env={**os.environ, "MOOLTIPROXY_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url + "/health")
+            return proc, url
+        except httpx.TransportError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)

@@ -3,11 +3,12 @@ structured logs."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from mooltiproxy.sinks import read_jsonl
 
-from .conftest import AUTH, KEY, ProxyFactory, http
+from .conftest import AUTH, KEY, ProxyFactory, http, proxy_process
 from .servers import free_port
 from .stubs.openai_upstream import OpenAIStub
 
@@ -139,25 +140,8 @@ def test_reload_on_file_change_keeps_streams_in_flight_and_refuses_a_broken_conf
     assert r.status_code == 400 and r.json()["error"]["code"] == "reload_failed"
 
 
-def _proxy_process(tmp_path: Path, config: dict[str, Any], *args: str) -> tuple[subprocess.Popen[str], str]:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), *args],
-                            env={**os.environ, "MOOLTIPROXY_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url + "/health")
-            return proc, url
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-
-
 def test_sighup_reloads(openai_stub: Stub, openai_stub2: Stub, tmp_path: Path) -> None:
-    proc, url = _proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
+    proc, url = proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
     try:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({"targets": {"default": "a", "a": {"url": openai_stub2[1]}}}))
         os.utime(tmp_path / "config.yaml", (1, 1))  # the file watcher would need a new time; this is the signal's job
@@ -173,7 +157,7 @@ def test_sighup_reloads(openai_stub: Stub, openai_stub2: Stub, tmp_path: Path) -
 
 
 def test_shutdown_lets_a_stream_finish_and_flushes_the_dataset(openai_stub: Stub, tmp_path: Path) -> None:
-    proc, url = _proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"fsync": "never"}})
+    proc, url = proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"fsync": "never"}})
     lines: list[str] = []
 
     def stream() -> None:
@@ -224,7 +208,7 @@ def test_metrics_after_a_known_sequence(openai_stub: Stub, start_proxy: ProxyFac
 
 
 def test_two_workers_share_a_ban_metrics_and_the_dataset(openai_stub: Stub, tmp_path: Path) -> None:
-    proc, url = _proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "auth": {"max_failures": 3}},
+    proc, url = proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "auth": {"max_failures": 3}},
                                "--workers", "2")
     try:
         pids = set()
@@ -251,7 +235,7 @@ def test_two_workers_share_a_ban_metrics_and_the_dataset(openai_stub: Stub, tmp_
 
 
 def test_json_logs_without_secrets(openai_stub: Stub, tmp_path: Path) -> None:
-    proc, url = _proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}}, "--log-format", "json")
+    proc, url = proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}}, "--log-format", "json")
     try:
         http.post(url + "/v1/chat/completions?token=sk-query-secret", json=BODY)
         httpx.post(url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer sk-wrong-secret"})
@@ -264,3 +248,41 @@ def test_json_logs_without_secrets(openai_stub: Stub, tmp_path: Path) -> None:
     assert access[0]["target"] == "a" and access[0]["key"] == "master" and access[0]["path"] == "/v1/chat/completions"
     assert all({"time", "level", "message"} <= set(e) for e in entries)
     assert KEY not in out and "sk-query-secret" not in out and "sk-wrong-secret" not in out
+
+
+def test_a_stalled_log_reader_never_stalls_logging() -> None:
+    """A log nobody reads (a full pipe) blocks the writer thread, not the caller; what cannot wait is dropped,
+    counted, and the count written once the reader is back."""
+    from mooltiproxy import logs
+
+    class Stalled(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.open = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.open.wait()
+            return super().write(text)
+
+    stream = Stalled()
+    handler = logs.BatchedStreamHandler(stream, limit=10)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.stalled")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    limit, logs.MAX_PENDING = logs.MAX_PENDING, 10_000
+    try:
+        started = time.monotonic()
+        for i in range(2000):  # about 30 KB, three times what may wait
+            log.info("line %04d of a log nobody reads right now", i)
+        handler.flush()
+        assert time.monotonic() - started < 1.0  # the requests' side never waited for the reader
+        assert handler.dropped > 0
+        stream.open.set()
+        handler.drain()
+    finally:
+        logs.MAX_PENDING = limit
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "line 0000 of a log" in text
+    assert re.search(r"^\d+ log line\(s\) dropped: the log's reader did not keep up$", text, re.M)

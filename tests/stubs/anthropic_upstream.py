@@ -77,7 +77,10 @@ class AnthropicStub:
         self.seen.append(body)
         self.headers.append(dict(request.headers))
         try:
-            self._validate(request, body)
+            try:
+                self._validate(request, body)
+            except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a shape the API would refuse, as it does
+                raise Invalid(f"invalid_request_error:the request does not have the Messages API's shape ({exc!r})") from None
         except Invalid as exc:
             kind, _, message = str(exc).partition(":")
             return self._error(401 if kind == "authentication_error" else 400, kind, message)

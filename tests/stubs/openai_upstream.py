@@ -59,6 +59,8 @@ class OpenAIStub:
         return body
 
     async def _steer(self, body: Any) -> Response | None:
+        if not isinstance(body, dict):
+            return None
         if self.fail_next:
             status, headers = self.fail_next.pop(0)
             return JSONResponse({"error": {"message": f"{self.name} failed with {status}", "type": "stub_error", "param": None,
@@ -81,6 +83,9 @@ class OpenAIStub:
 
     async def chat(self, request: Request) -> Response:
         body = await self._remember(request)
+        if not isinstance(body, dict) or not isinstance(body.get("messages", []), list) or not all(
+                isinstance(m, dict) for m in body.get("messages", [])):
+            return _invalid("messages must be a list of objects")  # as a real server refuses what it cannot read
         steered = await self._steer(body)
         if steered is not None:
             return steered
@@ -135,6 +140,8 @@ class OpenAIStub:
 
     async def completions(self, request: Request) -> Response:
         body = await self._remember(request)
+        if not isinstance(body, dict):
+            return _invalid("the body must be an object")
         steered = await self._steer(body)
         if steered is not None:
             return steered
@@ -160,6 +167,8 @@ class OpenAIStub:
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._remember(request)
+        if not isinstance(body, dict) or not isinstance(body.get("input"), (str, list)):
+            return _invalid("input must be a string or a list")
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         return JSONResponse(
             {
@@ -177,3 +186,7 @@ class OpenAIStub:
     async def other(self, request: Request) -> Response:
         await self._remember(request)
         return JSONResponse({"path": request.url.path, "query": request.url.query})
+
+
+def _invalid(message: str) -> Response:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}, status_code=400)
