@@ -33,7 +33,7 @@ def routes(live: Live) -> list[Route]:
     async def unban(request: Request) -> JSONResponse:
         _master_only(request)
         address = normalize(request.path_params["address"])
-        if not ledger.unban(address):
+        if not await ledger.unban(address):
             raise NotFound(f"{address} is not banned.", code="not_banned")
         return JSONResponse({"unbanned": address})
 

@@ -30,12 +30,14 @@ from .errors import ProxyError, render
 from .fronts import load_dialects, load_fronts
 from .guard import Guard
 from .h1 import H1Client
+from .health import Health
+from .limits import RateLimits
 from .live import Live, build_settings
 from .logs import flush_logs
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .recorder import Recorder, make_sink, new_session
-from .reviews import Reviews
+from .reviews import open_reviews
 from .store import Store
 from .upstream import HttpxClient, UpstreamClient
 
@@ -60,16 +62,26 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     ``upstream`` makes another client altogether (the benchmark compares them)."""
     settings = build_settings(config)
     auth = config.auth
-    assert auth.master_key is not None
-    if len(auth.master_key) < 16:
+    if auth.master_key is not None and len(auth.master_key) < 16:
         log.warning("the master key in %s is only %d characters long; `mooltiproxy keygen` makes a strong one",
                     auth.master_key_env, len(auth.master_key))
-    ledger = BanLedger(config.dataset.dir / "state.db", max_failures=auth.max_failures, window=auth.window, ban=auth.ban,
-                       whitelist=auth.whitelist)
-    live = Live(settings, ledger)
+    state = None
+    if config.state is not None:
+        from .shared import RedisState  # only with a state: the redis package is an extra
+
+        state = RedisState(config.state, required=config.state_required)
+    # With a shared state, Redis holds bans and counts; without, SQLite beside the dataset (shared by workers).
+    local = None if state is not None else config.dataset.dir / "state.db"
+    ledger = BanLedger(local, max_failures=auth.max_failures, window=auth.window, ban=auth.ban, whitelist=auth.whitelist)
+    limits = RateLimits(local)
+    health = Health()
+    ledger.shared = limits.shared = state
+    health.shared = state
+    live = Live(settings, ledger, limits)
+    live.state = state
     dataset = config.dataset
     session = dataset.session or new_session()
-    sink = make_sink(dataset.sink, dataset.dir, session)
+    sink = make_sink(dataset.sink, dataset.dir, session, dataset.dsn)
     recorder = None
     if sink is not None:
         recorder = Recorder(sink, session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue,
@@ -78,15 +90,22 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     if recorder is not None:
         metrics.gauges["mooltiproxy_dataset_records_written_total"] = lambda: recorder.written
         metrics.gauges["mooltiproxy_dataset_records_lost_total"] = lambda: recorder.lost
+        metrics.gauges["mooltiproxy_dataset_records_spilled_total"] = lambda: recorder.spilled
+        metrics.gauges["mooltiproxy_dataset_records_held"] = lambda: recorder.held
     services = Services()
-    pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors, metrics=metrics)
+    pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors, metrics=metrics,
+                        health=health)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ledger.open()
+        limits.open()
+        if state is not None:
+            await state.start(ledger, health, lambda: live.reload(tell_others=False))
+            await state.wait_up(2.0)  # so the first requests are counted in Redis, when it is there
         if recorder is not None:
             recorder.start()
-            log.info("recording exchanges to %s (session %s)", getattr(recorder.sink, "path", dataset.dir), session)
+            log.info("recording exchanges to %s (session %s)", recorder.sink.where, session)
         if transport is not None:
             services.client = HttpxClient(transport)
         else:
@@ -110,22 +129,32 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             if recorder is not None:
                 recorder.stop()
             metrics.forget()
+            if state is not None:
+                await state.close()
+            limits.close()
             ledger.close()
             flush_logs(wait=True)
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+    async def healthz(request: Request) -> JSONResponse:
+        if state is None:
+            return JSONResponse({"status": "ok"})
+        # A load balancer takes an instance that must not serve out of its rotation.
+        refusing = state.required and not state.up
+        return JSONResponse({"status": "unavailable" if refusing else "ok", "state": "up" if state.up else "down"},
+                            status_code=503 if refusing else 200)
 
     async def prometheus(request: Request) -> PlainTextResponse:
-        text = metrics.render([("mooltiproxy_bans", len(ledger.bans()))])
+        extra = [("mooltiproxy_bans", len(ledger.bans()))] + ([("mooltiproxy_state_up", int(state.up))] if state is not None else [])
+        text = metrics.render(extra)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir), Reviews.beside(dataset.dir), ledger)
+    dsn = dataset.dsn if dataset.sink == "postgres" else None
+    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir, dsn=dsn), open_reviews(dataset.dir, dsn), ledger)
     cookie_auth = ui.cookie_auth(lambda: live.settings.config.auth.master_key)
     app = ProxyApp(
         proxied=RequestContext(CORS(Guard(pipeline, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth), live=live),
                                metrics=metrics),
-        routes=[Route("/health", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"]), *admin.routes(live), *pages],
+        routes=[Route("/health", healthz, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"]), *admin.routes(live), *pages],
         middleware=[Middleware(RequestContext, metrics=metrics), Middleware(CORS, live=live),
                     Middleware(Guard, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth)],
         exception_handlers={HTTPException: _http_error},

@@ -9,6 +9,10 @@ several workers share them: failures are counted across workers, and a ban one w
 enforced by the others on their next request. A worker that changes the bans writes a new random stamp
 into ``state.stamp``, a tiny memory-mapped file; every request compares it with the stamp it last saw
 (one read from memory) and rereads the bans when it differs. The hot path otherwise reads a dictionary.
+
+With a shared state (``state: redis://…``, see ``shared.py``) Redis holds failures and bans instead, for
+every instance; the ledger counts a failure there, mirrors the bans in memory, and falls back on its own
+in-memory counts while Redis is out of reach, remembering the bans it gave meanwhile to copy them over.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ import sqlite3
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .shared import RedisState
+
+from . import statedb
 
 log = logging.getLogger("mooltiproxy.guard")
 
@@ -51,6 +61,16 @@ def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(ip.version == net.version and ip in net for net in networks)
+
+
+def is_loopback(address: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost`` and the like (an address's text, brackets allowed)."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,8 @@ class BanLedger:
         self._db: sqlite3.Connection | None = None
         self._stamp: mmap.mmap | None = None
         self._seen = b""
+        self.shared: RedisState | None = None  # set when instances share a Redis; then ``path`` is None
+        self._unshared: set[str] = set()  # bans given while Redis was out of reach
 
     def configure(self, *, max_failures: int, window: float, ban: float, whitelist: Iterable[Network]) -> None:
         """New rules from a reloaded config; bans already given keep their end."""
@@ -93,13 +115,12 @@ class BanLedger:
     def open(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("CREATE TABLE IF NOT EXISTS bans (address TEXT PRIMARY KEY, until REAL NOT NULL, failures INTEGER NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS failures (address TEXT NOT NULL, at REAL NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS failures_address ON failures (address, at)")
+        self._db = statedb.connect(
+            self.path,
+            "CREATE TABLE IF NOT EXISTS bans (address TEXT PRIMARY KEY, until REAL NOT NULL, failures INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS failures (address TEXT NOT NULL, at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS failures_address ON failures (address, at)",
+        )
         self._db.execute("DELETE FROM bans WHERE until <= ?", (self.clock(),))
         stamp = self.path.with_name("state.stamp")
         fd = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o600)
@@ -150,10 +171,24 @@ class BanLedger:
             self._forget(address)
         return left
 
-    def fail(self, address: str) -> float:
+    async def fail(self, address: str) -> float:
         """Count a failed attempt; the ban's length when this one tips the address over, else 0."""
         if in_networks(address, self.whitelist):
             return 0.0
+        if self.shared is not None and self.shared.up:
+            from .shared import StateDown
+
+            try:
+                ban = await self.shared.count_failure(address, window=self.window, max_failures=self.max_failures, ban=self.ban_seconds)
+            except StateDown:
+                pass  # counted here instead, below
+            else:
+                if ban is None:
+                    return 0.0
+                if address not in self._bans:
+                    self._announce(ban)
+                self._bans[address] = ban
+                return ban.left(self.clock())
         now = self.clock()
         count = self._count_failure(address, now)
         if count < self.max_failures:
@@ -167,9 +202,14 @@ class BanLedger:
             self._changed()
         else:
             self._failures.pop(address, None)
-        log.warning("banned %s for %g s after %d failed key attempts within %g s", address, self.ban_seconds, ban.failures,
-                    self.window)
+            if self.shared is not None:
+                self._unshared.add(address)
+        self._announce(ban)
         return self.ban_seconds
+
+    def _announce(self, ban: Ban) -> None:
+        log.warning("banned %s for %g s after %d failed key attempts within %g s", ban.address, round(ban.left(self.clock())),
+                    ban.failures, self.window)
 
     def _count_failure(self, address: str, now: float) -> int:
         """Note one failure; how many this address has within the window, across every worker."""
@@ -186,16 +226,9 @@ class BanLedger:
             db.execute("INSERT INTO failures VALUES (?, ?)", (address, now))
             return int(db.execute("SELECT COUNT(*) FROM failures WHERE address = ?", (address,)).fetchone()[0])
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         assert self._db is not None
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return statedb.transaction(self._db)
 
     def bans(self) -> list[Ban]:
         self._sync()
@@ -204,17 +237,49 @@ class BanLedger:
             self._forget(address)
         return sorted(self._bans.values(), key=lambda b: b.until)
 
-    def unban(self, address: str) -> bool:
+    async def unban(self, address: str) -> bool:
         self._sync()
         address = normalize(address)
         self._failures.pop(address, None)
+        self._unshared.discard(address)
+        known = address in self._bans
+        if self.shared is not None:
+            from .shared import StateDown
+
+            with contextlib.suppress(StateDown):  # out of reach: lifted here only
+                known = await self.shared.unban(address) or known
         if self._db is not None:
             self._db.execute("DELETE FROM failures WHERE address = ?", (address,))
-        if address not in self._bans:
+        if not known:
             return False
         self._forget(address)
         log.warning("unbanned %s", address)
         return True
+
+    # The mirror of a shared state's bans, kept current by its events.
+
+    def mirror(self, ban: Ban) -> None:
+        if ban.address not in self._bans:
+            log.warning("banned %s for %g s (by another instance) after %d failed key attempts", ban.address,
+                        round(ban.left(self.clock())), ban.failures)
+        self._bans[ban.address] = ban
+
+    def mirror_unban(self, address: str) -> None:
+        self._failures.pop(address, None)
+        self._unshared.discard(address)
+        self._bans.pop(address, None)
+
+    def mirror_all(self, bans: Iterable[Ban], copied: Iterable[str]) -> None:
+        """Every ban the shared state holds, now that it is reachable again, with ``copied`` the unshared bans
+        just copied into it. One given here in the meantime stays, to be copied the next time."""
+        left = self._unshared - set(copied)
+        self._bans = {**{b.address: b for b in bans}, **{a: self._bans[a] for a in left if a in self._bans}}
+        self._unshared = left
+        self._failures.clear()
+
+    def unshared(self) -> list[Ban]:
+        """Bans given while the shared state was out of reach, still running."""
+        return [self._bans[a] for a in self._unshared if a in self._bans]
 
     def _forget(self, address: str) -> None:
         self._bans.pop(address, None)

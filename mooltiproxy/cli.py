@@ -1,4 +1,5 @@
-"""The ``mooltiproxy`` command: ``serve`` and ``check``."""
+"""The ``mooltiproxy`` command: ``serve``, ``init``, ``check``, ``render``, ``keygen``, the admin commands
+(``bans``, ``unban``) and ``dataset``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Config, load
@@ -20,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run the proxy")
     _config_arg(serve)
+    serve.add_argument("--target", metavar="URL", help="run with no config file: one target at this URL, everything else at its "
+                       "default (recording on)")
+    serve.add_argument("--type", help="with --target: the target's type (openai, tgi, anthropic, ollama, llamacpp, kobold; "
+                       "default openai)")
+    serve.add_argument("--prompter", help="with --target: the prompt template for chats (llama2-chat, chatml, ...)")
+    serve.add_argument("--api-key-env", metavar="VAR", help="with --target: the environment variable holding the upstream's key")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
     serve.add_argument("--session", help="append to this dataset session (default: dataset.session, else a new one)")
@@ -27,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"], help="plain lines or one JSON object per line")
     serve.set_defaults(run=_serve)
+
+    init = sub.add_parser("init", help="write a commented config.yaml from the template, to edit")
+    init.add_argument("--config", "-c", type=Path, default=Path("config.yaml"), help="where to write it (default: config.yaml)")
+    init.add_argument("--force", action="store_true", help="replace the file if it exists")
+    init.add_argument("--target", metavar="URL", help="fill in a first target at this URL, as the default")
+    init.add_argument("--type", help="with --target: the target's type")
+    init.add_argument("--prompter", help="with --target: the prompt template for chats")
+    init.add_argument("--api-key-env", metavar="VAR", help="with --target: the environment variable holding the upstream's key")
+    init.set_defaults(run=_init)
 
     check = sub.add_parser("check", help="validate a config, import every mapper and prompter it names")
     _config_arg(check)
@@ -87,6 +104,7 @@ def _check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     app = create_app(config)  # everything serve would refuse, refused here too
+    _reach(config, redis=True)
     where = config.source or "built-in defaults"
     names = ", ".join(f"{t.name} ({t.type})" for t in app.state.live.settings.router.targets.values()) or "none"
     print(f"{where}: OK. Targets: {names}.")
@@ -143,7 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .recorder import new_session
     from .server import run, run_workers
 
-    config = _load(args)
+    spec = _target_flags(args)
+    config = _quick_config(args, spec) if spec is not None else _load(args)
     server = config.server
     if args.host or args.port is not None:
         server = replace(server, host=args.host or server.host, port=server.port if args.port is None else args.port)
@@ -151,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.session:
         config = replace(config, dataset=replace(config.dataset, session=args.session))
     setup_logging(args.log_level, args.log_format)
+    _reach(config, redis=False)  # an unreachable Redis is survived (and logged); an unreachable dataset database is not
     if args.workers > 1:
         create_app(config)  # refuse a config that cannot run before any worker starts
         # One session for every worker, so they append to one dataset file.
@@ -159,6 +179,65 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     run(create_app(config), server)
     return 0
+
+
+def _target_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The target ``--target URL`` and its companion flags describe, if given."""
+    from . import quickstart
+
+    flags = [f for f in ("type", "prompter", "api_key_env") if getattr(args, f)]
+    if flags and not args.target:
+        raise ConfigError([f"--{flags[0].replace('_', '-')}: describes the target given with --target URL; add --target"])
+    return quickstart.target_spec(args.target, args.type, args.prompter, args.api_key_env) if args.target else None
+
+
+def _quick_config(args: argparse.Namespace, spec: dict[str, Any]) -> Config:
+    from . import quickstart
+
+    if args.config is not None:
+        raise ConfigError(["--target: runs without a config file; leave out --config, or put the target in the file"])
+    if args.workers > 1:
+        raise ConfigError(["--workers: needs a config file for its workers to read; write one with: mooltiproxy init --target URL"])
+    return quickstart.one_target(spec)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from . import quickstart
+
+    spec = _target_flags(args)
+    quickstart.write_config(args.config, spec, force=args.force)
+    print(f"Wrote {args.config}: every setting with its default, commented. Next:")
+    if spec is None:
+        print("  1. add a target under 'targets:' (the commented example shows how)")
+    print(f"  {'2' if spec is None else '1'}. export MOOLTIPROXY_KEY=$(mooltiproxy keygen)")
+    print(f"  {'3' if spec is None else '2'}. mooltiproxy serve --config {args.config}")
+    return 0
+
+
+def _reach(config: Config, *, redis: bool) -> None:
+    """The services the config names answer: the dataset's PostgreSQL, and (for ``check``) the shared Redis."""
+    from .validators import redacted
+
+    problems = []
+    if config.dataset.sink == "postgres" and config.dataset.dsn:
+        import psycopg
+
+        from . import postgres
+
+        try:
+            postgres.connect(config.dataset.dsn).close()
+        except psycopg.Error as exc:
+            problems.append(f"dataset.dsn: cannot use PostgreSQL at {redacted(config.dataset.dsn)}: {str(exc).strip()}")
+    if redis and config.state is not None:
+        import redis as redis_sync
+
+        try:
+            redis_sync.Redis.from_url(config.state, socket_connect_timeout=2, socket_timeout=2).ping()
+        except (redis_sync.RedisError, OSError) as exc:
+            problems.append(f"state: Redis at {redacted(config.state)} does not answer ({exc}); the proxy would run on local state "
+                            "until it does")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ read from the environment here, once.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -19,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .schema import SCHEMA
-from .validators import did_you_mean, format_path
+from .validators import did_you_mean, format_path, split_host
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,10 +53,12 @@ class NamedKey:
     key_env: str
     key: str = field(default="", repr=False)
     targets: tuple[str, ...] | None = None  # None: every target
+    rpm: int | None = None  # requests per minute, across instances sharing a state; None: no limit
 
 
 @dataclass(frozen=True)
 class AuthConfig:
+    mode: str = "key"  # "passthrough": no key needed; the client's own key may go on to the upstream
     master_key_env: str = "MOOLTIPROXY_KEY"
     master_key: str | None = field(default=None, repr=False)  # None when the variable is not set
     max_failures: int = 5
@@ -69,6 +72,7 @@ class AuthConfig:
 @dataclass(frozen=True)
 class DatasetConfig:
     sink: str = "jsonl"
+    dsn: str | None = field(default=None, repr=False)  # the postgres sink's connection string (may hold a password)
     dir: Path = Path("datasets")
     session: str | None = None  # None: a new session per server run
     record_errors: bool = False
@@ -110,8 +114,24 @@ class TargetConfig:
     cooldown: float = 30.0
     cooldown_after: int = 3
     headers: dict[str, str] = field(default_factory=dict)
+    forward_client_key: bool = False
     routes: dict[str, RouteConfig] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DynamicHost:
+    """A host requests may name in their path (``POST /{host[:port]}/{path}``), from the ``dynamic:`` list."""
+
+    name: str  # as listed: host or host:port, lower case
+    host: str
+    port: int  # the listed port, else the scheme's
+    scheme: str = "https"
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    auth: str = "bearer"  # how the key is sent: bearer (Authorization) or x-api-key
+    forward_client_key: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,9 @@ class Config:
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     default_target: str | None = None
     models: dict[str, ModelAlias] = field(default_factory=dict)
+    dynamic: dict[str, DynamicHost] = field(default_factory=dict)
+    state: str | None = field(default=None, repr=False)  # a Redis URL shared by several instances (may hold a password)
+    state_required: bool = False
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None
 
@@ -278,9 +301,10 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
     keys = {}
     for name, k in a["keys"].items():
         value = _secret(env, k["key_env"], ["auth", "keys", name, "key_env"], problems, "the key's value")
-        keys[name] = NamedKey(name=name, key_env=k["key_env"], key=value or "", targets=tuple(k["targets"]) if k["targets"] else None)
+        keys[name] = NamedKey(name=name, key_env=k["key_env"], key=value or "", targets=tuple(k["targets"]) if k["targets"] else None,
+                              rpm=k["rpm"])
     auth = AuthConfig(
-        master_key_env=a["master_key_env"], master_key=env.get(a["master_key_env"]) or None, max_failures=a["max_failures"],
+        mode=a["mode"], master_key_env=a["master_key_env"], master_key=env.get(a["master_key_env"]) or None, max_failures=a["max_failures"],
         window=a["window"], ban=a["ban"], whitelist=tuple(a["whitelist"]), blacklist=tuple(a["blacklist"]), keys=keys,
     )
     d = dict(clean["dataset"])
@@ -310,14 +334,23 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
             cooldown=t["cooldown"],
             cooldown_after=t["cooldown_after"],
             headers=t["headers"],
+            forward_client_key=t["forward_client_key"],
             routes={p: RouteConfig(**r) for p, r in t["routes"].items()},
             options=t["options"],
         )
         for name, t in raw_targets.items()
     }
     models = {alias: ModelAlias(**spec) for alias, spec in clean["models"].items()}
+    dynamic = {}
+    for name, d in clean["dynamic"].items():
+        if d["api_key_env"]:
+            _secret(env, d["api_key_env"], ["dynamic", name, "api_key_env"], problems, "the host's API key")
+        host, port = split_host(name) or (name, None)
+        dynamic[name] = DynamicHost(name=name, host=host, port=port or (443 if d["scheme"] == "https" else 80), scheme=d["scheme"],
+                                    api_key_env=d["api_key_env"], api_key=env.get(d["api_key_env"]) if d["api_key_env"] else None,
+                                    auth=d["auth"], forward_client_key=d["forward_client_key"], timeout=d["timeout"])
     return Config(server=server, auth=auth, dataset=dataset, targets=targets, default_target=default, models=models,
-                  base_dir=base_dir, source=source)
+                  dynamic=dynamic, state=clean["state"], state_required=clean["state_required"], base_dir=base_dir, source=source)
 
 
 def _secret(env: dict[str, str], name: str, at: list[str], problems: list[str], what: str) -> str | None:
@@ -357,11 +390,27 @@ def _cross_check(config: Config, broken: set[str]) -> list[str]:
                 )
     for named in config.auth.keys.values():
         for i, target in enumerate(named.targets or ()):
-            if target not in names:
+            if target not in names and target not in config.dynamic:
                 problems.append(
                     f"{format_path(['auth', 'keys', named.name, 'targets', i])}: no target named '{target}'"
                     f"{did_you_mean(target, names)}; targets: {known}"
                 )
+    if config.auth.mode != "passthrough":
+        for where in [f"targets.{t.name}" for t in config.targets.values() if t.forward_client_key] + [
+                f"dynamic.{d.name}" for d in config.dynamic.values() if d.forward_client_key]:
+            problems.append(f"{where}.forward_client_key: only auth.mode: passthrough forwards a client's key; with auth.mode: key the "
+                            "client's key is the proxy's own, which never leaves it")
+    if config.dataset.sink == "postgres":
+        if not config.dataset.dsn:
+            problems.append("dataset.dsn: the postgres sink needs a connection string; write dsn: ${MOOLTIPROXY_DSN} and export "
+                            "MOOLTIPROXY_DSN=postgresql://user:password@host:5432/dbname")
+        if importlib.util.find_spec("psycopg") is None:
+            problems.append("dataset.sink: the postgres sink needs the psycopg package; install it with: "
+                            "pip install 'mooltiproxy[postgres]'")
+    if config.state is not None and importlib.util.find_spec("redis") is None:
+        problems.append("state: a Redis state needs the redis package; install it with: pip install 'mooltiproxy[redis]'")
+    if config.state_required and config.state is None:
+        problems.append("state_required: there is no state to require; set state: redis://host:6379/0 or remove state_required")
     if config.server.tls:
         for key in ("certfile", "keyfile"):
             p = getattr(config.server.tls, key)

@@ -28,7 +28,8 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 class RequestInfo:
     """What the layers below learn about a request, for the access log and the response headers."""
 
-    __slots__ = ("client", "id", "key_name", "key_targets", "route", "start", "started", "status", "target", "upstream_ms")
+    __slots__ = ("client", "client_key", "id", "key_name", "key_targets", "route", "start", "started", "status", "target",
+                 "upstream_ms")
 
     def __init__(self, request_id: str, start: float, client: str) -> None:
         self.id = request_id
@@ -36,6 +37,7 @@ class RequestInfo:
         self.client = client
         self.key_name: str | None = None
         self.key_targets: frozenset[str] | None = None  # None: the key may use every target
+        self.client_key: str | None = None  # auth.mode passthrough: the client's own key, for targets that forward it
         self.target: str | None = None
         self.route: str | None = None  # the route's inbound path, once one is chosen
         self.status = 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import exports
 from .config import load
-from .reviews import Reviews
+from .reviews import Reviews, open_reviews
 from .store import Filter, Store
 
 
@@ -36,7 +36,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, help="config file whose dataset.dir to read (default: ./config.yaml if present)")
+    p.add_argument("--config", "-c", type=Path, help="config file whose dataset to read: dataset.dir, and its PostgreSQL database "
+                   "when dataset.sink is postgres (default: ./config.yaml if present)")
     p.add_argument("--dir", type=Path, help="the dataset folder itself, instead of the config's dataset.dir")
     p.add_argument("--session", action="append", default=[], metavar="S", help="only this session (repeat for several)")
     p.add_argument("--target", action="append", default=[], metavar="T", help="only this target (repeat for several)")
@@ -54,12 +55,19 @@ def _moment(value: str) -> str:
     return text.removesuffix("Z")
 
 
-def _folder(args: argparse.Namespace) -> Path | None:
-    folder: Path = args.dir if args.dir is not None else load(args.config).dataset.dir
-    if not folder.is_dir():
+def _store(args: argparse.Namespace) -> tuple[Store, Reviews] | None:
+    """The records and reviews to read: the folder (``--dir``, else the config's dataset.dir) and, when the config
+    records to PostgreSQL, its database too (where the reviews are then kept)."""
+    dsn = None
+    if args.dir is not None:
+        folder: Path = args.dir
+    else:
+        dataset = load(args.config).dataset
+        folder, dsn = dataset.dir, (dataset.dsn if dataset.sink == "postgres" else None)
+    if dsn is None and not folder.is_dir():
         print(f"There is no dataset at {folder}: the folder does not exist (dataset.dir, or --dir).", file=sys.stderr)
         return None
-    return folder
+    return Store(folder, dsn=dsn), open_reviews(folder, dsn)
 
 
 def _where(args: argparse.Namespace) -> Filter:
@@ -67,11 +75,12 @@ def _where(args: argparse.Namespace) -> Filter:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    folder = _folder(args)
-    if folder is None:
+    found = _store(args)
+    if found is None:
         return 1
-    records = Store(folder).linked(_where(args))
-    numbers = exports.stats(records, Reviews.beside(folder).all())
+    store, reviews = found
+    records = store.linked(_where(args))
+    numbers = exports.stats(records, reviews.all())
     if args.json:
         print(json.dumps(numbers, indent=2, ensure_ascii=False))
     else:
@@ -80,14 +89,15 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    folder = _folder(args)
-    if folder is None:
+    found = _store(args)
+    if found is None:
         return 1
+    store, reviews = found
     if args.dedupe and args.format == "dpo":
         print("--dedupe has no effect on dpo: pairs come from alternatives of one turn.", file=sys.stderr)
     selection = exports.Selection(where=_where(args), accepted_only=args.accepted_only, dedupe=args.dedupe,
                                   include_cut_short=args.include_cut_short)
-    rows, report = exports.export(Store(folder), Reviews.beside(folder), args.format, selection)
+    rows, report = exports.export(store, reviews, args.format, selection)
     if not _write(args.out, rows):
         return 1
     lines = report.lines()

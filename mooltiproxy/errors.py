@@ -95,6 +95,14 @@ class TooManyRequests(ProxyError):
     code = "rate_limit_exceeded"
 
 
+class Unavailable(ProxyError):
+    """The proxy cannot serve right now for a reason of its own (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "unavailable"
+
+
 class ClientGone(ProxyError):
     """The client disconnected before the exchange was over; nobody is left to read an answer."""
 

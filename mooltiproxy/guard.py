@@ -8,16 +8,15 @@ on the request's info by name (never its value) for the access log, the dataset 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .bans import in_networks, normalize
+from .bans import in_networks, is_loopback, normalize
 from .context import RequestInfo
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, TooManyRequests, Unauthorized, Unavailable
 from .keys import presented
 from .live import Live
 
@@ -31,11 +30,6 @@ async def _to_login(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 _HOW = "Send the proxy's key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
 
@@ -62,8 +56,13 @@ class Guard:
         if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
+        state = self.live.state
+        if state is not None and state.required and not state.up:
+            raise Unavailable(f"The proxy's shared state (Redis at {state.where}) is out of reach and state_required is set, so "
+                              "requests are refused until it is back. Try again shortly.", code="state_unavailable",
+                              headers=[("Retry-After", "5")])
         left = self.ledger.banned_for(address)
-        if left and not (scope["path"].startswith("/admin/") and _loopback(address)):
+        if left and not (scope["path"].startswith("/admin/") and is_loopback(address)):
             # (A ban never locks the admin on the proxy's own machine out of `mooltiproxy unban`.)
             seconds = math.ceil(left)
             raise Forbidden(
@@ -72,6 +71,9 @@ class Guard:
             )
         token = presented(scope)
         path = scope["path"]
+        if settings.passthrough:
+            await self._passthrough(scope, receive, send, address, token)
+            return
         if token is None and self.cookie_auth is not None and (path == "/ui" or path.startswith("/ui/")):
             name = self.cookie_auth(scope)
             if name is not None:
@@ -84,10 +86,35 @@ class Guard:
                 return
         key = settings.keyring.match(token)
         if key is None:
-            self.ledger.fail(address)
+            await self.ledger.fail(address)
             if token is None:
                 raise Unauthorized(f"No API key was sent. {_HOW}")
             raise Unauthorized(f"Incorrect API key. {_HOW}")
         info.key_name = key.name
         info.key_targets = key.targets
+        if key.rpm is not None and self.live.limits is not None:
+            wait = await self.live.limits.take(key.name, key.rpm)
+            if wait:
+                seconds = math.ceil(wait)
+                raise TooManyRequests(
+                    f"The key '{key.name}' may make {key.rpm} requests a minute (auth.keys.{key.name}.rpm) and has made them; "
+                    f"try again in {seconds} s.", code="key_rate_limited", headers=[("Retry-After", str(seconds))],
+                )
+        await self.app(scope, receive, send)
+
+    async def _passthrough(self, scope: Scope, receive: Receive, send: Send, address: str, token: bytes | None) -> None:
+        """auth.mode passthrough: no key is needed; a key that is not one of the proxy's is the client's own, for
+        targets that forward it. With a whitelist, only its addresses (and this machine) get in."""
+        settings = self.live.settings
+        whitelist = settings.config.auth.whitelist
+        if whitelist and not is_loopback(address) and not in_networks(address, whitelist):
+            raise Forbidden(f"{address} is not on this proxy's auth.whitelist, which is all that passthrough mode admits.",
+                            code="address_not_allowed")
+        info: RequestInfo = scope["mooltiproxy"]
+        key = settings.keyring.match(token)
+        if key is not None:  # the master key (or a named one) still opens the admin endpoints
+            info.key_name, info.key_targets = key.name, key.targets
+        else:
+            info.key_name = "client"
+            info.client_key = token.decode("latin-1") if token else None
         await self.app(scope, receive, send)

@@ -226,7 +226,7 @@ class H1Client:
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str,
+        target: str, connect_to: str | None = None,
     ) -> UpstreamResponse:
         key, host, path = self._split(url)
         lines = [method.encode() + b" " + path + b" HTTP/1.1", b"host: " + host]
@@ -235,7 +235,7 @@ class H1Client:
             lines.append(b"content-length: " + str(len(body)).encode())
         request = b"\r\n".join(lines) + b"\r\n\r\n" + body
         for attempt in (1, 2):
-            conn, reused = await self._connection(key, url, connect_timeout, target)
+            conn, reused = await self._connection(key, url, connect_timeout, target, connect_to)
             conn._reset()
             assert conn.transport is not None
             conn.transport.write(request)
@@ -260,7 +260,8 @@ class H1Client:
             return H1Response(conn, self, key, target, timeout)
         raise AssertionError("unreachable")
 
-    async def _connection(self, key: tuple[str, str, int], url: str, connect_timeout: float, target: str) -> tuple[_Connection, bool]:
+    async def _connection(self, key: tuple[str, str, int], url: str, connect_timeout: float, target: str,
+                          connect_to: str | None = None) -> tuple[_Connection, bool]:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -277,7 +278,7 @@ class H1Client:
             ssl_context = self._ssl
         try:
             async with asyncio.timeout(connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(loop), host, port, ssl=ssl_context,
+                _, conn = await loop.create_connection(lambda: _Connection(loop), connect_to or host, port, ssl=ssl_context,
                                                        server_hostname=host if ssl_context else None)
         except TimeoutError:
             raise slow(target, url, connect_timeout, "accept a connection") from None

@@ -22,6 +22,7 @@ class Key:
     name: str
     digest: bytes
     targets: frozenset[str] | None  # None: every target
+    rpm: int | None = None  # requests per minute; None: no limit
 
 
 def new_key() -> str:
@@ -44,9 +45,10 @@ def presented(scope: Scope) -> bytes | None:
 
 
 class Keyring:
-    def __init__(self, master: str, named: Iterable[tuple[str, str, Iterable[str] | None]] = ()) -> None:
-        self._keys = [Key(MASTER, _digest(master.encode()), None)]
-        self._keys += [Key(name, _digest(value.encode()), frozenset(t) if t is not None else None) for name, value, t in named]
+    def __init__(self, master: str | None, named: Iterable[tuple[str, str, Iterable[str] | None, int | None]] = ()) -> None:
+        # Without a master key (auth.mode passthrough may run without one) nothing can present it.
+        self._keys = [Key(MASTER, _digest(master.encode()), None)] if master else []
+        self._keys += [Key(name, _digest(value.encode()), frozenset(t) if t is not None else None, rpm) for name, value, t, rpm in named]
 
     def match(self, token: bytes | None) -> Key | None:
         """The key ``token`` is, or None. Every configured key is compared, whatever matched first."""

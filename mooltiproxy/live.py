@@ -12,13 +12,19 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .bans import BanLedger, Network
+from .bans import BanLedger, Network, is_loopback
 from .config import Config, load
+from .dynamic import DynamicHosts
 from .errors import ConfigError
 from .keys import Keyring
 from .router import Router
 from .targets import build_targets
+
+if TYPE_CHECKING:
+    from .limits import RateLimits
+    from .shared import RedisState
 
 log = logging.getLogger("mooltiproxy")
 
@@ -30,30 +36,45 @@ class Settings:
     keyring: Keyring
     blacklist: tuple[Network, ...]
     cors_origins: frozenset[str]
+    dynamic: DynamicHosts
+    passthrough: bool = False  # auth.mode: passthrough
 
 
 def build_settings(config: Config) -> Settings:
     """Everything requests need from a config; ``ConfigError`` when it cannot run."""
     auth = config.auth
-    if auth.master_key is None:
+    passthrough = auth.mode == "passthrough"
+    if passthrough:
+        if not (is_loopback(config.server.host) or auth.whitelist):
+            raise ConfigError([
+                f"auth.mode: passthrough lets anyone who reaches the proxy use it without a key, so it runs only on a loopback "
+                f"address or with auth.whitelist naming its clients; server.host is {config.server.host}. Set server.host: "
+                f"127.0.0.1 (or serve --host 127.0.0.1), or list your clients' addresses under auth.whitelist."
+            ])
+    elif auth.master_key is None:
         raise ConfigError([
             f"auth.master_key_env: the environment variable {auth.master_key_env} is not set, and the proxy does not run "
             f"without its key. Run: export {auth.master_key_env}=$(mooltiproxy keygen) — then give that key to your clients."
         ])
     router = Router(build_targets(config), config.default_target, config.models)
-    keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets) for k in auth.keys.values()])
+    keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets, k.rpm) for k in auth.keys.values()])
     return Settings(config=config, router=router, keyring=keyring, blacklist=auth.blacklist,
-                    cors_origins=frozenset(config.server.cors_origins))
+                    cors_origins=frozenset(config.server.cors_origins), dynamic=DynamicHosts(config.dynamic, config.server),
+                    passthrough=passthrough)
+
 
 
 class Live:
-    def __init__(self, settings: Settings, ledger: BanLedger) -> None:
+    def __init__(self, settings: Settings, ledger: BanLedger, limits: RateLimits | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.limits = limits
+        self.state: RedisState | None = None  # instances sharing a Redis hear of each other's reloads
         self.reloads = 0
 
-    def reload(self, path: Path | None = None) -> bool:
-        """Load the config again (from ``path``, else where it came from); keep the old one if it is broken."""
+    def reload(self, path: Path | None = None, *, tell_others: bool = True) -> bool:
+        """Load the config again (from ``path``, else where it came from); keep the old one if it is broken.
+        Other instances sharing a state read theirs again too, unless this reload is their word."""
         old = self.settings.config
         source = path or old.source
         if source is None:
@@ -66,7 +87,7 @@ class Live:
                       "\n  ".join(exc.problems))
             return False
         new = settings.config
-        for section in ("server", "dataset"):
+        for section in ("server", "dataset", "state", "state_required"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("config %s: changes under '%s' take effect at the next restart", source, section)
         auth = new.auth
@@ -74,6 +95,8 @@ class Live:
         self.settings = settings
         self.reloads += 1
         log.info("config %s reloaded: targets %s", source, ", ".join(settings.router.targets) or "none")
+        if tell_others and self.state is not None:
+            self.state.reloaded()
         return True
 
     async def watch(self, interval: float = 1.0) -> None:

@@ -31,7 +31,11 @@ HELP = {
     "mooltiproxy_active_streams": ("gauge", "Streams being relayed now."),
     "mooltiproxy_dataset_records_written_total": ("counter", "Dataset records written."),
     "mooltiproxy_dataset_records_lost_total": ("counter", "Dataset records that could not be written (queue full, disk failure)."),
+    "mooltiproxy_dataset_records_spilled_total": ("counter", "Dataset records the sink could not take in time, written to a local "
+                                                             "JSONL file instead."),
+    "mooltiproxy_dataset_records_held": ("gauge", "Dataset records waiting for a sink that failed, to be tried again."),
     "mooltiproxy_bans": ("gauge", "Addresses banned now."),
+    "mooltiproxy_state_up": ("gauge", "Whether the shared state (Redis) is reachable: 1, or 0 while this instance runs on its own state."),
 }
 
 
@@ -91,7 +95,8 @@ class Metrics:
                 "mooltiproxy_upstream_seconds": [[{"target": t}, h.dump()] for t, h in self.upstream.items()],
                 "mooltiproxy_overhead_seconds": [[{}, self.overhead.dump()]],
             },
-            "gauges": {"mooltiproxy_active_streams": [[{}, self.streams]]},
+            "gauges": {"mooltiproxy_active_streams": [[{}, self.streams]],
+                       **{name: [[{}, read()]] for name, read in self.gauges.items() if not name.endswith("_total")}},
         }
 
     def write(self) -> None:

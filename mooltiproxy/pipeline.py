@@ -61,6 +61,7 @@ class Exchange:
         "body",
         "character",
         "client_gone",
+        "connect_to",
         "ctx",
         "done",
         "front",
@@ -96,6 +97,7 @@ class Exchange:
         self.tape: Tape | None = None  # what the recorder will get, when this exchange is recorded
         self.front_state: dict[str, Any] = {}  # what the front's request mapper noted for its answer mapper
         self.tried: list[str] = []  # targets that failed before the one answering, for the log and the record
+        self.connect_to: str | None = None  # a dynamic host's checked address, connected to in place of its name
 
     def overhead_ms(self) -> bytes:
         """Time spent in the proxy so far, the upstream's own time taken out."""
@@ -155,16 +157,27 @@ class Pipeline:
         body = await read_body(receive, self.max_body, declared)
         parsed = parse_json(body) if body else None
 
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        target, alias = router.pick(target_header, model if isinstance(model, str) else None)
-        info.target = target.name
-        _may_use(info, target)
-        route, front = self._route(target, path, method)
+        dynamic = self.live.settings.dynamic
+        destination = dynamic.match(path, method) if dynamic.claims(path) else None
+        alias = None
+        front = None
+        if destination is not None:  # POST /{host}/{path}: a host from the dynamic: list, relayed as it is
+            target, route = destination.target, destination.route
+            info.target = target.name
+            _may_use(info, target)
+        else:
+            model = parsed.get("model") if isinstance(parsed, dict) else None
+            target, alias = router.pick(target_header, model if isinstance(model, str) else None)
+            info.target = target.name
+            _may_use(info, target)
+            route, front = self._route(target, path, method)
         info.route = route.inbound
         if alias is not None and alias.model and isinstance(parsed, dict):
             parsed["model"] = alias.model
             body = orjson.dumps(parsed)
         ex = Exchange(info, scope, body, parsed, target, route, front)
+        if destination is not None:
+            ex.connect_to = await dynamic.address(destination.host)
         ex.character = target.pick_character(character)
         if record and route.inbound in RECORDED:
             ex.tape = Tape(route.inbound)
@@ -333,7 +346,7 @@ class Pipeline:
     async def _prepare(self, ex: Exchange) -> tuple[list[bytes], list[tuple[str, str]]]:
         """The upstream bodies (several when a mapper fans out) and headers for the current target."""
         target, route = ex.target, ex.route
-        headers = forward_headers(ex.scope["headers"], target.headers)
+        headers = forward_headers(ex.scope["headers"], target.upstream_headers(ex.info.client_key))
         ex.ctx = self._context(ex, ex.front_state) if ex.mapped else None
         bodies = [ex.body]
         if route.request is not None:
@@ -357,9 +370,10 @@ class Pipeline:
         url = target.url + upstream_path + ("?" + qs.decode("latin-1") if qs else "")
         if not ex.t_sent:
             ex.t_sent = time.perf_counter()
+        pinned = {"connect_to": ex.connect_to} if ex.connect_to else {}
         resp = await self.client().send(
             ex.scope["method"], url, headers, body, timeout=target.timeout, connect_timeout=target.connect_timeout,
-            target=target.name,
+            target=target.name, **pinned,
         )
         ex.t_ready = time.perf_counter()
         # The upstream's time starts when the request's last byte left (the client knows it), not before

@@ -46,6 +46,7 @@ PRESETS: dict[str, Preset] = {
             "/v1/chat/completions": _PASS,
             "/v1/completions": _PASS,
             "/v1/embeddings": _PASS,
+            "/v1/rerank": _PASS,  # Jina / Cohere style, as vLLM and Infinity serve it; relayed, not recorded
             "/v1/models": RouteConfig(method="GET"),
         },
         options={

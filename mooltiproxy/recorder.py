@@ -8,8 +8,10 @@ batches to the writer thread, which only writes (and syncs), holding nothing the
 Building records on another thread instead made it and the event loop fight over the interpreter
 lock and cost a fifth of the proxy's throughput (bench/RESULTS.md).
 
-When the queue is full or the disk fails, the request has already succeeded: the loss is counted and
-logged loudly, never silent. On shutdown everything queued is written before the sink closes.
+A batch the sink cannot take (a full disk, a database that went away) is held and tried again, with a
+growing pause, in order; what is held is bounded by ``dataset.queue`` records. Beyond that, and at
+shutdown, held batches go to a local JSONL file when the sink has one (``spill_path``), else they are
+lost. Every spill and loss is counted and logged loudly, never silent; the request has long succeeded.
 """
 
 from __future__ import annotations
@@ -43,16 +45,22 @@ def new_session() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
 
 
-def make_sink(kind: str, directory: Any, session: str) -> Sink | None:
+def make_sink(kind: str, directory: Any, session: str, dsn: str | None = None) -> Sink | None:
     if kind == "jsonl":
         return JsonlSink(directory, session)
     if kind == "sqlite":
         return SqliteSink(directory, session)
+    if kind == "postgres":
+        from .postgres import PostgresSink  # only with this sink: psycopg is an extra
+
+        assert dsn is not None
+        return PostgresSink(dsn, directory, session)
     return None
 
 
 _STOP = object()
 SLICE = 32  # records built per turn of the event loop
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between attempts at a sink that failed, doubling
 
 
 class Recorder:
@@ -80,6 +88,9 @@ class Recorder:
         self._index: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.written = 0
         self.lost = 0
+        self.spilled = 0
+        self.held = 0  # records the writer holds for a sink that failed
+        self._failure = ""  # the sink's last error, for the messages
         self._last_loss_log: dict[str, float] = {}
 
     # --------------------------------------------------------------------- the request side
@@ -147,22 +158,81 @@ class Recorder:
 
     def _write_loop(self) -> None:
         last_sync = time.monotonic()
+        held: deque[tuple[int, Any]] = deque()  # batches not written yet, oldest first
+        next_try, pause = 0.0, RETRY_FIRST
         while True:
-            item = self._outbox.get()
+            try:
+                item = self._outbox.get(timeout=max(0.0, next_try - time.monotonic()) if held else None)
+            except queue.Empty:
+                item = None
             if item is _STOP:
+                if held:
+                    self._write_held(held)
+                    while held:
+                        self._spill(*held.popleft(), f"the proxy stopped while {self.sink.where} still failed ({self._failure})")
+                    self.held = 0
                 if self.fsync != "never":
                     self._sync()
                 return
-            count, payload = item
-            try:
-                self.sink.write(payload)
-                self.written += count
-            except Exception as exc:
-                self._lose(count, "write", f"the dataset could not be written ({exc})")
+            if item is not None:
+                held.append(item)
+            if time.monotonic() < next_try:
+                pass  # the sink failed a moment ago: wait before the next attempt
+            elif self._write_held(held):
+                if pause > RETRY_FIRST:
+                    log.warning("the dataset is written to %s again; every held record has caught up", self.sink.where)
+                pause = RETRY_FIRST
+            else:
+                next_try = time.monotonic() + pause
+                pause = min(pause * 2, RETRY_MAX)
+            held_records = sum(count for count, _ in held)
+            while held_records > self.queue_size:  # bounded: the oldest go elsewhere
+                count, payload = held.popleft()
+                held_records -= count
+                self.held = held_records
+                self._spill(count, payload, f"more than dataset.queue ({self.queue_size}) records waited for {self.sink.where} "
+                                            f"({self._failure})")
+            self.held = held_records
             now = time.monotonic()
             if self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= 1.0):
                 self._sync()
                 last_sync = now
+
+    def _write_held(self, held: deque[tuple[int, Any]]) -> bool:
+        """Write held batches in order; False at the first that fails (it stays held)."""
+        while held:
+            count, payload = held[0]
+            try:
+                self.sink.write(payload)
+            except Exception as exc:
+                self._failure = str(exc) or type(exc).__name__
+                self._complain(f"the dataset could not be written to {self.sink.where} ({exc}); "
+                               f"{sum(c for c, _ in held)} record(s) held, trying again")
+                return False
+            held.popleft()
+            self.written += count
+        return True
+
+    def _spill(self, count: int, payload: Any, why: str) -> None:
+        path = self.sink.spill_path
+        if path is None:
+            self._lose(count, "write", why)
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                data = self.sink.lines(payload)
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"{path} took only part of the records")
+            finally:
+                os.close(fd)
+        except Exception as exc:
+            self._lose(count, "write", f"{why}, and {path} could not take them either ({exc})")
+            return
+        self.spilled += count
+        self._complain(f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
+                       f"{self.spilled} spilled since start; the dataset commands read that file too", kind="spill")
 
     def _records(self, capture: Capture) -> list[dict[str, Any]]:
         if isinstance(capture.answer, PendingStream):
@@ -206,7 +276,10 @@ class Recorder:
 
     def _lose(self, n: int, kind: str, why: str) -> None:
         self.lost += n
+        self._complain(f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.", kind=kind)
+
+    def _complain(self, message: str, kind: str = "held") -> None:
         now = time.monotonic()
         if now - self._last_loss_log.get(kind, 0.0) >= 1.0:  # loud, but not a line per request under a flood
             self._last_loss_log[kind] = now
-            log.error("LOST %d exchange record(s): %s. %d lost since start.", n, why, self.lost)
+            log.error("%s", message)

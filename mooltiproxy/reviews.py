@@ -1,4 +1,5 @@
-"""Reviewers' judgments on recorded exchanges, kept in SQLite beside the dataset (``reviews.db``).
+"""Reviewers' judgments on recorded exchanges, kept in SQLite beside the dataset (``reviews.db``), or in the
+dataset's PostgreSQL database when records go there.
 
 The raw capture is never rewritten: a review says, per record id, whether the record is accepted or
 rejected, what its answer should read instead (an edit that exports use in place of the recorded
@@ -10,7 +11,7 @@ call opens its own connection, in WAL mode with a busy timeout, and each change 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +77,10 @@ def _call_json(value: str) -> str:
 
 
 class Reviews:
+    """Reviews in SQLite (``reviews.db`` beside the dataset); ``postgres.PostgresReviews`` keeps them in the
+    dataset's database instead, where every instance's review page shares them. Both speak the same SQL
+    through ``_read`` and ``_write``."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -93,6 +98,19 @@ class Reviews:
             db.execute(_SCHEMA)
             yield db
 
+    def _exists(self) -> bool:
+        return self.path.exists()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connect() as db:
+            return db.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """``sql`` once per row, all in one transaction."""
+        with self._connect() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(sql, rows)
+
     # ---------------------------------------------------------------------------------- reading
 
     def get(self, record_id: str) -> Review:
@@ -100,18 +118,17 @@ class Reviews:
 
     def all(self, ids: Iterable[str] | None = None) -> dict[str, Review]:
         """Every review (or those of ``ids``) by record id; records never reviewed are absent."""
-        if not self.path.exists():  # reading creates nothing: an export on a fresh dataset leaves no trace
+        if not self._exists():  # reading creates nothing: an export on a fresh dataset leaves no trace
             return {}
-        with self._connect() as db:
-            if ids is None:
-                rows = db.execute("SELECT record, status, answer, rank, updated FROM reviews").fetchall()
-            else:
-                wanted = list(dict.fromkeys(ids))
-                rows = []
-                for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters of one statement
-                    chunk = wanted[i : i + 500]
-                    rows += db.execute(f"SELECT record, status, answer, rank, updated FROM reviews WHERE record IN "
-                                       f"({','.join('?' * len(chunk))})", chunk).fetchall()
+        if ids is None:
+            rows = self._read("SELECT record, status, answer, rank, updated FROM reviews")
+        else:
+            wanted = list(dict.fromkeys(ids))
+            rows = []
+            for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters of one statement
+                chunk = wanted[i : i + 500]
+                rows += self._read(f"SELECT record, status, answer, rank, updated FROM reviews WHERE record IN "
+                                   f"({','.join('?' * len(chunk))})", chunk)
         return {row[0]: _review(row) for row in rows}
 
     # ---------------------------------------------------------------------------------- writing
@@ -120,29 +137,31 @@ class Reviews:
         if status not in STATUSES:
             raise ValueError(f"a review status is one of {', '.join(STATUSES)}, not {status!r}")
         ids = [record_ids] if isinstance(record_ids, str) else list(record_ids)
-        with self._connect() as db, db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO reviews (record, status, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
-                           " SET status = excluded.status, updated = excluded.updated", [(i, status, _now()) for i in ids])
+        self._write("INSERT INTO reviews (record, status, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET status = excluded.status, updated = excluded.updated", [(i, status, _now()) for i in ids])
 
     def set_answer(self, record_id: str, turns: Iterable[dict[str, Any]] | None) -> None:
         """Replace the record's answer in exports by ``turns``; None goes back to the recorded answer."""
         answer = None if turns is None else orjson.dumps(list(check_answer(turns))).decode()
-        with self._connect() as db, db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO reviews (record, answer, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
-                       " SET answer = excluded.answer, updated = excluded.updated", (record_id, answer, _now()))
+        self._write("INSERT INTO reviews (record, answer, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET answer = excluded.answer, updated = excluded.updated", [(record_id, answer, _now())])
 
     def set_ranks(self, ranks: Mapping[str, int | None]) -> None:
         """Rank alternatives of one turn together (1 is the best; None takes a rank away)."""
         for record_id, rank in ranks.items():
             if rank is not None and (not isinstance(rank, int) or rank < 1):
                 raise ValueError(f"the rank of {record_id} must be a whole number from 1, not {rank!r}")
-        with self._connect() as db, db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO reviews (record, rank, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
-                           " SET rank = excluded.rank, updated = excluded.updated",
-                           [(i, r, _now()) for i, r in ranks.items()])
+        self._write("INSERT INTO reviews (record, rank, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET rank = excluded.rank, updated = excluded.updated", [(i, r, _now()) for i, r in ranks.items()])
+
+
+def open_reviews(dataset_dir: Path, dsn: str | None = None) -> Reviews:
+    """The reviews of a dataset: in its PostgreSQL database when it has one (``dsn``), else beside its folder."""
+    if dsn is None:
+        return Reviews.beside(dataset_dir)
+    from .postgres import PostgresReviews  # only with a database: psycopg is an extra
+
+    return PostgresReviews(dsn)
 
 
 def _review(row: tuple[Any, ...]) -> Review:

@@ -32,7 +32,8 @@ class Router:
             return self.targets[self.default], None
         if not self.targets:
             raise NotFound(
-                "No targets are configured. Add one under 'targets:' in config.yaml (config.template.yaml shows how).",
+                "No targets are configured. Run the proxy with one (mooltiproxy serve --target URL), or write a config "
+                "with `mooltiproxy init` and add one under 'targets:'.",
                 code="target_not_found",
             )
         raise NotFound(

@@ -15,12 +15,16 @@ from .validators import (
     boolean,
     duration,
     env_name,
+    host_port,
     integer,
     list_of,
     mapping_of,
+    maybe,
     network,
     one_of,
     optional_text,
+    postgres_dsn,
+    redis_url,
     section,
     size,
     text,
@@ -67,19 +71,20 @@ TARGET = section(
     {
         vol.Required("url"): url,
         vol.Optional("type", default="openai"): text(),
-        vol.Optional("api_key_env", default=None): vol.Any(None, env_name),
+        vol.Optional("api_key_env", default=None): maybe(env_name),
         vol.Optional("prompter", default=None): _prompter,
         vol.Optional("stop", default=[]): list_of(text()),
         vol.Optional("character", default=None): optional_text,
         vol.Optional("characters", default={}): mapping_of(_NAME, text()),
         vol.Optional("user_name", default="User"): text(),
-        vol.Optional("timeout", default=None): vol.Any(None, duration()),
+        vol.Optional("timeout", default=None): maybe(duration()),
         vol.Optional("fallbacks", default=[]): list_of(text()),
         vol.Optional("retries", default=0): integer(min=0, max=10),
         vol.Optional("retry_backoff", default=0.5): duration(allow_zero=True),
         vol.Optional("cooldown", default=30): duration(allow_zero=True),
         vol.Optional("cooldown_after", default=3): integer(min=1),
         vol.Optional("headers", default={}): mapping_of(text(), text()),
+        vol.Optional("forward_client_key", default=False): boolean,
         vol.Optional("routes", default={}): mapping_of(
             text(pattern=r"/\S*", hint="a route's key must be an inbound path starting with /"), ROUTE
         ),
@@ -146,9 +151,21 @@ def _key_name(value: Any) -> str:
 NAMED_KEY = section(
     {
         vol.Required("key_env"): env_name,
-        vol.Optional("targets", default=None): vol.Any(None, list_of(text())),
+        vol.Optional("targets", default=None): maybe(list_of(text())),
+        vol.Optional("rpm", default=None): maybe(integer(min=1)),
     },
     what="key",
+)
+
+DYNAMIC_HOST = section(
+    {
+        vol.Optional("scheme", default="https"): one_of("https", "http"),
+        vol.Optional("api_key_env", default=None): maybe(env_name),
+        vol.Optional("auth", default="bearer"): one_of("bearer", "x-api-key"),
+        vol.Optional("forward_client_key", default=False): boolean,
+        vol.Optional("timeout", default=None): maybe(duration()),
+    },
+    what="dynamic host",
 )
 
 SCHEMA = section(
@@ -177,6 +194,7 @@ SCHEMA = section(
         ),
         vol.Optional("auth", default={}): section(
             {
+                vol.Optional("mode", default="key"): one_of("key", "passthrough"),
                 vol.Optional("master_key_env", default="MOOLTIPROXY_KEY"): env_name,
                 vol.Optional("max_failures", default=5): integer(min=1),
                 vol.Optional("window", default=600): duration(),
@@ -187,13 +205,17 @@ SCHEMA = section(
             },
             what="auth section",
         ),
+        vol.Optional("dynamic", default={}): mapping_of(host_port, DYNAMIC_HOST),
+        vol.Optional("state", default=None): maybe(redis_url),
+        vol.Optional("state_required", default=False): lambda v: False if v is None else boolean(v),
         vol.Optional("targets", default={}): _targets,
         vol.Optional("models", default={}): mapping_of(text(), _model_alias),
         vol.Optional("dataset", default={}): section(
             {
-                vol.Optional("sink", default="jsonl"): one_of("jsonl", "sqlite", "none"),
+                vol.Optional("sink", default="jsonl"): one_of("jsonl", "sqlite", "postgres", "none"),
+                vol.Optional("dsn", default=None): maybe(postgres_dsn),
                 vol.Optional("dir", default="datasets"): text(),
-                vol.Optional("session", default=None): vol.Any(None, _NAME),
+                vol.Optional("session", default=None): maybe(_NAME),
                 vol.Optional("record_errors", default=False): boolean,
                 vol.Optional("redact", default=[]): list_of(_regex),
                 vol.Optional("fsync", default="interval"): one_of("always", "interval", "never"),

@@ -22,6 +22,9 @@ DB_NAME = "mooltiproxy.db"
 
 
 class Sink(Protocol):
+    where: str  # for messages: the file or database the records go to
+    spill_path: Path | None  # a local JSONL file for records the sink cannot take in time; None: no other place
+
     def open(self) -> None: ...
 
     def encode(self, records: list[dict[str, Any]]) -> Any:
@@ -30,6 +33,9 @@ class Sink(Protocol):
     def write(self, payload: Any) -> None:
         """Write an encoded batch (on the writer thread); raises ``OSError`` (or ``sqlite3.Error``) when it
         could not be stored."""
+
+    def lines(self, payload: Any) -> bytes:
+        """An encoded batch as JSONL lines, for the spill file."""
 
     def sync(self) -> None: ...
 
@@ -42,6 +48,8 @@ class Sink(Protocol):
 class JsonlSink:
     def __init__(self, directory: Path, session: str) -> None:
         self.path = directory / f"{session}.jsonl"
+        self.where = str(self.path)
+        self.spill_path: Path | None = None  # this is the local file
         self._fd: int | None = None
 
     def open(self) -> None:
@@ -50,6 +58,9 @@ class JsonlSink:
 
     def encode(self, records: list[dict[str, Any]]) -> bytes:
         return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+    def lines(self, payload: Any) -> bytes:
+        return bytes(payload)
 
     def write(self, payload: Any) -> None:
         assert self._fd is not None
@@ -72,19 +83,27 @@ class JsonlSink:
             yield from read_jsonl(self.path)
 
 
-class SqliteSink:
+class RowSink:
+    """What the database sinks share: a batch is encoded as rows, and spilled as the JSONL of their records."""
+
+    def encode(self, records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return rows(records)
+
+    def lines(self, payload: Any) -> bytes:
+        return row_lines(payload)
+
+
+class SqliteSink(RowSink):
     def __init__(self, directory: Path, session: str) -> None:
         self.path = directory / DB_NAME
+        self.where = str(self.path)
+        self.spill_path: Path | None = directory / f"{session}.jsonl"
         self.session = session
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = connect(self.path)
-
-    def encode(self, records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return [(r["id"], r["session"], r["meta"]["created"], r["meta"]["target"], r["meta"]["thread"], r["meta"]["parent"],
-                 r["meta"]["turn"], r["meta"]["key"], orjson.dumps(r).decode()) for r in records]
 
     def write(self, payload: Any) -> None:
         assert self._db is not None
@@ -103,6 +122,17 @@ class SqliteSink:
         assert self._db is not None
         for (data,) in self._db.execute("SELECT data FROM records WHERE session = ? ORDER BY created", (self.session,)):
             yield orjson.loads(data)
+
+
+def rows(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Records as the database sinks' rows: the columns a query filters on, then the whole record as JSON."""
+    return [(r["id"], r["session"], r["meta"]["created"], r["meta"]["target"], r["meta"]["thread"], r["meta"]["parent"],
+             r["meta"]["turn"], r["meta"]["key"], orjson.dumps(r).decode()) for r in records]
+
+
+def row_lines(payload: list[tuple[Any, ...]]) -> bytes:
+    """Rows back as JSONL lines (the record is the last column)."""
+    return b"".join(row[-1].encode() + b"\n" for row in payload)
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -39,8 +39,11 @@ class Filter:
 
 
 class Store:
-    def __init__(self, directory: Path) -> None:
+    """The records under ``directory`` (JSONL files, the SQLite database) and, with ``dsn``, in PostgreSQL."""
+
+    def __init__(self, directory: Path, dsn: str | None = None) -> None:
         self.directory = directory
+        self.dsn = dsn
 
     def _jsonl_files(self) -> list[Path]:
         return sorted(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
@@ -55,6 +58,10 @@ class Store:
         if db is not None:
             with sqlite3.connect(db) as conn:
                 names |= {row[0] for row in conn.execute("SELECT DISTINCT session FROM records")}
+        if self.dsn is not None:
+            from . import postgres
+
+            names |= postgres.sessions(self.dsn)
         return sorted(names)
 
     def records(self, where: Filter | None = None) -> Iterator[dict[str, Any]]:
@@ -71,6 +78,10 @@ class Store:
                     record = orjson.loads(data)
                     if where.keeps(record):
                         yield record
+        if self.dsn is not None:
+            from . import postgres
+
+            yield from (r for r in postgres.records(self.dsn, tuple(where.sessions)) if where.keeps(r))
 
     def linked(self, where: Filter | None = None) -> list[dict[str, Any]]:
         return link(self.records(where))

@@ -55,6 +55,14 @@ class Target:
     characters: Mapping[str, Card] = field(default_factory=dict)  # what the x-character header may pick
     user_name: str = "User"
     config: TargetConfig | None = None
+    auth: str = "bearer"  # how a key is sent upstream: bearer (Authorization) or x-api-key
+    forward_client_key: bool = False  # auth.mode passthrough: the client's own key goes upstream in place of ours
+
+    def upstream_headers(self, client_key: str | None) -> tuple[tuple[str, str], ...]:
+        """The headers sent upstream on every request, with the client's key in place of the target's when forwarded."""
+        if not (self.forward_client_key and client_key):
+            return self.headers
+        return (*(h for h in self.headers if h[0] not in ("authorization", "x-api-key")), auth_header(self.auth, client_key))
 
     def pick_character(self, name: str | None) -> Card | None:
         """The card for a request with this ``x-character`` header (None: the target's own)."""
@@ -84,6 +92,11 @@ class Target:
         return route
 
 
+def auth_header(style: str, key: str) -> tuple[str, str]:
+    """A key as an upstream expects it: ``x-api-key: …`` (Anthropic) or ``Authorization: Bearer …``."""
+    return ("x-api-key", key) if style == "x-api-key" else ("authorization", f"Bearer {key}")
+
+
 def build_targets(config: Config) -> dict[str, Target]:
     problems: list[str] = []
     targets = {}
@@ -107,10 +120,7 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
 
     headers: list[tuple[str, str]] = []
     if tc.api_key:
-        if preset.auth == "x-api-key":
-            headers.append(("x-api-key", tc.api_key))
-        else:
-            headers.append(("authorization", f"Bearer {tc.api_key}"))
+        headers.append(auth_header(preset.auth, tc.api_key))
     options = _options(tc, preset.options, at, problems)
     headers.extend((name, str(options[option])) for name, option in preset.headers.items() if options.get(option) is not None)
     headers.extend((k.lower(), v) for k, v in tc.headers.items())
@@ -168,6 +178,8 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
         characters={k: v for k, v in characters.items() if v is not None},
         user_name=tc.user_name,
         config=tc,
+        auth=preset.auth,
+        forward_client_key=tc.forward_client_key,
     )
 
 

@@ -171,7 +171,7 @@ class ReviewSite:
         address = self._not_banned(request)
         form = await self._form_login(request)
         if not self.sessions.is_master(form.get("key", "").strip()):
-            self.ledger.fail(address)
+            await self.ledger.fail(address)
             if self.ledger.banned_for(address):
                 raise Forbidden(f"Incorrect key. {address} is now banned for {self.ledger.ban_seconds:g} s after repeated wrong keys.",
                                 code="address_banned")

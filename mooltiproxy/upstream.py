@@ -119,8 +119,10 @@ class UpstreamResponse(Protocol):
 class UpstreamClient(Protocol):
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str,
-    ) -> UpstreamResponse: ...
+        target: str, connect_to: str | None = None,
+    ) -> UpstreamResponse:
+        """``connect_to``: an address to connect to in place of the URL's host name (which stays the Host and the
+        TLS server name), so that the address the proxy checked is the one it reaches."""
 
     async def aclose(self) -> None: ...
 
@@ -185,8 +187,10 @@ class HttpxClient:
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str,
+        target: str, connect_to: str | None = None,
     ) -> UpstreamResponse:
+        # (``connect_to`` is not applied: this client is the tests' seam over an httpx transport, which resolves
+        # names itself; the proxy's own client, h1.H1Client, connects to the checked address.)
         request = self._client.build_request(
             method, url, headers=headers, content=body or None,
             timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=None),

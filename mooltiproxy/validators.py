@@ -148,6 +148,15 @@ def optional_text(value: Any) -> str | None:
     return None if value is None else str(text()(value))
 
 
+def maybe(validator: Validator) -> Validator:
+    """``validator``, or null. (voluptuous's ``Any(None, v)`` would hide ``v``'s sentence behind "not a valid value".)"""
+
+    def validate(value: Any) -> Any:
+        return None if value is None else validator(value)
+
+    return validate
+
+
 def integer(*, min: int | None = None, max: int | None = None) -> Validator:
     def validate(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -229,6 +238,92 @@ def url(value: Any) -> str:
     except ValueError:
         raise vol.Invalid(f"has a port that is not a number: {value!r}") from None
     return value.rstrip("/")
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as (lower-case host, port or None); None if it is none of those."""
+    text = value.strip().lower()
+    host, port = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            host, port = host, _port(rest[1:])
+            if port is None:
+                return None
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                return None
+        except ValueError:
+            return None
+        return host, port
+    if text.count(":") == 1:
+        host, _, digits = text.partition(":")
+        port = _port(digits)
+        if port is None:
+            return None
+    elif ":" in text:
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    return (host, port) if _HOSTNAME.fullmatch(host) else None
+
+
+def _port(digits: str) -> int | None:
+    return int(digits) if digits.isdigit() and 0 < int(digits) < 65536 else None
+
+
+def host_port(value: Any) -> str:
+    """A host the proxy may route to by name: ``api.example.com``, ``api.example.com:8443``, ``127.0.0.1:9000``."""
+    if not isinstance(value, str) or split_host(value) is None:
+        raise vol.Invalid(f"must be a host name or IP address with an optional port, such as api.deepseek.com or 127.0.0.1:9000, "
+                          f"not {value!r}")
+    return value.strip().lower()
+
+
+def redis_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise vol.Invalid(f"must be a Redis URL such as redis://127.0.0.1:6379/0, not {_kind(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise vol.Invalid(f"must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0, not {redacted(value)!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise vol.Invalid(f"has a port that is not a number: {redacted(value)!r}") from None
+    return value
+
+
+def postgres_dsn(value: Any) -> str:
+    """A PostgreSQL connection string, as a URL (postgresql://user@host/db) or as key=value pairs."""
+    if not isinstance(value, str) or not value.strip():
+        raise vol.Invalid("must be a PostgreSQL connection string such as postgresql://user:password@127.0.0.1:5432/mooltiproxy")
+    if "://" in value and urlsplit(value).scheme not in ("postgresql", "postgres"):
+        raise vol.Invalid(f"must be a postgresql:// URL or key=value pairs, not {redacted(value)!r}")
+    if "://" not in value and "=" not in value:
+        raise vol.Invalid("must be a postgresql:// URL or key=value pairs such as 'host=127.0.0.1 dbname=mooltiproxy'")
+    return value
+
+
+def redacted(value: str) -> str:
+    """A connection URL or key=value string with its password replaced by ***, fit for a message or a log."""
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+            return parts._replace(netloc=netloc).geturl()
+        return value
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", value)
 
 
 def network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

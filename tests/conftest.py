@@ -78,13 +78,15 @@ def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return proxy_factory(stack, tmp_path, monkeypatch)
 
 
-def proxy_process(directory: Path, config: dict[str, Any], *args: str) -> tuple[subprocess.Popen[str], str]:
+def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict[str, str] | None = None
+                  ) -> tuple[subprocess.Popen[str], str]:
     """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health."""
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), *args],
-                            env={**os.environ, "MOOLTIPROXY_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env={**os.environ, "MOOLTIPROXY_KEY": KEY, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

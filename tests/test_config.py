@@ -11,7 +11,7 @@ import voluptuous as vol
 from mooltiproxy.config import load, parse
 from mooltiproxy.errors import ConfigError
 from mooltiproxy.presets import PRESETS
-from mooltiproxy.schema import NAMED_KEY, ROUTE, SCHEMA, TARGET
+from mooltiproxy.schema import DYNAMIC_HOST, NAMED_KEY, ROUTE, SCHEMA, TARGET
 from mooltiproxy.targets import build_targets
 
 from .conftest import ROOT
@@ -27,13 +27,15 @@ def problems_of(data: dict[str, Any], environ: dict[str, str] | None = None, tmp
 
 def test_template_loads_and_equals_the_built_in_defaults() -> None:
     from_template = load(TEMPLATE, environ={})
-    defaults = parse({}, environ={}, base_dir=ROOT)
+    defaults = parse({}, environ={}, base_dir=TEMPLATE.resolve().parent)  # relative paths resolve beside the file
     assert from_template.server == defaults.server
     assert from_template.auth == defaults.auth
     assert from_template.dataset == defaults.dataset
     assert from_template.targets == defaults.targets == {}
     assert from_template.models == defaults.models
     assert from_template.default_target is None
+    assert from_template.dynamic == defaults.dynamic == {}
+    assert from_template.state is defaults.state is None and from_template.state_required is defaults.state_required is False
 
 
 def _keys(validator: Any) -> dict[str, Any]:
@@ -59,6 +61,7 @@ def test_template_documents_every_key() -> None:
     walk(TARGET, "targets.NAME.")
     walk(ROUTE, "targets.NAME.routes.PATH.")
     walk(NAMED_KEY, "auth.keys.NAME.")
+    walk(DYNAMIC_HOST, "dynamic.HOST.")
     for type_name, preset in PRESETS.items():
         for option in preset.options:
             if f"{option}:" not in text:
@@ -175,3 +178,30 @@ def test_routes_merge_over_the_preset() -> None:
     assert target.routes["/v1/rank"].path == "/v1/rank"
     assert target.routes["/v1/models"].method == "GET"
     assert target.routes["/v1/embeddings"].passthrough
+
+
+def test_shared_state_and_postgres_keys_are_checked() -> None:
+    problems = problems_of({"state": "http://127.0.0.1:6379", "state_required": "maybe",
+                            "auth": {"keys": {"alice": {"key_env": "ALICE", "rpm": 0}}},
+                            "dataset": {"sink": "postgres", "dsn": "mysql://root:pw-in-dsn@db/x"}}, environ={"ALICE": "k" * 20})
+    assert "state: must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0, not 'http://127.0.0.1:6379'" in problems
+    assert any(p.startswith("state_required: must be true or false") for p in problems)
+    assert any(p.startswith("auth.keys.alice.rpm: ") for p in problems)
+    assert "dataset.dsn: must be a postgresql:// URL or key=value pairs, not 'mysql://root:***@db/x'" in problems
+    assert not any("pw-in-dsn" in p for p in problems)
+
+
+def test_a_postgres_sink_needs_a_dsn_and_a_required_state_needs_a_state() -> None:
+    problems = problems_of({"dataset": {"sink": "postgres"}, "state_required": True})
+    assert any(p.startswith("dataset.dsn: the postgres sink needs a connection string; write dsn: ${MOOLTIPROXY_DSN}") for p in problems)
+    assert "state_required: there is no state to require; set state: redis://host:6379/0 or remove state_required" in problems
+
+
+def test_state_and_key_limits_load() -> None:
+    config = parse({"state": "redis://:pw@127.0.0.1:6379/2", "state_required": True,
+                    "auth": {"keys": {"alice": {"key_env": "ALICE", "rpm": 60}}},
+                    "dataset": {"sink": "postgres", "dsn": "host=127.0.0.1 dbname=mp password=x"}}, environ={"ALICE": "k" * 20})
+    assert config.state == "redis://:pw@127.0.0.1:6379/2" and config.state_required is True
+    assert config.auth.keys["alice"].rpm == 60
+    assert config.dataset.dsn == "host=127.0.0.1 dbname=mp password=x"
+    assert "pw" not in repr(config) and "password=x" not in repr(config)  # secrets stay out of reprs (and tracebacks)

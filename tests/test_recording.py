@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from mooltiproxy.recorder import Recorder
 from mooltiproxy.records import Capture
-from mooltiproxy.sinks import JsonlSink, read_jsonl
+from mooltiproxy.sinks import JsonlSink, SqliteSink, read_jsonl
 
 from .conftest import KEY, ProxyFactory, http
 from .servers import free_port
@@ -247,6 +248,61 @@ def test_a_full_queue_and_a_failing_disk_are_counted_and_logged(tmp_path: Path, 
         asyncio.run(run())
     assert recorder.lost == 5 and recorder.written == 0
     assert any("LOST" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sink_that_fails_for_a_while_gets_every_record_later(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import mooltiproxy.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "RETRY_FIRST", 0.01)
+
+    class Flaky(JsonlSink):
+        failures = 3
+
+        def write(self, payload: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError(28, "No space left on device")
+            super().write(payload)
+
+    sink = Flaky(tmp_path, "s")
+    recorder = Recorder(sink, "s")
+
+    async def run() -> None:
+        recorder.start()
+        for i in range(5):
+            recorder.submit(_capture(i))
+            await asyncio.sleep(0.15)  # one batch each
+        await asyncio.sleep(0.3)
+        recorder.stop()
+
+    with caplog.at_level("WARNING", logger="mooltiproxy.dataset"):
+        asyncio.run(run())
+    assert (recorder.written, recorder.lost, recorder.spilled, recorder.held) == (5, 0, 0, 0)
+    assert [r["conversations"][0]["value"] for r in read_jsonl(sink.path)] == [f"q{i}" for i in range(5)]  # in order
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not be written" in m and "held, trying again" in m for m in messages)
+    assert any("written to" in m and "again; every held record has caught up" in m for m in messages)
+
+
+def test_a_database_sink_that_stays_down_spills_to_a_local_file(tmp_path: Path) -> None:
+    class Down(SqliteSink):
+        def write(self, payload: Any) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    sink = Down(tmp_path, "s")
+    recorder = Recorder(sink, "s", queue_size=2)
+
+    async def run() -> None:
+        recorder.start()
+        for i in range(5):
+            recorder.submit(_capture(i))
+            await asyncio.sleep(0.15)
+        recorder.stop()
+
+    asyncio.run(run())
+    assert (recorder.written, recorder.lost, recorder.spilled) == (0, 0, 5)
+    assert sorted(r["conversations"][0]["value"] for r in read_jsonl(tmp_path / "s.jsonl")) == [f"q{i}" for i in range(5)]
 
 
 def test_a_session_can_be_continued_and_keeps_its_threads(tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Dynamic host routing: ``POST /{host[:port]}/{path}`` goes to ``{scheme}://{host[:port]}/{path}`` when the
+host is on the ``dynamic:`` list, with no target to configure for it.
+
+Safe against request forgery by construction: a request names a host, never a URL; only a host on the
+list is reached, by the scheme the list gives; the proxy follows no redirect (an upstream's 3xx goes
+back to the client as it is). A listed host name is resolved by the proxy itself, and a connection is
+made to the address it checked (no second lookup an attacker's DNS could answer differently): an
+address that is loopback, private, link-local or otherwise not public is refused unless that very
+address is on the list too. The API a path speaks is recognised for the dataset: ``…/messages`` is the
+Anthropic Messages API, ``…/chat/completions`` and ``…/completions`` OpenAI's; the rest is relayed
+and not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import DynamicHost, ServerConfig
+from .errors import Forbidden, UpstreamError
+from .records import CHAT, COMPLETION, MESSAGES
+from .targets import Route, Target, auth_header
+from .validators import split_host
+
+_RESOLVED_FOR = 30.0  # seconds a host's checked address is reused
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    host: DynamicHost
+    target: Target
+    route: Route
+
+
+def looks_like_host(segment: str) -> bool:
+    """Whether a path's first segment names a host (``api.example.com``, ``127.0.0.1:9000``, ``localhost``)
+    rather than one of the proxy's own paths (``v1``, ``generate``)."""
+    return "." in segment or ":" in segment or segment.startswith("[") or segment == "localhost"
+
+
+def endpoint(path: str) -> str:
+    """The inbound endpoint a dynamic path speaks, for recording and metrics: the path itself if none."""
+    if path.endswith("/messages"):
+        return MESSAGES
+    if path.endswith("/chat/completions"):
+        return CHAT
+    if path.endswith("/completions"):
+        return COMPLETION
+    return path
+
+
+class DynamicHosts:
+    def __init__(self, hosts: Mapping[str, DynamicHost], server: ServerConfig) -> None:
+        self.by_address = {(h.host, h.port): h for h in hosts.values()}
+        self.listed_ips = {ipaddress.ip_address(h.host) for h in hosts.values() if _is_ip(h.host)}
+        self.targets = {h.name: _target(h, server) for h in hosts.values()}
+        self._resolved: dict[tuple[str, int], tuple[float, str]] = {}
+
+    @staticmethod
+    def claims(path: str) -> bool:
+        """Whether ``path`` starts with a host, so ``match`` decides where it goes (or refuses it)."""
+        end = path.find("/", 1)
+        return looks_like_host(path[1:end] if end > 0 else path[1:])
+
+    def match(self, path: str, method: str) -> Destination | None:
+        """Where ``path`` goes, if it starts with a host; ``Forbidden`` for a host that is not listed. The address
+        to connect to is found (and checked) by ``address``, once the request may use the host at all."""
+        segment, slash, rest = path[1:].partition("/")
+        if not looks_like_host(segment):
+            return None
+        parsed = split_host(segment)
+        host = self._listed(parsed) if parsed is not None else None
+        if host is None:
+            raise Forbidden(
+                f"{segment} is not on this proxy's list of hosts a request may name (dynamic: in config.yaml); "
+                f"ask its administrator to add it.", code="host_not_allowed",
+            )
+        upstream_path = slash + rest if rest else "/"
+        route = Route(inbound=endpoint(upstream_path), method=method, path=upstream_path)
+        return Destination(host, self.targets[host.name], route)
+
+    def _listed(self, parsed: tuple[str, int | None]) -> DynamicHost | None:
+        name, port = parsed
+        if port is not None:
+            return self.by_address.get((name, port))
+        return self.by_address.get((name, 443)) or self.by_address.get((name, 80))
+
+    async def address(self, host: DynamicHost) -> str | None:
+        """The checked address to connect to for ``host`` (None when the host is an address itself)."""
+        if _is_ip(host.host):
+            return None  # an address on the list is allowed as it is
+        key = (host.host, host.port)
+        cached = self._resolved.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < _RESOLVED_FOR:
+            return cached[1]
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host.host, host.port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise UpstreamError(f"The host {host.name} (dynamic:) could not be reached: its name does not resolve.") from None
+        addresses = [str(info[4][0]) for info in found]
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+            if not ip.is_global and ip not in self.listed_ips:
+                raise Forbidden(
+                    f"{host.name} resolves to {address}, which is not a public address; the proxy reaches such an address "
+                    f"only when the address itself is on its dynamic: list.", code="host_not_allowed",
+                )
+        self._resolved[key] = (now, addresses[0])
+        return addresses[0]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _target(host: DynamicHost, server: ServerConfig) -> Target:
+    shown = f"[{host.host}]" if ":" in host.host else host.host
+    default = 443 if host.scheme == "https" else 80
+    url = f"{host.scheme}://{shown}" + ("" if host.port == default else f":{host.port}")
+    return Target(
+        name=host.name, type="dynamic", url=url, timeout=host.timeout or server.timeout, connect_timeout=server.connect_timeout,
+        headers=(auth_header(host.auth, host.api_key),) if host.api_key else (), routes={}, auth=host.auth,
+        forward_client_key=host.forward_client_key,
+    )
