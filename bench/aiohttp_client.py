@@ -75,8 +75,10 @@ class AiohttpClient:
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str,
+        target: str, connect_to: str | None = None,
     ) -> UpstreamResponse:
+        # (``connect_to``, the checked address of a dynamic host, is not applied: this client only serves the
+        # benchmark's comparison, which routes to configured targets.)
         t = self._timeouts.get((timeout, connect_timeout))
         if t is None:
             t = self._timeouts[(timeout, connect_timeout)] = aiohttp.ClientTimeout(

@@ -42,7 +42,8 @@ def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream:
     if client == "serve":
         argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]
     else:
-        argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--client", client]
+        swapped = ["--client", "h1", "--gc", "default"] if client == "serve-gc-default" else ["--client", client]
+        argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--log-level", log_level, *swapped]
     proc = procs.start(name, argv, core=PROXY_CORE, env=configs.proxy_env(), cwd=configs.ROOT)
     wait_listening(proc, port)
     return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None)

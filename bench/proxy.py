@@ -1,20 +1,21 @@
-"""Run mooltiproxy for a benchmark, with another upstream client than the one it ships with.
+"""Run mooltiproxy for a benchmark with one part swapped, so the harness can show what each choice is worth.
 
-    python -m bench.proxy --config FILE --port P --client aiohttp|httpx|httpx-aiohttp
+    python -m bench.proxy --config FILE --port P --client h1|aiohttp|httpx|httpx-aiohttp [--gc tuned|default]
 
-``mooltiproxy serve`` uses its own HTTP/1.1 client (mooltiproxy/h1.py); these exist so the harness
-can show why (RESULTS.md).
+``mooltiproxy serve`` uses its own HTTP/1.1 client (mooltiproxy/h1.py) and tuned garbage collection
+(server.tune_runtime); ``--client`` swaps the first, ``--gc default`` undoes the second. Logging is set
+up as ``serve`` sets it up, so an access line per request costs the same in every variant.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import replace
 from typing import Any
 
 from mooltiproxy.app import create_app
 from mooltiproxy.config import load
+from mooltiproxy.logs import setup_logging
 from mooltiproxy.server import run
 
 
@@ -35,17 +36,22 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx", "httpx-aiohttp"])
+    p.add_argument("--client", default="aiohttp", choices=["h1", "aiohttp", "httpx", "httpx-aiohttp"])
+    p.add_argument("--gc", default="tuned", choices=["tuned", "default"])
+    p.add_argument("--log-level", default="info")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    config = replace(load(args.config), server=replace(load(args.config).server, port=args.port))
-    if args.client == "aiohttp":
+    setup_logging(args.log_level)
+    loaded = load(args.config)
+    config = replace(loaded, server=replace(loaded.server, port=args.port))
+    if args.client == "h1":
+        app = create_app(config)
+    elif args.client == "aiohttp":
         from .aiohttp_client import AiohttpClient
 
         app = create_app(config, upstream=AiohttpClient)
     else:
         app = create_app(config, transport=transport(args.client))
-    run(app, config.server)
+    run(app, config.server, tune=args.gc == "tuned")
 
 
 if __name__ == "__main__":

@@ -65,10 +65,12 @@ def _stop_cleanly() -> None:
         signal.signal(sig, lambda *_: None)
 
 
-def run(app: Any, server: ServerConfig, **overrides: Any) -> None:
-    """Serve until SIGTERM or Ctrl-C, let in-flight requests finish (up to ``server.shutdown_grace``), return."""
+def run(app: Any, server: ServerConfig, *, tune: bool = True, **overrides: Any) -> None:
+    """Serve until SIGTERM or Ctrl-C, let in-flight requests finish (up to ``server.shutdown_grace``), return.
+    ``tune=False`` keeps Python's default garbage collection (the benchmark's comparison)."""
     _stop_cleanly()
-    tune_runtime()
+    if tune:
+        tune_runtime()
     uvicorn.Server(uvicorn_config(app, server, **overrides)).run()
 
 

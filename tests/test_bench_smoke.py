@@ -43,3 +43,11 @@ def test_quick_run_gives_figures_and_cleans_up(tmp_path: Path) -> None:
     started = doc["pids"]
     assert len(started) >= 3  # stub, proxy, load runs
     assert [pid for pid in started if pid_running(pid)] == []
+
+
+def test_micro_timings_run_every_step() -> None:
+    run = subprocess.run([sys.executable, "-m", "bench.micro", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("µs per call") and len(lines) == 11
+    assert all(float(line.rsplit(maxsplit=1)[1]) > 0 for line in lines[1:])

@@ -1,0 +1,88 @@
+"""What single steps of the request path cost, in microseconds of one core, for explaining the scenarios.
+
+    python -m bench.micro [--quick]
+
+Each step runs on its own, warm, best of several repeats (timeit); the figures are CPU the proxy spends
+per exchange on the step, not latency. They explain S6 (translation to TGI) and S2's recording on/off.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mooltiproxy.config import parse
+from mooltiproxy.mapping import MapContext
+from mooltiproxy.prompting import load_prompter
+from mooltiproxy.records import Capture, build_with_keys, redact
+from mooltiproxy.sandbox import Sandbox
+from mooltiproxy.sinks import JsonlSink
+from mooltiproxy.targets import build_targets
+
+CHAT = {"model": "m", "messages": [{"role": "system", "content": "You are brief."},
+                                   {"role": "user", "content": "Say hello to the benchmark, please."}], "max_tokens": 32}
+OPENAI_ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, benchmark."}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
+TGI_ANSWER = {"generated_text": "Hello, benchmark.", "details": {"finish_reason": "eos_token", "generated_tokens": 5}}
+
+
+def per_call(step: Callable[[], Any], number: int = 2000, repeat: int = 7) -> float:
+    """Microseconds per call, the best of ``repeat`` runs of ``number`` calls."""
+    return min(timeit.repeat(step, number=number, repeat=repeat)) / number * 1e6
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv[1:]  # a check that every step runs, not a measurement
+    number, repeat = (20, 1) if quick else (2000, 7)
+    config = parse({"targets": {"t": {"type": "tgi", "url": "http://127.0.0.1:9", "prompter": "llama2-chat"}}}, environ={},
+                   base_dir=Path.cwd())
+    target = build_targets(config)["t"]
+    route = target.routes["/v1/chat/completions"]
+    assert route.request is not None and route.answer is not None
+    request_mapper, answer_mapper = route.request.func, route.answer.func
+    trusted = target.prompter
+    sandboxed = load_prompter("prompters/llama2-chat.jinja", base_dir=Path(__file__).resolve().parent.parent)
+    assert trusted is not None and sandboxed is not None and isinstance(sandboxed.environment, Sandbox)
+
+    def ctx() -> MapContext:
+        return MapContext(target=target, path="/v1/chat/completions", model="m", request_id="r", prompter=target.prompter,
+                          request=CHAT)
+
+    raw_chat, raw_answer, raw_tgi = orjson.dumps(CHAT), orjson.dumps(OPENAI_ANSWER), orjson.dumps(TGI_ANSWER)
+    mapped = ctx()
+    generate = request_mapper(dict(CHAT), mapped)
+    sink = JsonlSink(Path("."), "unused")  # only its encoding is used; nothing is opened
+
+    def record() -> Any:
+        capture = Capture(request_id="r", endpoint="/v1/chat/completions", target="t", request=orjson.loads(raw_chat),
+                          answer=orjson.loads(raw_answer), key="master", latency_ms=1.0, created=time.time())
+        records, _ = build_with_keys(capture, "s")
+        return sink.encode([redact(r, []) for r in records])
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("parse the chat request (orjson)", lambda: orjson.loads(raw_chat)),
+        ("llama2-chat render, built-in preset (trusted Jinja)", lambda: trusted.render(CHAT["messages"])),
+        ("llama2-chat render, the same file as a user template (sandboxed Jinja)", lambda: sandboxed.render(CHAT["messages"])),
+        ("tgi.chat_request mapper (render included)", lambda: request_mapper(dict(CHAT), ctx())),
+        ("encode the /generate body (orjson)", lambda: orjson.dumps(generate)),
+        ("parse the TGI answer (orjson)", lambda: orjson.loads(raw_tgi)),
+        ("tgi.chat_answer mapper", lambda: answer_mapper(orjson.loads(raw_tgi), mapped)),
+        ("encode the OpenAI answer (orjson)", lambda: orjson.dumps(OPENAI_ANSWER)),
+        ("MapContext for one exchange", ctx),
+        ("one record: parse both bodies, build, redact, encode", record),
+    ]
+    width = max(len(name) for name, _ in steps)
+    print(f"µs per call, best of {repeat} × {number}, one core")
+    for name, step in steps:
+        print(f"  {name:<{width}}  {per_call(step, number, repeat):7.1f}")
+
+
+if __name__ == "__main__":
+    main()
