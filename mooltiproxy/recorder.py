@@ -6,7 +6,7 @@ the event loop turns what has gathered into records — linked to the earlier ex
 redacted per ``dataset.redact``, encoded — a few at a time between requests, and hands the encoded
 batches to the writer thread, which only writes (and syncs), holding nothing the event loop needs.
 Building records on another thread instead made it and the event loop fight over the interpreter
-lock and cost a fifth of the proxy's throughput (bench/RESULTS.md).
+lock: recording then cost 21–31 % of the proxy's requests per second (bench/RESULTS.md, "History").
 
 A batch the sink cannot take (a full disk, a database that went away) is held and tried again, with a
 growing pause, in order; what is held is bounded by ``dataset.queue`` records. Beyond that, and at

@@ -51,8 +51,9 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
 def tune_runtime() -> None:
     """Garbage collection for a server: what exists after startup is frozen out of every collection, and the
     young generation is collected every 50 000 allocations instead of every 700. A request allocates a few
-    hundred short-lived objects; with the default, the collector ran several times per request's worth of
-    traffic, and the proxy answered 8 % fewer requests per second (bench/RESULTS.md)."""
+    hundred short-lived objects; with the default, the collector runs several times per request's worth of
+    traffic, and the proxy answers about a tenth fewer requests per second (bench/RESULTS.md, "Garbage
+    collection")."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
