@@ -14,9 +14,11 @@ from .records import CHAT, COMPLETION, MESSAGES, Capture
 
 RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
 _MAX_TAPED_BODY = 16 * 1024 * 1024  # a non-streamed answer kept for the record; beyond this it is not JSON we can use
-# A relayed stream's bytes are kept raw and parsed in one go: by the recorder's writer at the end, or here
-# whenever this much has gathered, so a long stream holds its text, not its bytes.
-_PARSE_AT = 64 * 1024
+# A relayed stream's bytes are kept raw and parsed a batch at a time: here whenever this much has gathered,
+# and the rest by the recorder at the end, so a stream holds its text, not its bytes. A dozen events per
+# batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
+# bytes, 6 KiB more per stream than now (bench/RESULTS.md, S4).
+_PARSE_AT = 2 * 1024
 
 
 class PendingStream:

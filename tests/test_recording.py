@@ -163,6 +163,31 @@ def test_reassembly_at_every_byte_boundary() -> None:
         assert r.answer() == expected and r.done, cut
 
 
+def test_a_long_relayed_stream_is_held_as_text_not_bytes() -> None:
+    """The tape parses a relayed stream a batch at a time: what it holds raw stays small, however long the
+    stream, and the batches' edges (mid-event, mid-character) lose nothing."""
+    from mooltiproxy import tape as tape_module
+    from mooltiproxy.records import CHAT
+    from mooltiproxy.tape import PendingStream, Tape
+
+    pieces = [f"Grüße {i} мир 🌍 " for i in range(2000)]
+    data = ("".join(
+        "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}) + "\n\n"
+        for p in pieces) + "data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        + "\n\ndata: [DONE]\n\n").encode()
+    tape, held, size = Tape(CHAT), 0, 997  # a prime, so chunk edges fall everywhere in the events
+    for at in range(0, len(data), size):
+        tape.relayed(data[at:at + size], True)
+        held = max(held, tape.relayed_size)
+    assert len(data) > 100 * tape_module._PARSE_AT and held < tape_module._PARSE_AT + size
+    capture = tape.capture(request_id="r", target="t", request={}, status=200, key=None, stream=True, prompt=None, started=0.0,
+                           tried=[])
+    assert isinstance(capture.answer, PendingStream)
+    answer, why_cut = capture.answer.resolve()
+    assert why_cut is None and answer["choices"][0]["message"]["content"] == "".join(pieces)
+
+
 def test_a_dropped_client_leaves_a_cut_short_record(proxy: str, tmp_path: Path) -> None:
     with http.stream("POST", proxy + "/v1/chat/completions", json={
             "model": "m", "messages": [{"role": "user", "content": "long"}], "stream": True,
