@@ -59,14 +59,13 @@ def during(procs: Procs, pid: int, out: Path, load: Callable[[], object], rate: 
     return result
 
 
+# Where a file lives says nothing about its cost: frames are named from the project's root, from
+# site-packages, or from the standard library's folder.
+_PREFIX = re.compile(r"\((?:.*/site-packages/|" + re.escape(str(Path(__file__).resolve().parent.parent)) + r"/|.*/lib/python3\.\d+/)")
+
+
 def _name(frame: str) -> str:
-    frame = _LINE.sub(")", frame)
-    for marker in ("site-packages/", "/work/", "/lib/python3"):
-        if marker in frame:
-            head, _, tail = frame.partition("(")
-            tail = tail.split(marker, 1)[-1]
-            frame = f"{head}({tail}"
-    return frame
+    return _PREFIX.sub("(", _LINE.sub(")", frame), count=1)
 
 
 # Frames every sample of the serving thread passes through: they say nothing about cost.

@@ -51,3 +51,18 @@ def test_micro_timings_run_every_step() -> None:
     lines = run.stdout.splitlines()
     assert lines[0].startswith("µs per call") and len(lines) == 11
     assert all(float(line.rsplit(maxsplit=1)[1]) > 0 for line in lines[1:])
+
+
+def test_profiles_fold_into_areas_named_from_the_project_root() -> None:
+    from bench.profiling import fold
+
+    root = str(ROOT)
+    raw = "\n".join([
+        f"run (/usr/lib/python3.11/asyncio/runners.py:118);_relay ({root}/mooltiproxy/pipeline.py:455) 3",
+        "run (/usr/lib/python3.11/asyncio/runners.py:118);send (/v/lib/python3.11/site-packages/uvicorn/protocols/http/h.py:9) 1",
+        f"run (/usr/lib/python3.11/asyncio/runners.py:118);send ({root}/mooltiproxy/h1.py:230) 1",
+    ])
+    result = fold(raw)
+    assert result["samples"] == 5
+    assert result["self"][0] == ("_relay (mooltiproxy/pipeline.py)", 0.6)
+    assert dict(result["areas"]) == {"pipeline, context, body, SSE": 0.6, "server (uvicorn)": 0.2, "upstream client": 0.2}
