@@ -4,9 +4,9 @@ client, the ban ledger, the recorder and the config watcher (a changed file or S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -114,16 +114,14 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         watcher = asyncio.ensure_future(live.watch())
         snapshots = asyncio.ensure_future(_every(1.0, metrics.write))
         logs = asyncio.ensure_future(_every(0.2, flush_logs))
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
-            loop.add_signal_handler(signal.SIGHUP, live.reload)
+        unwatch = _reload_on_sighup(loop, live.reload)
         try:
             yield
         finally:
             watcher.cancel()
             snapshots.cancel()
             logs.cancel()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGHUP)
+            unwatch()
             await services.client.aclose()
             services.client = None
             if recorder is not None:
@@ -195,6 +193,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                405: f"{request.url.path} answers {allow} only, not {request.method}."}.get(exc.status_code, str(exc.detail))
     _, _, body = render(ProxyError(message, status=exc.status_code, type="invalid_request_error"))
     return Response(body, status_code=exc.status_code, media_type="application/json", headers={"Allow": allow} if allow else None)
+
+
+def _reload_on_sighup(loop: asyncio.AbstractEventLoop, reload: Callable[[], object]) -> Callable[[], object]:
+    """SIGHUP reloads the config where a signal can be caught: on a platform that has SIGHUP, with the app
+    served from the main thread (as ``mooltiproxy serve`` does; an app embedded in another thread leaves
+    the process's signals to its host). Returns what undoes it."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop.add_signal_handler(sighup, reload)
+    return lambda: loop.remove_signal_handler(sighup)
 
 
 async def _every(seconds: float, job: Callable[[], None]) -> None:
