@@ -56,15 +56,14 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     params = _params(body, ctx)
-    n = oa.n_of(body)
-    bodies = []
-    for prompt in prompts:
-        for i in range(n):
-            p = {"prompt": prompt, **params}
-            if i and "sampler_seed" in p:
-                p["sampler_seed"] = (p["sampler_seed"] + i) % (SEED_MAX + 1)  # one seed n times: one answer n times
-            bodies.append(p)
-    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+    def call(prompt: str, i: int) -> dict[str, Any]:
+        p = {"prompt": prompt, **params}
+        if i and "sampler_seed" in p:
+            p["sampler_seed"] = oa.seed_for_choice(p["sampler_seed"], i, SEED_MAX)
+        return p
+
+    return oa.per_choice(prompts, oa.n_of(body), call)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

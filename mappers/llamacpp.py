@@ -21,9 +21,11 @@ from .prompted import chat_prompt, completion_prompts
 
 FINISH = {"eos": "stop", "word": "stop", "limit": "length"}
 SEED_MAX = 2**32 - 1  # llama.cpp's seed is a uint32; -1 (its default) means a random one
-# Sampling fields a client may send (e.g. with extra_body): (llama.cpp name, low, high).
-EXTRA_NUMBERS = {"min_p": ("min_p", 0, 1), "typical_p": ("typical_p", 0, 1), "repetition_penalty": ("repeat_penalty", 0, 10),
-                 "repeat_penalty": ("repeat_penalty", 0, 10)}
+# Sampling fields: OpenAI's, then those a client may send (e.g. with extra_body), as client name →
+# (llama.cpp name, low, high). Ollama runs llama.cpp and takes the same names in its options.
+SAMPLING = {"temperature": ("temperature", 0, 2), "top_p": ("top_p", 0, 1), "frequency_penalty": ("frequency_penalty", -2, 2),
+            "presence_penalty": ("presence_penalty", -2, 2), "min_p": ("min_p", 0, 1), "typical_p": ("typical_p", 0, 1),
+            "repetition_penalty": ("repeat_penalty", 0, 10), "repeat_penalty": ("repeat_penalty", 0, 10)}
 EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
 
 
@@ -48,15 +50,14 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     params = _params(body, ctx)
-    n = oa.n_of(body)
-    bodies = []
-    for prompt in prompts:
-        for i in range(n):
-            p = {"prompt": prompt, **params}
-            if i and "seed" in p:
-                p["seed"] = (p["seed"] + i) % (SEED_MAX + 1)  # the same seed n times would give the same answer n times
-            bodies.append(p)
-    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+    def call(prompt: str, i: int) -> dict[str, Any]:
+        p = {"prompt": prompt, **params}
+        if i and "seed" in p:
+            p["seed"] = oa.seed_for_choice(p["seed"], i, SEED_MAX)
+        return p
+
+    return oa.per_choice(prompts, oa.n_of(body), call)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
@@ -67,18 +68,8 @@ def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     if max_tokens is not None:
         params["n_predict"] = max_tokens
     # temperature 0 is greedy in llama.cpp as in OpenAI, so every value passes as it is.
-    for key, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("frequency_penalty", -2, 2), ("presence_penalty", -2, 2)):
-        value = oa.number(body, key, low, high)
-        if value is not None:
-            params[key] = value
-    for key, (name, low, high) in EXTRA_NUMBERS.items():
-        value = oa.number(body, key, low, high)
-        if value is not None:
-            params[name] = value
-    for key, name in EXTRA_INTEGERS.items():
-        whole = oa.integer(body, key, 0)
-        if whole is not None:
-            params[name] = whole
+    params.update(oa.numbers(body, SAMPLING))
+    params.update(oa.integers(body, EXTRA_INTEGERS))
     seed = oa.integer(body, "seed")
     if seed is not None:
         if not 0 <= seed <= SEED_MAX:

@@ -23,6 +23,7 @@ from typing import Any
 from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy.mapping import Fanout, MapContext
 
+from . import llamacpp
 from . import openai as oa
 from .prompted import chat_prompt, completion_prompts
 
@@ -32,9 +33,8 @@ THINK_LEVELS = ("low", "medium", "high")
 REASONING_EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
                                            "xhigh": "high"}
 # Sampling fields a client may send (e.g. with extra_body) that Ollama has as options: (option, low, high).
-EXTRA_NUMBERS = {"min_p": ("min_p", 0, 1), "typical_p": ("typical_p", 0, 1), "repetition_penalty": ("repeat_penalty", 0, 10),
-                 "repeat_penalty": ("repeat_penalty", 0, 10)}
-EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n", "num_ctx": "num_ctx"}
+EXTRA_INTEGERS = {**llamacpp.EXTRA_INTEGERS, "num_ctx": "num_ctx"}
+SAMPLING = llamacpp.SAMPLING  # Ollama runs llama.cpp: the same sampler names in its options
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
@@ -100,15 +100,14 @@ def _with_options(bodies: list[dict[str, Any]], body: dict[str, Any], ctx: MapCo
     """Each body with its ``options``, ``n`` times over: Ollama has no ``n``, so ``n`` answers take ``n``
     calls, and a given seed counts up, or every call would give the same answer."""
     options = _options(body, ctx)
-    n = oa.n_of(body)
-    out = []
-    for b in bodies:
-        for i in range(n):
-            opts = dict(options)
-            if i and isinstance(opts.get("seed"), int):
-                opts["seed"] += i
-            out.append({**b, "options": opts})
-    return out[0] if len(out) == 1 else Fanout(out, prompts=len(bodies))
+
+    def call(base: dict[str, Any], i: int) -> dict[str, Any]:
+        opts = dict(options)
+        if i and isinstance(opts.get("seed"), int):
+            opts["seed"] += i
+        return {**base, "options": opts}
+
+    return oa.per_choice(bodies, oa.n_of(body), call)
 
 
 def _options(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
@@ -124,18 +123,8 @@ def _options(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     max_tokens = oa.max_tokens_of(body)
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
-    for key, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("frequency_penalty", -2, 2), ("presence_penalty", -2, 2)):
-        value = oa.number(body, key, low, high)
-        if value is not None:
-            opts[key] = value
-    for key, (name, low, high) in EXTRA_NUMBERS.items():
-        value = oa.number(body, key, low, high)
-        if value is not None:
-            opts[name] = value
-    for key, name in EXTRA_INTEGERS.items():
-        whole = oa.integer(body, key, 0)
-        if whole is not None:
-            opts[name] = whole
+    opts.update(oa.numbers(body, SAMPLING))
+    opts.update(oa.integers(body, EXTRA_INTEGERS))
     seed = oa.integer(body, "seed")
     if seed is not None:
         opts["seed"] = seed

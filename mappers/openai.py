@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mooltiproxy.errors import MappingError
-from mooltiproxy.mapping import MapContext
+from mooltiproxy.mapping import Fanout, MapContext
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -87,6 +87,26 @@ def integer(body: dict[str, Any], key: str, low: int | None = None) -> int | Non
     return value
 
 
+def numbers(body: dict[str, Any], fields: Mapping[str, tuple[str, float, float]]) -> dict[str, float]:
+    """The fields of ``fields`` (client name → backend name, low, high) the client sent, checked and renamed."""
+    out: dict[str, float] = {}
+    for key, (name, low, high) in fields.items():
+        value = number(body, key, low, high)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def integers(body: dict[str, Any], fields: Mapping[str, str], low: int = 0) -> dict[str, int]:
+    """The whole-number fields of ``fields`` (client name → backend name) the client sent, checked and renamed."""
+    out: dict[str, int] = {}
+    for key, name in fields.items():
+        value = integer(body, key, low)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def max_tokens_of(body: dict[str, Any]) -> int | None:
     """``max_completion_tokens`` if given, else the older ``max_tokens`` (what most clients send)."""
     for key in ("max_completion_tokens", "max_tokens"):
@@ -101,6 +121,18 @@ def n_of(body: dict[str, Any]) -> int:
     if n is not None and n > 128:
         raise MappingError(f"'n' must be at most 128, not {n}.", param="n")
     return n or 1
+
+
+def per_choice(bases: Sequence[Any], n: int, call: Callable[[Any, int], dict[str, Any]]) -> dict[str, Any] | Fanout:
+    """For a backend without ``n``: ``call(base, i)`` is the body of choice ``i`` for each base (a prompt,
+    or a body), each its own upstream call; a single call needs no fan-out."""
+    bodies = [call(base, i) for base in bases for i in range(n)]
+    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(bases))
+
+
+def seed_for_choice(seed: int, i: int, most: int) -> int:
+    """Choice ``i``'s seed: the same seed for every choice would give the same answer ``n`` times."""
+    return (seed + i) % (most + 1)
 
 
 def include_usage(body: Any) -> bool:

@@ -100,14 +100,14 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict
             and n <= int(ctx.target.options.get("max_best_of", 2)):
         params["best_of"] = n
         return {"inputs": prompts[0], "parameters": params}
-    bodies = []
-    for prompt in prompts:
-        for i in range(n):
-            p = dict(params)
-            if seed is not None and n > 1:
-                p["seed"] = seed + i  # the same seed n times would give the same answer n times
-            bodies.append({"inputs": prompt, "parameters": p})
-    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(prompts))
+
+    def call(prompt: str, i: int) -> dict[str, Any]:
+        p = dict(params)
+        if i and seed is not None:
+            p["seed"] = seed + i  # the same seed n times would give the same answer n times
+        return {"inputs": prompt, "parameters": p}
+
+    return oa.per_choice(prompts, n, call)
 
 
 def _grammar(fmt: Any) -> dict[str, Any] | None:
