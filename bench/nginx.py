@@ -46,7 +46,9 @@ def _literal(doc: object) -> str:
     return text
 
 
-def config(prefix: Path, port: int) -> str:
+def _head(prefix: Path) -> str:
+    """What both configs share: one worker in the foreground, no access log, connections kept alive for a whole run,
+    files under ``prefix``; the ``http`` block is left open for the rest."""
     return f"""daemon off;
 master_process off;
 worker_processes 1;
@@ -59,7 +61,11 @@ http {{
   proxy_temp_path {prefix}/proxy;
   keepalive_requests 10000000;
   keepalive_timeout 300s;
-  client_body_buffer_size 64k;
+"""
+
+
+def config(prefix: Path, port: int) -> str:
+    return _head(prefix) + f"""  client_body_buffer_size 64k;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     default_type application/json;
@@ -72,19 +78,7 @@ http {{
 
 def relay_config(prefix: Path, port: int, upstream: str) -> str:
     """nginx as a keep-alive reverse proxy: the floor any proxy on this layout pays for the extra hop."""
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  upstream up {{ server {upstream.removeprefix("http://")}; keepalive 256; keepalive_requests 10000000; }}
+    return _head(prefix) + f"""  upstream up {{ server {upstream.removeprefix("http://")}; keepalive 256; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }}

@@ -8,11 +8,28 @@ reached a ``finish_reason`` (or ``[DONE]`` on a relayed stream) was cut short.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from .sse import SSEParser
+
+_DONE: dict[str, Any] = {}  # OpenAI's closing ``data: [DONE]``, told apart by identity
+
+
+def _json_events(parser: SSEParser, data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON objects the bytes complete, and ``_DONE`` for ``[DONE]``; what is not a JSON object is skipped."""
+    for _, payload in parser.feed(data):
+        if payload == b"[DONE]":
+            yield _DONE
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            yield event
 
 
 def _append(pieces: list[str], piece: str) -> None:
@@ -52,15 +69,10 @@ class Reassembler:
         """Raw SSE bytes as they were relayed: events split across reads or several in one read."""
         if self._parser is None:
             self._parser = SSEParser()
-        for _, payload in self._parser.feed(data):
-            if payload == b"[DONE]":
+        for event in _json_events(self._parser, data):
+            if event is _DONE:
                 self.done = True
-                continue
-            try:
-                event = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
+            else:
                 self.add(event)
 
     def add(self, chunk: dict[str, Any]) -> None:
@@ -153,12 +165,8 @@ class MessagesReassembler:
         return self.done
 
     def feed(self, data: bytes) -> None:
-        for _, payload in self._parser.feed(data):
-            try:
-                event = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
+        for event in _json_events(self._parser, data):
+            if event is not _DONE:
                 self.add(event)
 
     def add(self, event: dict[str, Any]) -> None:
