@@ -28,6 +28,7 @@ from .validators import (
     section,
     size,
     text,
+    under,
     url,
 )
 
@@ -112,13 +113,8 @@ def _targets(value: Any) -> dict[str, Any]:
             continue
         try:
             out[str(name)] = TARGET(spec)
-        except vol.MultipleInvalid as exc:
-            for err in exc.errors:
-                err.prepend([name])
-            errors.extend(exc.errors)
         except vol.Invalid as exc:
-            exc.prepend([name])
-            errors.append(exc)
+            errors.extend(under(name, exc))
     if errors:
         raise vol.MultipleInvalid(errors)
     return out

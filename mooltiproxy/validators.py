@@ -69,6 +69,14 @@ def section(fields: Mapping[Any, Any], *, what: str = "section") -> Validator:
     return validate
 
 
+def under(key: Any, exc: vol.Invalid) -> list[vol.Invalid]:
+    """The problems ``exc`` holds (one, or each of several), placed under ``key`` of the value checked."""
+    found = list(exc.errors) if isinstance(exc, vol.MultipleInvalid) else [exc]
+    for err in found:
+        err.prepend([key])
+    return found
+
+
 def mapping_of(key: Validator, value: Validator) -> Validator:
     """A mapping whose keys and values are each validated; every bad entry is reported."""
 
@@ -87,13 +95,8 @@ def mapping_of(key: Validator, value: Validator) -> Validator:
                 continue
             try:
                 out[k2] = value(v)
-            except vol.MultipleInvalid as exc:
-                for err in exc.errors:
-                    err.prepend([k])
-                errors.extend(exc.errors)
             except vol.Invalid as exc:
-                exc.prepend([k])
-                errors.append(exc)
+                errors.extend(under(k, exc))
         if errors:
             raise vol.MultipleInvalid(errors)
         return out
@@ -115,8 +118,7 @@ def list_of(item: Validator) -> Validator:
             try:
                 out.append(item(v))
             except vol.Invalid as exc:
-                exc.prepend([i])
-                errors.append(exc)
+                errors.extend(under(i, exc))
         if errors:
             raise vol.MultipleInvalid(errors)
         return out
