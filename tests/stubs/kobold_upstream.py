@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import first_chars
+
 # KoboldAI United's GenerationInputSchema: field → (kind, low, high, low is exclusive).
 SCHEMA: dict[str, tuple[str, float | None, float | None, bool]] = {
     "rep_pen": ("number", 1, None, False), "rep_pen_range": ("integer", 0, None, False), "rep_pen_slope": ("number", 0, None, False),
@@ -135,7 +137,7 @@ class KoboldStub:
             if hits:
                 # A stop sequence ends the generation: the legacy API keeps it (and the rest of its token),
                 # KoboldCpp trims it and calls the stop "length", as it does for everything but an EOS token.
-                return (_first_chars(out, min(hits)) if self.flavor == "koboldcpp" else out), "length"
+                return (first_chars(out, min(hits)) if self.flavor == "koboldcpp" else out), "length"
         return out, "stop"
 
     async def _events(self, pieces: list[str], reason: str) -> AsyncIterator[bytes]:
@@ -160,16 +162,6 @@ def _check(value: Any, kind: str, low: float | None, high: float | None, exclusi
             return f"Must be greater than or equal to {low:g}."
         return f"Must be greater than or equal to {low:g} and less than or equal to {high:g}."
     return None
-
-
-def _first_chars(pieces: list[str], n: int) -> list[str]:
-    out = []
-    for piece in pieces:
-        if n <= 0:
-            break
-        out.append(piece[:n])
-        n -= len(piece)
-    return [p for p in out if p]
 
 
 def _event(data: dict[str, Any]) -> bytes:

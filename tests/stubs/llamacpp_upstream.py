@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import first_chars
+
 NUMBERS = {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "mirostat_tau",
            "mirostat_eta", "dynatemp_range", "dynatemp_exponent", "dry_multiplier", "dry_base", "xtc_probability", "xtc_threshold"}
 INTEGERS = {"n_predict", "top_k", "repeat_last_n", "seed", "n_keep", "n_probs", "min_keep", "mirostat", "id_slot", "n_cmpl",
@@ -137,18 +139,8 @@ def _generate(reply: list[str], limit: int, stops: list[str]) -> tuple[list[str]
         text = "".join(out)
         hits = sorted((text.find(s), s) for s in stops if s in text)
         if hits:
-            return _first_chars(out, hits[0][0]), "word", hits[0][1]
+            return first_chars(out, hits[0][0]), "word", hits[0][1]
     return out, "eos", ""
-
-
-def _first_chars(pieces: list[str], n: int) -> list[str]:
-    out = []
-    for piece in pieces:
-        if n <= 0:
-            break
-        out.append(piece[:n])
-        n -= len(piece)
-    return [p for p in out if p]
 
 
 def _error(status: int, kind: str, message: str, **extra: Any) -> Response:

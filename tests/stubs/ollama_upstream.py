@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import first_chars
+
 CHAT_FIELDS = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think"}
 GENERATE_FIELDS = {"model", "prompt", "suffix", "images", "format", "options", "system", "template", "context", "stream", "raw",
                    "keep_alive", "think"}
@@ -178,18 +180,8 @@ def _generate(reply: list[str], limit: int, stops: list[str]) -> tuple[list[str]
         text = "".join(out)
         hits = [i for i in (text.find(s) for s in stops) if i != -1]
         if hits:
-            return _first_chars(out, min(hits)), "stop"
+            return first_chars(out, min(hits)), "stop"
     return out, "stop"
-
-
-def _first_chars(pieces: list[str], n: int) -> list[str]:
-    out = []
-    for piece in pieces:
-        if n <= 0:
-            break
-        out.append(piece[:n])
-        n -= len(piece)
-    return [p for p in out if p]
 
 
 def _whole(lines: list[dict[str, Any]], chat: bool) -> dict[str, Any]:
