@@ -110,6 +110,14 @@ def test_a_failing_target_cools_down(openai_stub: Stub, openai_stub2: Stub, star
 # ---------------------------------------------------------------------------------------- reload
 
 
+def _answered_by(url: str, stub: str, within: float = 5.0) -> None:
+    """Wait until chats through the proxy are answered by the stub whose replies start with ``stub``."""
+    deadline = time.monotonic() + within
+    while not http.post(url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"].startswith(stub):
+        assert time.monotonic() < deadline, f"the changed config was not picked up: no answer from {stub} within {within:g} s"
+        time.sleep(0.1)
+
+
 def test_reload_on_file_change_keeps_streams_in_flight_and_refuses_a_broken_config(
         openai_stub: Stub, openai_stub2: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}}).url
@@ -125,10 +133,7 @@ def test_reload_on_file_change_keeps_streams_in_flight_and_refuses_a_broken_conf
     time.sleep(0.3)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"targets": {"default": "b", "b": {"url": openai_stub2[1]}}}))
-    deadline = time.monotonic() + 5
-    while http.post(url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"].startswith("alpha"):
-        assert time.monotonic() < deadline, "the changed config was not picked up"
-        time.sleep(0.1)
+    _answered_by(url, "beta")
     t.join()
     assert lines[-1] == "data: [DONE]" and len(lines) == 14  # the stream begun on the old config ran to its end on it
     with caplog.at_level("ERROR", logger="mooltiproxy"):
@@ -146,10 +151,7 @@ def test_sighup_reloads(openai_stub: Stub, openai_stub2: Stub, tmp_path: Path) -
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({"targets": {"default": "a", "a": {"url": openai_stub2[1]}}}))
         os.utime(tmp_path / "config.yaml", (1, 1))  # the file watcher would need a new time; this is the signal's job
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while not http.post(url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"].startswith("beta"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _answered_by(url, "beta")
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
