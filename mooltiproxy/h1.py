@@ -32,6 +32,10 @@ class _Gone(Exception):
     """The connection closed before the answer was complete."""
 
 
+class _Unsupported(Exception):
+    """An answer this client cannot relay; the message says why."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the answer being read on it."""
 
@@ -72,7 +76,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass
+            # The proxy never asks for an upgrade (hop-by-hop headers are not forwarded), so a 101 is an
+            # upstream the proxy cannot speak to; without this the request would wait for its timeout.
+            self.error = _Unsupported("it switched to another protocol (HTTP 101), which the proxy does not relay")
+            self._wake()
+            self._close()
         except httptools.HttpParserError as exc:
             self.error = exc
             self._wake()
@@ -84,7 +92,7 @@ class _Connection(asyncio.Protocol):
             if self.headers_done and not self.delimited:
                 self.complete = True  # an answer without a length ends where the connection does
             else:
-                self.error = exc or _Gone()
+                self.error = self.error or exc or _Gone()  # what was found first says most
         self._wake()
 
     def pause_writing(self) -> None:  # requests are written whole; nothing to hold back

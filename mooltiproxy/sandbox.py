@@ -82,6 +82,16 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# The dialect chat templates are written in (transformers' environment), trusted or sandboxed alike.
+_DIALECT: dict[str, Any] = {"trim_blocks": True, "lstrip_blocks": True, "extensions": [_Generation, jinja2.ext.loopcontrols]}
+
+
+def _add_helpers(env: jinja2.Environment) -> None:
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+
+
 _PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _WIDTH = re.compile(r"\d+")
 
@@ -91,11 +101,9 @@ class Trusted(jinja2.Environment):
     this project and reviewed like its code, and the sandbox's checks doubled their render time."""
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
+        super().__init__(**_DIALECT)
         self.limits = limits
-        self.filters["tojson"] = _tojson
-        self.globals["raise_exception"] = _raise_exception
-        self.globals["strftime_now"] = _strftime_now
+        _add_helpers(self)
 
     def start(self) -> None:
         pass
@@ -113,15 +121,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
+        super().__init__(**_DIALECT)
         self.limits = limits
         # Per thread: one prompter may render in several threads at once.
         self._renders = threading.local()
-        self.filters["tojson"] = _tojson
+        _add_helpers(self)
         for name in ("center", "indent", "join", "replace", "format", "wordwrap"):
             self.filters[name] = self._checked_filter(self.filters[name])
-        self.globals["raise_exception"] = _raise_exception
-        self.globals["strftime_now"] = _strftime_now
         self.globals["dict"] = _Dict()
         self.globals["namespace"] = self._namespace_class()
 

@@ -158,6 +158,9 @@ def test_errors_name_what_happened() -> None:
     def cut(request: bytes) -> list[bytes]:
         return [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part"]
 
+    def switches(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"]
+
     async def go() -> None:
         client = H1Client()
         with socket.socket() as s:
@@ -171,6 +174,10 @@ def test_errors_name_what_happened() -> None:
             await fetch(client, f"http://127.0.0.1:{port}/", timeout=0.3)
         with raw_server(cut, keep_open=False) as (port, _), pytest.raises(UpstreamError, match="broke off its answer"):
             await fetch(client, f"http://127.0.0.1:{port}/")
+        started = time.monotonic()
+        with raw_server(switches) as (port, _), pytest.raises(UpstreamError, match="switched to another protocol"):
+            await fetch(client, f"http://127.0.0.1:{port}/", timeout=5)
+        assert time.monotonic() - started < 2  # said at once, not after the timeout
         await client.aclose()
 
     run(go())
