@@ -75,10 +75,6 @@ class Report:
             out.append(f"In {n} {unit}{'' if n == 1 else 's'}: {note}.")
         return out
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "written": self.written, "left_out": [{"id": i, "reason": r} for i, r in self.left_out],
-                "skipped": dict(self.skipped), "notes": dict(self.notes)}
-
 
 # ------------------------------------------------------------------------------------- threads
 

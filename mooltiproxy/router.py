@@ -16,10 +16,6 @@ class Router:
         self.default = default
         self.models = models
 
-    @property
-    def uses_model_aliases(self) -> bool:
-        return bool(self.models)
-
     def pick(self, header: str | None, model: str | None) -> tuple[Target, ModelAlias | None]:
         """The target for a request with this ``target`` header and this ``model`` field."""
         if header:
