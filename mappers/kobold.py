@@ -26,7 +26,7 @@ from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy.mapping import Fanout, MapContext
 
 from . import openai as oa
-from .prompted import chat_prompt, completion_prompts
+from .prompted import chat_prompt, completion_prompts, prompt_calls
 
 MAX_STOPS = 10
 SEED_MAX = 2**64 - 1
@@ -55,15 +55,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    params = _params(body, ctx)
-
-    def call(prompt: str, i: int) -> dict[str, Any]:
-        p = {"prompt": prompt, **params}
-        if i and "sampler_seed" in p:
-            p["sampler_seed"] = oa.seed_for_choice(p["sampler_seed"], i, SEED_MAX)
-        return p
-
-    return oa.per_choice(prompts, oa.n_of(body), call)
+    return prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="sampler_seed", seed_max=SEED_MAX)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy.mapping import Fanout, MapContext
 
 from . import openai as oa
-from .prompted import chat_prompt, completion_prompts
+from .prompted import chat_prompt, completion_prompts, prompt_calls
 
 FINISH = {"eos": "stop", "word": "stop", "limit": "length"}
 SEED_MAX = 2**32 - 1  # llama.cpp's seed is a uint32; -1 (its default) means a random one
@@ -49,15 +49,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 
 def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    params = _params(body, ctx)
-
-    def call(prompt: str, i: int) -> dict[str, Any]:
-        p = {"prompt": prompt, **params}
-        if i and "seed" in p:
-            p["seed"] = oa.seed_for_choice(p["seed"], i, SEED_MAX)
-        return p
-
-    return oa.per_choice(prompts, oa.n_of(body), call)
+    return prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="seed", seed_max=SEED_MAX)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mooltiproxy.errors import MappingError
-from mooltiproxy.mapping import MapContext
+from mooltiproxy.mapping import Fanout, MapContext
 from mooltiproxy.prompting import render_chat
 
 from . import openai as oa
@@ -42,3 +42,16 @@ def completion_prompts(body: dict[str, Any], ctx: MapContext) -> tuple[list[str]
 
 def merged_stops(body: dict[str, Any], extra: Any) -> list[str]:
     return list(dict.fromkeys([*oa.stops_of(body), *extra]))
+
+
+def prompt_calls(prompts: list[str], n: int, params: dict[str, Any], *, seed_key: str, seed_max: int) -> dict[str, Any] | Fanout:
+    """``{"prompt": …, **params}`` for each prompt and each of ``n`` choices, for a server whose request is
+    the prompt beside its parameters and that has no ``n`` (llama.cpp, KoboldCpp); a seed steps per choice."""
+
+    def call(prompt: str, i: int) -> dict[str, Any]:
+        p = {"prompt": prompt, **params}
+        if i and seed_key in p:
+            p[seed_key] = oa.seed_for_choice(p[seed_key], i, seed_max)
+        return p
+
+    return oa.per_choice(prompts, n, call)

@@ -96,3 +96,14 @@ def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict
         except httpx.TransportError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
+
+
+def write_certificates(folder: Path) -> None:
+    """A test CA (``ca.pem``) and a certificate it signed for 127.0.0.1 and localhost (``cert.pem``, ``key.pem``)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))

@@ -19,7 +19,7 @@ from mooltiproxy import create_app
 from mooltiproxy.config import parse
 from mooltiproxy.errors import ConfigError
 
-from .conftest import AUTH, KEY, ProxyFactory, http
+from .conftest import AUTH, KEY, ProxyFactory, http, write_certificates
 from .stubs.openai_upstream import OpenAIStub
 
 Stub = tuple[OpenAIStub, str]
@@ -289,12 +289,7 @@ def test_oversized_body_sent_in_chunks_is_refused_before_it_is_all_sent(openai_s
 
 
 def test_https_with_a_certificate_made_at_test_time(openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    write_certificates(tmp_path)
     proxy = start_proxy(config(openai_stub[1], server={"tls": {"certfile": "cert.pem", "keyfile": "key.pem"}}))
     assert proxy.url.startswith("https://")
     with httpx.Client(verify=str(tmp_path / "ca.pem"), headers=AUTH) as client:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from mooltiproxy.errors import UpstreamError, UpstreamTimeout
 from mooltiproxy.h1 import H1Client
 
+from .conftest import write_certificates
 from .servers import serve
 
 Handler = Callable[[bytes], list[bytes]]
@@ -184,12 +186,7 @@ def test_errors_name_what_happened() -> None:
 
 
 def test_tls_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    write_certificates(tmp_path)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
