@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,9 +58,10 @@ class Services:
 
 
 def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = None,
-               upstream: Callable[[], UpstreamClient] | None = None) -> Starlette:
+               upstream: Callable[[], UpstreamClient] | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """The proxy as an ASGI app. ``transport`` replaces the network under the upstream client (tests);
-    ``upstream`` makes another client altogether (the benchmark compares them)."""
+    ``upstream`` makes another client altogether (the benchmark compares them); ``clock`` is the wall clock
+    that bans, rate limits and review-page sessions run on (tests move it forward instead of waiting)."""
     settings = build_settings(config)
     auth = config.auth
     if auth.master_key is not None and len(auth.master_key) < 16:
@@ -72,8 +74,9 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         state = RedisState(config.state, required=config.state_required)
     # With a shared state, Redis holds bans and counts; without, SQLite beside the dataset (shared by workers).
     local = None if state is not None else config.dataset.dir / "state.db"
-    ledger = BanLedger(local, max_failures=auth.max_failures, window=auth.window, ban=auth.ban, whitelist=auth.whitelist)
-    limits = RateLimits(local)
+    ledger = BanLedger(local, max_failures=auth.max_failures, window=auth.window, ban=auth.ban, whitelist=auth.whitelist,
+                       clock=clock)
+    limits = RateLimits(local, clock=clock)
     health = Health()
     ledger.shared = limits.shared = state
     health.shared = state
@@ -147,8 +150,8 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     dsn = dataset.dsn if dataset.sink == "postgres" else None
-    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir, dsn=dsn), open_reviews(dataset.dir, dsn), ledger)
-    cookie_auth = ui.cookie_auth(lambda: live.settings.config.auth.master_key)
+    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir, dsn=dsn), open_reviews(dataset.dir, dsn), ledger, clock=clock)
+    cookie_auth = ui.cookie_auth(lambda: live.settings.config.auth.master_key, clock=clock)
     app = ProxyApp(
         proxied=RequestContext(CORS(Guard(pipeline, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth), live=live),
                                metrics=metrics),

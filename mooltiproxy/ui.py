@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -58,11 +59,12 @@ _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_cal
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(config: Config | Callable[[], Config], store: Store, reviews: Reviews, ledger: BanLedger) -> list[BaseRoute]:
+def routes(config: Config | Callable[[], Config], store: Store, reviews: Reviews, ledger: BanLedger, *,
+           clock: Callable[[], float] = time.time) -> list[BaseRoute]:
     """The review page's routes. ``config`` is the config, or where to read the current one: a reloaded config
     with another master key then ends the sessions signed with the old one at once."""
     current = config if callable(config) else (lambda: config)
-    site = ReviewSite(Sessions(lambda: current().auth.master_key), threadview.Catalog(store), reviews, ledger)
+    site = ReviewSite(Sessions(lambda: current().auth.master_key, clock=clock), threadview.Catalog(store), reviews, ledger)
     return [
         Route("/ui", site.page(site.index), methods=["GET"]),
         Route("/ui/", site.page(site.index), methods=["GET"]),

@@ -101,9 +101,9 @@ def set_cookie(name: str, value: str, *, max_age: int, secure: bool, path: str =
     return "set-cookie", "; ".join(attributes)
 
 
-def cookie_auth(master_key: MasterKey) -> Callable[[Scope], str | None]:
+def cookie_auth(master_key: MasterKey, *, clock: Callable[[], float] = time.time) -> Callable[[Scope], str | None]:
     """For the guard: the key name ("master") a request's valid session cookie stands for, else None."""
-    sessions = Sessions(master_key)
+    sessions = Sessions(master_key, clock=clock)
 
     def check(scope: Scope) -> str | None:
         return MASTER if sessions.valid(cookie(scope, COOKIE)) else None

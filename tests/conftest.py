@@ -19,7 +19,7 @@ from mooltiproxy import create_app
 from mooltiproxy.config import load
 from mooltiproxy.server import uvicorn_config
 
-from .servers import ServerThread, free_port, serve
+from .servers import ServerStack, ServerThread, free_port, serve
 from .stubs.openai_upstream import OpenAIStub
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +29,27 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 http = httpx.Client(headers=AUTH, timeout=30)
 
 
+class Clock:
+    """A wall clock a test moves forward (``advance``) instead of sleeping; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture
 def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
+    with ServerStack() as s:
         yield s
 
 
@@ -58,13 +76,13 @@ def proxy_factory(stack: ExitStack, directory: Path, monkeypatch: pytest.MonkeyP
     Plain so that module-scoped fixtures can share one proxy; ``start_proxy`` is the per-test form."""
 
     def start(config: dict[str, Any], *, env: dict[str, str] | None = None, transport: Any = None, host: str = "127.0.0.1",
-              **options: Any) -> ServerThread:
+              clock: Callable[[], float] = time.time, **options: Any) -> ServerThread:
         for k, v in {"MOOLTIPROXY_KEY": KEY, **(env or {})}.items():
             monkeypatch.setenv(k, v)
         path = directory / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         loaded = load(path)
-        app = create_app(loaded, transport=transport)
+        app = create_app(loaded, transport=transport, clock=clock)
         # The proxy's own server settings (header deadline, connection cap, trusted proxies, TLS), as `serve` runs it.
         return stack.enter_context(serve(app, host, config=uvicorn_config(app, loaded.server, host=host, log_level="warning",
                                                                             **options)))

@@ -6,7 +6,6 @@ translated upstream answers do); none may appear, and no mapper may fail (``mapp
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import AUTH, proxy_factory
-from .servers import serve
+from .servers import ServerStack, serve
 from .stubs.anthropic_upstream import AnthropicStub
 from .stubs.openai_upstream import OpenAIStub
 from .stubs.tgi_upstream import TGIStub
@@ -45,7 +44,7 @@ raw = st.binary(max_size=200) | st.sampled_from([b"{", b'{"a": "\xff\xfe"}', b"[
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     mp = pytest.MonkeyPatch()
-    stack = ExitStack()
+    stack = ServerStack()
     try:
         openai_url = stack.enter_context(serve(OpenAIStub().app())).url
         tgi_url = stack.enter_context(serve(TGIStub().app())).url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from mooltiproxy import create_app
 from mooltiproxy.config import parse
 from mooltiproxy.errors import ConfigError
 
-from .conftest import AUTH, KEY, ProxyFactory, http, write_certificates
+from .conftest import AUTH, KEY, Clock, ProxyFactory, http, write_certificates
 from .stubs.openai_upstream import OpenAIStub
 
 Stub = tuple[OpenAIStub, str]
@@ -114,9 +115,9 @@ def test_keys_are_compared_in_constant_time(openai_stub: Stub, start_proxy: Prox
 # ------------------------------------------------------------------------------------------ bans
 
 
-def test_ban_after_failures_then_expiry(openai_stub: Stub, start_proxy: ProxyFactory) -> None:
+def test_ban_after_failures_then_expiry(openai_stub: Stub, start_proxy: ProxyFactory, clock: Clock) -> None:
     stub = openai_stub[0]
-    url = start_proxy(config(openai_stub[1], auth={"max_failures": 3, "window": 60, "ban": 2})).url
+    url = start_proxy(config(openai_stub[1], auth={"max_failures": 3, "window": 60, "ban": 2}), clock=clock).url
     assert [post(url, WRONG).status_code for _ in range(3)] == [401, 401, 401]
     before = len(stub.seen)
     banned = post(url, KEY)
@@ -125,15 +126,17 @@ def test_ban_after_failures_then_expiry(openai_stub: Stub, start_proxy: ProxyFac
     assert error["code"] == "address_banned" and "banned for another 2 s" in error["message"]
     assert banned.headers["retry-after"] == "2"
     assert len(stub.seen) == before  # nothing went upstream
-    time.sleep(2.1)
+    clock.advance(1.5)
+    assert post(url, KEY).status_code == 403
+    clock.advance(0.6)
     assert post(url, KEY).status_code == 200
 
 
-def test_failures_decay_and_success_does_not_erase_them(openai_stub: Stub, start_proxy: ProxyFactory) -> None:
-    url = start_proxy(config(openai_stub[1], auth={"max_failures": 3, "window": 1, "ban": 30})).url
+def test_failures_decay_and_success_does_not_erase_them(openai_stub: Stub, start_proxy: ProxyFactory, clock: Clock) -> None:
+    url = start_proxy(config(openai_stub[1], auth={"max_failures": 3, "window": 1, "ban": 30}), clock=clock).url
     post(url, WRONG)
     post(url, WRONG)
-    time.sleep(1.1)  # both have aged out of the window
+    clock.advance(1.1)  # both have aged out of the window
     post(url, WRONG)
     assert post(url, KEY).status_code == 200
     post(url, WRONG)
@@ -292,10 +295,12 @@ def test_https_with_a_certificate_made_at_test_time(openai_stub: Stub, start_pro
     write_certificates(tmp_path)
     proxy = start_proxy(config(openai_stub[1], server={"tls": {"certfile": "cert.pem", "keyfile": "key.pem"}}))
     assert proxy.url.startswith("https://")
-    with httpx.Client(verify=str(tmp_path / "ca.pem"), headers=AUTH) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(tmp_path / "ca.pem")), headers=AUTH) as client:
         assert client.post(proxy.url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"] == "alpha says: hi"
-    sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, http_client=httpx.Client(verify=str(tmp_path / "ca.pem")))
-    assert sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "tls"}]).choices[0].message.content
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with httpx.Client(verify=trusted) as tls_client:
+        sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, http_client=tls_client)
+        assert sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "tls"}]).choices[0].message.content
     with pytest.raises(httpx.ConnectError):
         httpx.get(proxy.url + "/health")  # not trusted without the CA
 
