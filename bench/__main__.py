@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from . import litellm, report
+from . import litellm, nginx, report
 from .harness import Harness, Result, Settings
 from .procs import LOAD_CORE, Procs, pinned
 from .scenarios import ORDER, runners
@@ -40,35 +40,50 @@ def _selected(names: list[str], quick: bool) -> set[str]:
     return chosen
 
 
-def _preflight() -> None:
-    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+# The programs a run needs, and the Debian package that has each.
+PROGRAMS = {"wrk": "wrk", "taskset": "util-linux", "nginx": "nginx-light"}
+
+
+def preflight() -> str | None:
+    """Why this machine cannot run the harness, or None."""
+    found = {"nginx": nginx.binary()}
+    missing = [tool for tool in PROGRAMS if (found[tool] if tool in found else shutil.which(tool)) is None]
     if missing:
-        packages = " ".join("util-linux" if t == "taskset" else t for t in missing)
-        raise SystemExit(f"missing {', '.join(missing)}: apt-get install {packages}")
+        return f"missing {', '.join(missing)}: apt-get install {' '.join(PROGRAMS[t] for t in missing)}"
     if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("the harness needs two cores (proxy on core 0, upstream and load on core 1)")
+        return "the harness needs two cores (proxy on core 0, upstream and load on core 1)"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the selected scenarios. Whatever stops the run (a machine that cannot run it, a scenario that fails,
+    Ctrl-C, SIGTERM, a bug in the runner), the JSON says so and what was measured until then is kept."""
     selected = _selected(args.scenarios, args.quick)
-    _preflight()
     settings = Settings.make(args.quick, args.rounds)
     started = datetime.now(UTC)
-    code = report.code_state()  # taken first: the tree may change while a long run goes on
     stamp = started.strftime("%Y%m%d-%H%M%S")
     json_path = Path(args.json) if args.json else OUT / f"results-{stamp}{'-quick' if args.quick else ''}.json"
-    workdir = Path(tempfile.mkdtemp(prefix="mooltiproxy-bench-"))
     signal.signal(signal.SIGTERM, _terminate)
     # Started in the background by a script, a process inherits SIGINT ignored; a run must still stop on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     results: list[Result] = []
     t0 = time.monotonic()
     status = "interrupted"
+    failure = None
     pids: list[int] = []
     recording = None
-    print(f"mooltiproxy bench: {'quick' if args.quick else 'full'} run of {', '.join(s for s in ORDER if s in selected)}; "
-          f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}", flush=True)
+    code: dict[str, object] = {}
+    workdir: Path | None = None
     try:
+        code = report.code_state()  # taken first: the tree may change while a long run goes on
+        refusal = preflight()
+        if refusal is not None:
+            status, failure = "refused", refusal
+            print(refusal, file=sys.stderr)
+            return 2
+        workdir = Path(tempfile.mkdtemp(prefix="mooltiproxy-bench-"))
+        print(f"mooltiproxy bench: {'quick' if args.quick else 'full'} run of {', '.join(s for s in ORDER if s in selected)}; "
+              f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}", flush=True)
         with pinned(LOAD_CORE), Procs(workdir / "logs") as procs:
             try:
                 h = Harness(settings, procs, workdir, profile=args.profile, client=args.client, log_level=args.log_level)
@@ -89,16 +104,21 @@ def run(args: argparse.Namespace) -> int:
                 pids = procs.pids()
     except KeyboardInterrupt:
         print("\ninterrupted: every process the run started has been stopped", file=sys.stderr)
+    except Exception as exc:  # the runner's own failure: said in the JSON too, so a caller sees why
+        status, failure = "failed", f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
     finally:
         elapsed = time.monotonic() - t0
         meta = {"started": started.isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 1), "status": status,
-                "command": "python -m bench " + " ".join(sys.argv[1:]), "quick": args.quick, "settings": settings.__dict__,
-                "machine": report.machine(), "code": code, "code_at_end": report.code_state(), "recording": recording, "pids": pids}
+                "failure": failure, "command": "python -m bench " + " ".join(sys.argv[1:]), "quick": args.quick,
+                "settings": settings.__dict__, "machine": report.machine(), "code": code, "code_at_end": report.code_state(),
+                "recording": recording, "pids": pids}
         report.write(json_path, meta, results)
-        if args.keep:
-            print(f"logs and configs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            if args.keep:
+                print(f"logs and configs kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     print(report.summary(results))
     print(f"\n{status} in {elapsed:.0f} s; results in {json_path}")
     if status != "done" or any(r.error for r in results):

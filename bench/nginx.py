@@ -9,9 +9,7 @@ temporary prefix.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from .procs import LOAD_CORE, PROXY_CORE, Proc, Procs, free_port, wait_listening
@@ -26,17 +24,9 @@ TGI = {"generated_text": " The quick brown fox jumps over the lazy dog.",
        "details": {"finish_reason": "eos_token", "generated_tokens": 10, "seed": None, "prefill": [], "tokens": []}}
 
 
-def binary() -> str:
-    """nginx's path; installs Debian's ``nginx-light`` when it is missing and we may."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("nginx is not installed: apt-get install nginx-light")
-    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], check=True, stdout=subprocess.DEVNULL,
-                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+def binary() -> str | None:
+    """nginx's path (Debian's ``nginx-light`` puts it in /usr/sbin, which a user's PATH may lack), or None."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 def _literal(doc: object) -> str:
@@ -91,7 +81,10 @@ def _run(procs: Procs, prefix: Path, name: str, text: str, port: int, core: int)
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(text)
-    proc = procs.start(name, [binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], core=core)
+    nginx = binary()
+    if nginx is None:
+        raise RuntimeError("nginx is not installed: apt-get install nginx-light")
+    proc = procs.start(name, [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], core=core)
     wait_listening(proc, port)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -6,7 +6,9 @@ as many connections from one address as it opens. These are decided here, per TC
 client gets a 408, one over the cap a 429, both with the OpenAI error body, and the connection is
 closed. When a client disconnects while the proxy works on its request, the request's task is
 cancelled at once (the pipeline marks when it can be), so the upstream request is dropped with it;
-this costs nothing per request, where a task watching for the disconnect would. The limits travel on
+this costs nothing per request, where a task watching for the disconnect would. That needs uvicorn's
+``_start_asgi_task`` (0.45 and later), a private hook: it is looked for, and where it is missing the
+protocol says so on the scope and the pipeline watches for the disconnect itself. The limits travel on
 the uvicorn config (``ProxyServerConfig``), so worker processes get them too; connections are counted
 per server (per worker).
 """
@@ -60,6 +62,11 @@ ARRIVED = "mooltiproxy.arrived"  # scope key: perf_counter() when the request's 
 PROTOCOL_CANCELS = "mooltiproxy.protocol_cancels"  # scope key: this protocol cancels the request when its client leaves
 CANCELLABLE = "mooltiproxy.cancellable"  # scope key: the app may be cancelled now if its client leaves
 CLIENT_GONE = "mooltiproxy.client_gone"  # scope key: set before such a cancellation
+
+# Where uvicorn starts a request's task; overridden below to keep the task for cancelling it. Private to
+# uvicorn (pyproject bounds uvicorn from above for it); without it, requests run as uvicorn starts them.
+_HOOK = "_start_asgi_task"
+CAN_CANCEL = callable(getattr(HttpToolsProtocol, _HOOK, None))
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -119,7 +126,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self.scope[PROTOCOL_CANCELS] = True  # type: ignore[literal-required]
+        if CAN_CANCEL:
+            self.scope[PROTOCOL_CANCELS] = True  # type: ignore[literal-required]
         self.scope[ARRIVED] = self._arrived  # type: ignore[literal-required]
         super().on_headers_complete()
         timeout = getattr(self.config, "body_timeout", None)

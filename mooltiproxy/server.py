@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -90,7 +91,11 @@ def run_workers(config: Config, workers: int, *, log_level: str, log_format: str
     settings = uvicorn_config("mooltiproxy.server:worker_app", config.server, factory=True, workers=workers)
     sock = settings.bind_socket()
     _stop_cleanly()
-    Multiprocess(settings, sockets=[sock]).run()
+    # uvicorn before 0.36 is told what each worker runs; later versions run a server of their own.
+    if "target" in inspect.signature(Multiprocess).parameters:
+        Multiprocess(settings, target=uvicorn.Server(settings).run, sockets=[sock]).run()  # type: ignore[call-arg, unused-ignore]
+    else:
+        Multiprocess(settings, sockets=[sock]).run()
 
 
 def worker_app() -> Starlette:

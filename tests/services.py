@@ -2,12 +2,11 @@
 
 Each test session starts its own, in a temporary folder, so no test touches a developer's own Redis or
 database, and a test can stop and restart one to see the proxy survive it. ``.ci/run`` installs the
-packages; without them these tests skip on a developer's machine and fail under CI (``CI=true``).
+packages; without them these tests skip on a developer's machine and fail under CI (``tests/debian.py``).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -16,18 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
+from .debian import missing, program
 from .servers import free_port
-
-INSTALL = "apt-get install -y redis-server postgresql"
-
-
-def missing(what: str) -> None:
-    message = f"{what} is not installed; `{INSTALL}` (as .ci/run does) lets these tests run"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
@@ -45,10 +34,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
 
 class RedisServer:
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            missing("redis-server")
-        self.binary = binary or ""
+        self.binary = program("redis-server", "redis-server")
         self.directory = directory
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,10 +70,7 @@ class PostgresServer:
     PASSWORD = "pg-secret-Zq81"
 
     def __init__(self, directory: Path) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not found:
-            missing("PostgreSQL")
-        self.bin = Path(found[-1]).parent if found else Path()
+        self.bin = Path(program("initdb", "postgresql", "/usr/lib/postgresql/*/bin/initdb")).parent
         self.directory = directory
         self.data = directory / "data"
         self.port = free_port()
@@ -97,7 +80,7 @@ class PostgresServer:
             try:
                 pwd.getpwnam("postgres")
             except KeyError:
-                missing("the postgres user (from the postgresql package)")
+                missing("the postgres user", "postgresql")
             self.as_user = ["runuser", "-u", "postgres", "--"]
 
     @property

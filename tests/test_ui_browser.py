@@ -1,12 +1,11 @@
 """The review page in a real browser (Debian's headless Chromium through Playwright): log in, accept a
 conversation, export it, and check the downloaded file.
 
-Skipped where Chromium or Playwright is missing, except in CI (CI=true), which must run it."""
+Skipped where Debian's Chromium is missing, except in CI (tests/debian.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,34 +15,22 @@ import pytest
 
 from .conftest import KEY
 from .dataset_kit import sample, start_review_proxy
+from .debian import program
 from .test_exports import check_sharegpt
 
-CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
 
-def _missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install playwright; its own browser download is not needed)"
-    return None
-
-
 @pytest.fixture
 def page() -> Iterator[Any]:
-    missing = _missing()
-    if missing is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test, but {missing}")
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
+    chromium = program("chromium", "chromium")
+    from playwright.sync_api import sync_playwright  # a test dependency; its own browser download is not used
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             context = browser.new_context(accept_downloads=True)
             tab = context.new_page()
