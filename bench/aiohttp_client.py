@@ -75,7 +75,7 @@ class AiohttpClient:
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str, connect_to: str | None = None,
+        target: str, connect_to: str | None = None, max_connections: int | None = None,
     ) -> UpstreamResponse:
         # (``connect_to``, the checked address of a dynamic host, is not applied: this client only serves the
         # benchmark's comparison, which routes to configured targets.)

@@ -27,11 +27,12 @@ from .bans import BanLedger
 from .config import Config
 from .context import RequestContext
 from .cors import CORS
-from .errors import ProxyError, render
+from .errors import Forbidden, ProxyError, render
 from .fronts import load_dialects, load_fronts
 from .guard import Guard
 from .h1 import H1Client
 from .health import Health
+from .keys import MASTER
 from .limits import RateLimits
 from .live import Live, build_settings
 from .logs import flush_logs
@@ -40,6 +41,7 @@ from .pipeline import Pipeline
 from .recorder import Recorder, make_sink, new_session
 from .reviews import open_reviews
 from .store import Store
+from .uiauth import EndedSessions, Sessions
 from .upstream import HttpxClient, UpstreamClient
 
 log = logging.getLogger("mooltiproxy")
@@ -77,8 +79,9 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     ledger = BanLedger(local, max_failures=auth.max_failures, window=auth.window, ban=auth.ban, whitelist=auth.whitelist,
                        clock=clock)
     limits = RateLimits(local, clock=clock)
+    ended = EndedSessions(local, clock=clock)
     health = Health()
-    ledger.shared = limits.shared = state
+    ledger.shared = limits.shared = ended.shared = state
     health.shared = state
     live = Live(settings, ledger, limits)
     live.state = state
@@ -94,17 +97,19 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         metrics.gauges["mooltiproxy_dataset_records_written_total"] = lambda: recorder.written
         metrics.gauges["mooltiproxy_dataset_records_lost_total"] = lambda: recorder.lost
         metrics.gauges["mooltiproxy_dataset_records_spilled_total"] = lambda: recorder.spilled
+        metrics.gauges["mooltiproxy_dataset_records_altered_total"] = lambda: recorder.altered
         metrics.gauges["mooltiproxy_dataset_records_held"] = lambda: recorder.held
     services = Services()
     pipeline = Pipeline(live, services.upstream, config.server, load_fronts(), recorder, dataset.record_errors, metrics=metrics,
-                        health=health)
+                        health=health, max_text=dataset.max_text)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ledger.open()
         limits.open()
+        ended.open()
         if state is not None:
-            await state.start(ledger, health, lambda: live.reload(tell_others=False))
+            await state.start(ledger, health, lambda: live.reload(tell_others=False), ended)
             await state.wait_up(2.0)  # so the first requests are counted in Redis, when it is there
         if recorder is not None:
             recorder.start()
@@ -132,6 +137,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
             metrics.forget()
             if state is not None:
                 await state.close()
+            ended.close()
             limits.close()
             ledger.close()
             flush_logs(wait=True)
@@ -145,13 +151,17 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
                             status_code=503 if refusing else 200)
 
     async def prometheus(request: Request) -> PlainTextResponse:
+        if request.scope["mooltiproxy"].key_name != MASTER:
+            # Every target, every route and what other keys do: for whoever runs the proxy, not for each key.
+            raise Forbidden("/metrics needs the proxy's master key.", code="admin_only")
         extra = [("mooltiproxy_bans", len(ledger.bans()))] + ([("mooltiproxy_state_up", int(state.up))] if state is not None else [])
         text = metrics.render(extra)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     dsn = dataset.dsn if dataset.sink == "postgres" else None
-    pages = ui.routes(lambda: live.settings.config, Store(dataset.dir, dsn=dsn), open_reviews(dataset.dir, dsn), ledger, clock=clock)
-    cookie_auth = ui.cookie_auth(lambda: live.settings.config.auth.master_key, clock=clock)
+    sessions = Sessions(lambda: live.settings.config.auth.master_key, clock=clock, ended=ended)
+    pages = ui.routes(sessions, Store(dataset.dir, dsn=dsn), open_reviews(dataset.dir, dsn), ledger)
+    cookie_auth = ui.cookie_auth(sessions)
     app = ProxyApp(
         proxied=RequestContext(CORS(Guard(pipeline, live=live, open_paths=ui.OPEN_PATHS, cookie_auth=cookie_auth), live=live),
                                metrics=metrics),

@@ -160,6 +160,10 @@ class BanLedger:
             self._db.close()
             self._db = None
 
+    def ban_of(self, address: str) -> Ban | None:
+        """The address's ban while it lasts."""
+        return self._bans.get(address) if self.banned_for(address) else None
+
     def banned_for(self, address: str) -> float:
         """Seconds left on this address's ban; 0 when it is not banned."""
         self._sync()

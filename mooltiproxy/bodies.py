@@ -17,6 +17,10 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     if declared is not None and declared > limit:
         raise _too_large(limit)
     message = await receive()
+    if message["type"] == "http.disconnect":
+        # Before its first byte: the client left, ran out of time (408) or sent a body the server could not
+        # parse. Nothing goes upstream from a body that did not arrive whole, not even an empty one.
+        raise _gone()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         if len(body) > limit:
@@ -27,7 +31,7 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientGone("The client disconnected while sending its request.")
+            raise _gone()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -35,6 +39,11 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
         parts.append(chunk)
         if not message.get("more_body"):
             return b"".join(parts)
+
+
+def _gone() -> ClientGone:
+    return ClientGone("The request's body did not arrive whole: the client disconnected, ran out of time or sent a body "
+                      "that could not be read.")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -39,6 +39,8 @@ class ServerConfig:
     timeout: float = 600.0
     connect_timeout: float = 10.0
     max_body: int = 8 * 1024 * 1024
+    max_answer: int = 64 * 1024 * 1024
+    max_fanout: int = 32
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_connections_per_ip: int = 1000
@@ -79,6 +81,7 @@ class DatasetConfig:
     redact: tuple[str, ...] = ()
     fsync: str = "interval"
     queue: int = 10_000
+    max_text: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class TargetConfig:
     timeout: float | None = None
     fallbacks: tuple[str, ...] = ()
     retries: int = 0
+    max_connections: int = 1024
     retry_backoff: float = 0.5
     cooldown: float = 30.0
     cooldown_after: int = 3
@@ -165,8 +169,10 @@ class Config:
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(data: Any, environ: dict[str, str], path: tuple[Any, ...] = ()) -> tuple[Any, list[str]]:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+def interpolate(data: Any, environ: dict[str, str], path: tuple[Any, ...] = (),
+                used: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``. ``used`` collects the
+    variables read, with their values, so that no message about the config ever repeats one."""
     problems: list[str] = []
     if isinstance(data, str):
         def sub(m: re.Match[str]) -> str:
@@ -174,6 +180,8 @@ def interpolate(data: Any, environ: dict[str, str], path: tuple[Any, ...] = ()) 
                 return "$"
             name, default = m.group(1), m.group(2)
             if name in environ:
+                if used is not None:
+                    used[name] = environ[name]
                 return environ[name]
             if default is not None:
                 return default
@@ -185,17 +193,33 @@ def interpolate(data: Any, environ: dict[str, str], path: tuple[Any, ...] = ()) 
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
-            out[k], p = interpolate(v, environ, (*path, k))
+            out[k], p = interpolate(v, environ, (*path, k), used)
             problems += p
         return out, problems
     if isinstance(data, list):
         items = []
         for i, v in enumerate(data):
-            item, p = interpolate(v, environ, (*path, i))
+            item, p = interpolate(v, environ, (*path, i), used)
             items.append(item)
             problems += p
         return items, problems
     return data, problems
+
+
+_URL_PASSWORD = re.compile(r"(://[^/\s:@'\"]*:)[^@/\s'\"]+@")
+_SHORTEST_SECRET = 4  # shorter values (a port, a flag) are left as they are: replacing them would garble the messages
+
+
+def without_secrets(problems: list[str], used: dict[str, str]) -> list[str]:
+    """The problems with every value that came from the environment named by its variable instead, and every
+    password in a URL as ***: a config's problems reach terminals and logs, the values behind them must not."""
+    values = sorted(((v, k) for k, v in used.items() if len(v) >= _SHORTEST_SECRET), key=lambda vk: -len(vk[0]))
+    out = []
+    for problem in problems:
+        for value, name in values:
+            problem = problem.replace(value, f"${{{name}}}")
+        out.append(_URL_PASSWORD.sub(r"\1***@", problem))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -207,7 +231,8 @@ def parse(data: Any, *, base_dir: Path | None = None, source: Path | None = None
     from .targets import build_targets
 
     env = dict(os.environ if environ is None else environ)
-    data, problems = interpolate(data, env)
+    used: dict[str, str] = {}
+    data, problems = interpolate(data, env, used=used)
     clean, broken = _validate(data, problems)
     config = _build(clean, base_dir or Path.cwd(), source, env, problems)
     problems += _cross_check(config, broken)
@@ -216,7 +241,7 @@ def parse(data: Any, *, base_dir: Path | None = None, source: Path | None = None
     except ConfigError as exc:
         problems += exc.problems
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(without_secrets(problems, used))
     return config
 
 
@@ -330,6 +355,7 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
             timeout=t["timeout"],
             fallbacks=tuple(t["fallbacks"]),
             retries=t["retries"],
+            max_connections=t["max_connections"],
             retry_backoff=t["retry_backoff"],
             cooldown=t["cooldown"],
             cooldown_after=t["cooldown_after"],

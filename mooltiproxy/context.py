@@ -17,6 +17,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ProxyError, render
+from .keys import MASTER
 from .metrics import Metrics
 
 access_log = logging.getLogger("mooltiproxy.access")
@@ -43,6 +44,12 @@ class RequestInfo:
         self.status = 0
         self.upstream_ms: float | None = None
         self.started = False
+
+    @property
+    def administrator(self) -> bool:
+        """Whether the request came with the master key: its errors may say how the proxy is set up (upstream
+        addresses, config keys); other keys are told only what concerns them."""
+        return self.key_name == MASTER
 
 
 _ids = itertools.count()
@@ -101,9 +108,11 @@ class RequestContext:
     async def _answer_error(self, info: RequestInfo, exc: ProxyError, send: Send) -> None:
         if info.started:
             # Too late for a status line; the layer that started the answer has ended it.
-            log.warning("request %s: %s (after the answer had started)", info.id, exc.message)
+            log.warning("request %s: %s (after the answer had started)", info.id, exc.full_message())
             return
-        status, headers, body = render(exc, info.id)
+        if exc.detail and not info.administrator:
+            log.warning("request %s: %s", info.id, exc.full_message())  # what the client was not told
+        status, headers, body = render(exc, info.id, full=info.administrator)
         info.status = status
         info.started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -123,6 +132,15 @@ def _access(scope: Scope, info: RequestInfo, total: float) -> None:
               "key": info.key_name, "upstream_ms": info.upstream_ms, "total_ms": round(total, 3), "request_id": info.id}
     access_log.info(
         "%s %s %s status=%d target=%s key=%s upstream_ms=%s total_ms=%.1f id=%s",
-        info.client, scope["method"], scope["path"], info.status, info.target or "-", info.key_name or "-", upstream, total,
-        info.id, extra={"fields": fields},
+        _printable(info.client), scope["method"], _printable(scope["path"]), info.status, info.target or "-", info.key_name or "-",
+        upstream, total, info.id, extra={"fields": fields},
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (and backslashes) escaped: a path decoded from ``%0a`` must not start a
+    forged line of its own in a text log. (The JSON log escapes them anyway.)"""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _CONTROL.search(text) else text

@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .config import DynamicHost, ServerConfig
-from .errors import Forbidden, UpstreamError
+from .errors import Forbidden, MethodNotAllowed, UpstreamError
 from .records import CHAT, COMPLETION, MESSAGES
 from .targets import Route, Target, auth_header
 from .validators import split_host
 
 _RESOLVED_FOR = 30.0  # seconds a host's checked address is reused
+METHODS = ("GET", "POST", "HEAD")  # what a model API is reached with; anything else is refused, not relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +43,26 @@ def looks_like_host(segment: str) -> bool:
     return "." in segment or ":" in segment or segment.startswith("[") or segment == "localhost"
 
 
+OTHER = "other"  # the route of a dynamic path in no API the proxy knows: metrics are labelled by host and route, never by path
+
+
 def endpoint(path: str) -> str:
-    """The inbound endpoint a dynamic path speaks, for recording and metrics: the path itself if none."""
+    """The inbound endpoint a dynamic path speaks, for recording and metrics: ``other`` if none. (Any client may
+    send any path; labelled by their paths, the metrics would grow a series per path without end.)"""
     if path.endswith("/messages"):
         return MESSAGES
     if path.endswith("/chat/completions"):
         return CHAT
     if path.endswith("/completions"):
         return COMPLETION
-    return path
+    return OTHER
 
 
 class DynamicHosts:
     def __init__(self, hosts: Mapping[str, DynamicHost], server: ServerConfig) -> None:
         self.by_address = {(h.host, h.port): h for h in hosts.values()}
-        self.listed_ips = {ipaddress.ip_address(h.host) for h in hosts.values() if _is_ip(h.host)}
+        # Listed addresses with their ports: listing 127.0.0.1:9000 lets a name resolve to 127.0.0.1 only on port 9000.
+        self.listed_ips = {(ipaddress.ip_address(h.host), h.port) for h in hosts.values() if _is_ip(h.host)}
         self.targets = {h.name: _target(h, server) for h in hosts.values()}
         self._resolved: dict[tuple[str, int], tuple[float, str]] = {}
 
@@ -66,9 +72,11 @@ class DynamicHosts:
         end = path.find("/", 1)
         return looks_like_host(path[1:end] if end > 0 else path[1:])
 
-    def match(self, path: str, method: str) -> Destination | None:
+    def match(self, path: str, method: str, raw_path: bytes | None = None) -> Destination | None:
         """Where ``path`` goes, if it starts with a host; ``Forbidden`` for a host that is not listed. The address
-        to connect to is found (and checked) by ``address``, once the request may use the host at all."""
+        to connect to is found (and checked) by ``address``, once the request may use the host at all. The rest
+        of the path goes upstream as the client sent it (``raw_path``, still percent-encoded): decoded, a
+        ``%20`` would break the request line and a ``%3F`` would start a query."""
         segment, slash, rest = path[1:].partition("/")
         if not looks_like_host(segment):
             return None
@@ -79,8 +87,15 @@ class DynamicHosts:
                 f"{segment} is not on this proxy's list of hosts a request may name (dynamic: in config.yaml); "
                 f"ask its administrator to add it.", code="host_not_allowed",
             )
-        upstream_path = slash + rest if rest else "/"
-        route = Route(inbound=endpoint(upstream_path), method=method, path=upstream_path)
+        if method not in METHODS:
+            raise MethodNotAllowed(f"A host named in the path is reached with {', '.join(METHODS)} only, not {method}.",
+                                   headers=[("Allow", ", ".join(METHODS))])
+        if raw_path is not None:
+            _, slash_raw, rest_raw = raw_path.decode("latin-1")[1:].partition("/")
+            upstream_path = slash_raw + rest_raw if rest_raw else "/"
+        else:
+            upstream_path = slash + rest if rest else "/"
+        route = Route(inbound=endpoint(slash + rest), method=method, path=upstream_path)
         return Destination(host, self.targets[host.name], route)
 
     def _listed(self, parsed: tuple[str, int | None]) -> DynamicHost | None:
@@ -105,10 +120,10 @@ class DynamicHosts:
         addresses = [str(info[4][0]) for info in found]
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
-            if not ip.is_global and ip not in self.listed_ips:
+            if not ip.is_global and (ip, host.port) not in self.listed_ips:
                 raise Forbidden(
                     f"{host.name} resolves to {address}, which is not a public address; the proxy reaches such an address "
-                    f"only when the address itself is on its dynamic: list.", code="host_not_allowed",
+                    f"only when the address itself, with port {host.port}, is on its dynamic: list.", code="host_not_allowed",
                 )
         self._resolved[key] = (now, addresses[0])
         return addresses[0]

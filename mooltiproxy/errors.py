@@ -28,9 +28,13 @@ class ProxyError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # What only those who run the proxy should read (an upstream's address, config keys to change): added
+        # to the message for the master key and in the log, left out for everyone else.
+        self.detail = detail
         if status is not None:
             self.status = status
         if type is not None:
@@ -40,8 +44,13 @@ class ProxyError(Exception):
         self.param = param
         self.headers = list(headers)
 
-    def body(self) -> dict[str, dict[str, str | int | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def full_message(self) -> str:
+        return f"{self.message} {self.detail}" if self.detail else self.message
+
+    def body(self, full: bool = False) -> dict[str, dict[str, str | int | None]]:
+        """The OpenAI error body; ``full`` adds the detail meant for the proxy's administrator."""
+        message = self.full_message() if full else self.message
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class BadRequest(ProxyError):
@@ -141,9 +150,9 @@ class ConfigError(Exception):
 _JSON = (b"content-type", b"application/json")
 
 
-def render(exc: ProxyError, request_id: str = "") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of the HTTP answer for ``exc``."""
-    body = orjson.dumps(exc.body())
+def render(exc: ProxyError, request_id: str = "", *, full: bool = False) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the HTTP answer for ``exc`` (``full``: with its detail, for the administrator)."""
+    body = orjson.dumps(exc.body(full))
     headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
@@ -151,10 +160,10 @@ def render(exc: ProxyError, request_id: str = "") -> tuple[int, list[tuple[bytes
     return exc.status, headers, body
 
 
-def sse_event(exc: ProxyError) -> bytes:
+def sse_event(exc: ProxyError, full: bool = False) -> bytes:
     """The same error as one server-sent event, for a stream whose headers are already sent.
 
     The OpenAI SDK raises ``APIError`` on a ``data:`` payload whose ``error`` key is set, so a client
     never mistakes a broken stream for a short answer.
     """
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    return b"data: " + orjson.dumps(exc.body(full)) + b"\n\n"

@@ -103,8 +103,8 @@ def threads(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
         if meta.get("parent") in root:
             union(meta["parent"], r["id"])
         turn = meta.get("turn")
-        if turn:
-            union(first_of_turn.setdefault(turn, r["id"]), r["id"])
+        if turn:  # alternatives of one turn: the same history, sent with the same key (strangers' turns stay apart)
+            union(first_of_turn.setdefault(f"{meta.get('key_name') or ''}\x00{turn}", r["id"]), r["id"])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[find(r["id"])].append(r)

@@ -2,7 +2,8 @@
 
 A pure ASGI middleware. In order: a blacklisted address is refused; a banned address is refused with
 the time left (no key check, nothing sent upstream); then the request must carry a key the keyring
-knows. A missing or wrong key counts as a failed attempt in the ban ledger. The key that matched goes
+knows. A wrong key counts as a failed attempt in the ban ledger; a missing one is refused without
+counting (a request without a key guesses nothing, and it is all another site can make a browser send). The key that matched goes
 on the request's info by name (never its value) for the access log, the dataset and target checks.
 """
 
@@ -17,8 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .bans import in_networks, is_loopback, normalize
 from .context import RequestInfo
 from .errors import Forbidden, TooManyRequests, Unauthorized, Unavailable
-from .keys import presented
+from .keys import MASTER, presented
 from .live import Live
+from .protocol import PEER
 
 OPEN_PATHS = frozenset({"/health"})
 
@@ -43,6 +45,8 @@ class Guard:
         self.open_paths = OPEN_PATHS | frozenset(open_paths)
         # The review page's browser session: a signed cookie stands in for the key under /ui.
         self.cookie_auth = cookie_auth
+        # Wrong keys a banned admin on this machine sent to /admin/ during the ban (see ``_admin_despite_ban``).
+        self._admin_tries: dict[tuple[str, float], int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,7 +57,8 @@ class Guard:
         address = normalize(info.client)
         if settings.blacklist and in_networks(address, settings.blacklist):
             raise Forbidden(f"Requests from {address} are refused by this proxy (auth.blacklist).", code="address_blocked")
-        if scope["path"] in self.open_paths:
+        path = scope["path"]
+        if path in self.open_paths:
             await self.app(scope, receive, send)
             return
         state = self.live.state
@@ -61,17 +66,16 @@ class Guard:
             raise Unavailable(f"The proxy's shared state (Redis at {state.where}) is out of reach and state_required is set, so "
                               "requests are refused until it is back. Try again shortly.", code="state_unavailable",
                               headers=[("Retry-After", "5")])
+        token = presented(scope)
+        admin = path.startswith("/admin/")
         left = self.ledger.banned_for(address)
-        if left and not (scope["path"].startswith("/admin/") and is_loopback(address)):
-            # (A ban never locks the admin on the proxy's own machine out of `mooltiproxy unban`.)
+        if left and not (admin and self._admin_despite_ban(scope, address, token)):
             seconds = math.ceil(left)
             raise Forbidden(
                 f"{address} is banned for another {seconds} s after repeated requests with a wrong API key.",
                 code="address_banned", headers=[("Retry-After", str(seconds))],
             )
-        token = presented(scope)
-        path = scope["path"]
-        if settings.passthrough:
+        if settings.passthrough and not admin:
             await self._passthrough(scope, receive, send, address, token)
             return
         if token is None and self.cookie_auth is not None and (path == "/ui" or path.startswith("/ui/")):
@@ -85,11 +89,15 @@ class Guard:
                 await _to_login(scope, send)
                 return
         key = settings.keyring.match(token)
-        if key is None:
+        if key is None and token is not None:
+            # (No key is no guess, and is not counted: a page on another site can make a visitor's browser send
+            # keyless requests, an <img> or a no-cors fetch, but never a key header, which needs a preflight.)
             await self.ledger.fail(address)
-            if token is None:
-                raise Unauthorized(f"No API key was sent. {_HOW}")
-            raise Unauthorized(f"Incorrect API key. {_HOW}")
+        if admin and (key is None or key.name != MASTER):
+            # One answer for every key but the master: the admin endpoints do not tell a valid named key from a wrong one.
+            raise Unauthorized("The admin endpoints need the proxy's master key.", code="admin_only")
+        if key is None:
+            raise Unauthorized(f"No API key was sent. {_HOW}" if token is None else f"Incorrect API key. {_HOW}")
         info.key_name = key.name
         info.key_targets = key.targets
         if key.rpm is not None and self.live.limits is not None:
@@ -102,9 +110,30 @@ class Guard:
                 )
         await self.app(scope, receive, send)
 
+    def _admin_despite_ban(self, scope: Scope, address: str, token: bytes | None) -> bool:
+        """Whether a banned address may still reach /admin/: so that the admin on the proxy's own machine can lift a
+        ban (``mooltiproxy unban``). Only from a loopback TCP peer (an X-Forwarded-For naming localhost does not
+        count), and only for ``max_failures`` wrong keys per ban, so that it is no way around the ban to guess keys."""
+        peer = scope.get(PEER)
+        if not (peer and is_loopback(peer) and is_loopback(address)):
+            return False
+        ban = self.ledger.ban_of(address)
+        if ban is None:
+            return False
+        tries = (address, ban.until)
+        if self._admin_tries.get(tries, 0) >= self.ledger.max_failures:
+            return False
+        key = self.live.settings.keyring.match(token)
+        if key is None or key.name != MASTER:
+            self._admin_tries[tries] = self._admin_tries.get(tries, 0) + 1
+            for old in [t for t in self._admin_tries if t[1] < self.ledger.clock()]:
+                del self._admin_tries[old]
+        return True
+
     async def _passthrough(self, scope: Scope, receive: Receive, send: Send, address: str, token: bytes | None) -> None:
         """auth.mode passthrough: no key is needed; a key that is not one of the proxy's is the client's own, for
-        targets that forward it. With a whitelist, only its addresses (and this machine) get in."""
+        targets that forward it. With a whitelist, only its addresses (and this machine) get in. (The admin
+        endpoints are not passed through: they need the master key, and wrong keys there count toward a ban.)"""
         settings = self.live.settings
         whitelist = settings.config.auth.whitelist
         if whitelist and not is_loopback(address) and not in_networks(address, whitelist):
@@ -112,7 +141,7 @@ class Guard:
                             code="address_not_allowed")
         info: RequestInfo = scope["mooltiproxy"]
         key = settings.keyring.match(token)
-        if key is not None:  # the master key (or a named one) still opens the admin endpoints
+        if key is not None:  # the master key (or a named one) is the proxy's own, never forwarded
             info.key_name, info.key_targets = key.name, key.targets
         else:
             info.key_name = "client"

@@ -18,8 +18,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .private import write_private
+
 log = logging.getLogger("mooltiproxy")
 
+# Series of requests_total one process keeps: labels come from the config (targets, routes, dynamic hosts), so
+# this is never reached in use; a flood of new label values past it is counted under target "(other)".
+MAX_SERIES = 2000
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
@@ -33,6 +38,8 @@ HELP = {
     "mooltiproxy_dataset_records_lost_total": ("counter", "Dataset records that could not be written (queue full, disk failure)."),
     "mooltiproxy_dataset_records_spilled_total": ("counter", "Dataset records the sink could not take in time, written to a local "
                                                              "JSONL file instead."),
+    "mooltiproxy_dataset_records_altered_total": ("counter", "Dataset records written with a part that could not be written as it "
+                                                             "was (nested too deep, say) kept as text; meta.altered says what."),
     "mooltiproxy_dataset_records_held": ("gauge", "Dataset records waiting for a sink that failed, to be tried again."),
     "mooltiproxy_bans": ("gauge", "Addresses banned now."),
     "mooltiproxy_state_up": ("gauge", "Whether the shared state (Redis) is reachable: 1, or 0 while this instance runs on its own state."),
@@ -70,7 +77,11 @@ class Metrics:
     # ---------------------------------------------------------------------------- counting
 
     def request(self, target: str | None, route: str | None, status: int, upstream_ms: float | None, total_ms: float) -> None:
-        self.requests[(target or "-", route or "-", str(status))] += 1
+        key = (target or "-", route or "-", str(status))
+        if key not in self.requests and len(self.requests) >= MAX_SERIES:
+            key = ("(other)", "(other)", str(status))
+            target = None if target not in self.upstream else target
+        self.requests[key] += 1
         if upstream_ms is not None and target:
             hist = self.upstream.get(target)
             if hist is None:
@@ -104,10 +115,7 @@ class Metrics:
             return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"worker-{os.getpid()}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.snapshot()))
-            tmp.replace(path)  # readers never see half a file
+            write_private(self.directory / f"worker-{os.getpid()}.json", json.dumps(self.snapshot()).encode())
         except OSError as exc:
             log.warning("could not write the metrics snapshot: %s", exc)
 

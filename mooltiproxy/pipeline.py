@@ -51,6 +51,7 @@ _SSE_HEADERS = [
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
 _OWN_PATHS = {"/health": "GET", "/metrics": "GET"}
 MAX_RETRY_WAIT = 30.0  # longest Retry-After honoured before moving on to a fallback
+MAX_ERROR_BODY = 1024 * 1024  # an upstream's error body is a message, read whole to pass it on: this much at most
 _FANNED_OUT = object()
 
 
@@ -117,12 +118,15 @@ class Pipeline:
 
     def __init__(self, live: Live, client: Callable[[], UpstreamClient], server: ServerConfig, fronts: Mapping[str, Front],
                  recorder: Recorder | None = None, record_errors: bool = False, health: Health | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, max_text: int | None = None) -> None:
         self.live = live  # targets and routes change with a reloaded config; a request keeps what it started with
         self.client = client
         self.health = health or Health()
         self.metrics = metrics or Metrics(None)
         self.max_body = server.max_body
+        self.max_answer = server.max_answer
+        self.max_fanout = server.max_fanout
+        self.max_text = max_text
         self.fronts = fronts
         self.recorder = recorder
         self.record_errors = record_errors
@@ -149,7 +153,7 @@ class Pipeline:
             elif name == b"x-mooltiproxy-record":
                 record = record and value.strip().lower() not in (b"off", b"0", b"false", b"no")
         if path == "/v1/models" and method == "GET":
-            chosen = router.pick_if_any(target_header)
+            chosen = router.pick_if_any(target_header, info.key_targets)
             if chosen is None or path not in chosen.routes:
                 await _send_json(None, 200, router.listing(info.key_targets), send)
                 return
@@ -158,7 +162,7 @@ class Pipeline:
         parsed = parse_json(body) if body else None
 
         dynamic = self.live.settings.dynamic
-        destination = dynamic.match(path, method) if dynamic.claims(path) else None
+        destination = dynamic.match(path, method, scope.get("raw_path")) if dynamic.claims(path) else None
         alias = None
         front = None
         if destination is not None:  # POST /{host}/{path}: a host from the dynamic: list, relayed as it is
@@ -167,7 +171,7 @@ class Pipeline:
             _may_use(info, target)
         else:
             model = parsed.get("model") if isinstance(parsed, dict) else None
-            target, alias = router.pick(target_header, model if isinstance(model, str) else None)
+            target, alias = router.pick(target_header, model if isinstance(model, str) else None, info.key_targets)
             info.target = target.name
             _may_use(info, target)
             route, front = self._route(target, path, method)
@@ -180,7 +184,7 @@ class Pipeline:
             ex.connect_to = await dynamic.address(destination.host)
         ex.character = target.pick_character(character)
         if record and route.inbound in RECORDED:
-            ex.tape = Tape(route.inbound)
+            ex.tape = Tape(route.inbound, self.max_text)
         await self._guarded(ex, receive, send)
 
     def _route(self, target: Target, path: str, method: str) -> tuple[Route, Front | None]:
@@ -274,6 +278,11 @@ class Pipeline:
             ex.target, ex.route = target, route
             ex.info.target = target.name
             bodies, headers = await self._prepare(ex)
+            if len(bodies) > self.max_fanout:
+                raise BadRequest(
+                    f"This request needs {len(bodies)} calls to target '{target.name}', which answers one prompt and one choice "
+                    f"per call (a list of prompts times n), and the proxy makes at most {self.max_fanout} for one request "
+                    f"(server.max_fanout). Send fewer prompts or a smaller n per request.", code="too_many_upstream_calls")
             if len(bodies) > 1:
                 await self._fanout(ex, bodies, headers, send)  # several calls at once are not retried
                 return _FANNED_OUT
@@ -309,15 +318,21 @@ class Pipeline:
             attempt += 1
 
     def _candidates(self, ex: Exchange) -> list[tuple[Target, Route]]:
-        """The chosen target, then its fallbacks that serve the same route."""
+        """The chosen target, then its fallbacks that serve the same route and that the request's key may use
+        (a fallback is no way around a key's ``targets:``; one it may not use is passed over, and logged)."""
         out = [(ex.target, ex.route)]
         tc = ex.target.config
         router = self.live.settings.router
+        allowed = ex.info.key_targets
         for name in tc.fallbacks if tc is not None else ():
             fallback = router.targets.get(name)
             route = fallback.routes.get(ex.route.inbound) if fallback is not None else None
-            if fallback is not None and route is not None and route.method == ex.route.method:
-                out.append((fallback, route))
+            if fallback is None or route is None or route.method != ex.route.method:
+                continue
+            if allowed is not None and name not in allowed:
+                log.info("request %s: fallback %s passed over: the key '%s' may not use it", ex.info.id, name, ex.info.key_name)
+                continue
+            out.append((fallback, route))
         return out
 
     def _context(self, ex: Exchange, state: dict[str, Any] | None = None) -> MapContext:
@@ -373,7 +388,7 @@ class Pipeline:
         pinned = {"connect_to": ex.connect_to} if ex.connect_to else {}
         resp = await self.client().send(
             ex.scope["method"], url, headers, body, timeout=target.timeout, connect_timeout=target.connect_timeout,
-            target=target.name, **pinned,
+            target=target.name, max_connections=target.max_connections, **pinned,
         )
         ex.t_ready = time.perf_counter()
         # The upstream's time starts when the request's last byte left (the client knows it), not before
@@ -437,7 +452,7 @@ class Pipeline:
         return events
 
     async def _answer(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None) -> Any:
-        data = await resp.read()
+        data = await resp.read(self.max_answer)
         ex.t_ready = time.perf_counter()
         parsed = upstream_json(data, ex.target.name)
         if ex.route.answer is not None:
@@ -474,11 +489,15 @@ class Pipeline:
                     tape.relayed(chunk, stream)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            log.warning("request %s: %s", ex.info.id, exc.message)
+            log.warning("request %s: %s", ex.info.id, exc.full_message())
             if tape is not None:
                 tape.cut(exc.message)
-            if stream:
-                await send({"type": "http.response.body", "body": sse.frame(exc.body()), "more_body": True})
+            if not stream:
+                # Ending the body now would pass a truncated answer off as whole; returning without ending it
+                # makes the server close the connection, which is how HTTP/1.1 says an answer broke off.
+                ex.done = True
+                return
+            await send({"type": "http.response.body", "body": sse.frame(exc.body(ex.info.administrator)), "more_body": True})
         finally:
             if stream:
                 self.metrics.streams -= 1
@@ -523,7 +542,7 @@ class Pipeline:
         except ProxyError as exc:
             if not started:
                 raise
-            log.warning("request %s: stream ended by an error: %s", ex.info.id, exc.message)
+            log.warning("request %s: stream ended by an error: %s", ex.info.id, exc.full_message())
             if ex.tape is not None:
                 ex.tape.cut(exc.message)
             await send({"type": "http.response.body", "body": _error_event(ex, exc), "more_body": True})
@@ -542,7 +561,7 @@ class Pipeline:
     async def _error(self, ex: Exchange, resp: UpstreamResponse, ctx: MapContext | None, send: Send) -> None:
         """The upstream's own error: its status kept, its message carried through (translated where a
         route or front speaks another API)."""
-        data = await resp.read()
+        data = await resp.read(MAX_ERROR_BODY)
         ex.t_ready = time.perf_counter()
         if ex.tape is not None:
             ex.tape.error = data.decode("utf-8", "replace")[:2000]
@@ -603,7 +622,7 @@ def _error_event(ex: Exchange, exc: ProxyError) -> bytes:
         return sse.frame_tgi({"error": exc.message, "error_type": exc.code or exc.type})
     if ex.front is not None and ex.front.framing == "anthropic":
         return sse.frame_typed({"type": "error", "error": {"type": "api_error", "message": exc.message}})
-    return sse.frame(exc.body())
+    return sse.frame(exc.body(ex.info.administrator))
 
 
 def _length(resp: UpstreamResponse) -> int:

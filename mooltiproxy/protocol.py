@@ -62,6 +62,7 @@ ARRIVED = "mooltiproxy.arrived"  # scope key: perf_counter() when the request's 
 PROTOCOL_CANCELS = "mooltiproxy.protocol_cancels"  # scope key: this protocol cancels the request when its client leaves
 CANCELLABLE = "mooltiproxy.cancellable"  # scope key: the app may be cancelled now if its client leaves
 CLIENT_GONE = "mooltiproxy.client_gone"  # scope key: set before such a cancellation
+PEER = "mooltiproxy.peer"  # scope key: the TCP peer's address, whatever X-Forwarded-For later says the client is
 
 # Where uvicorn starts a request's task; overridden below to keep the task for cancelling it. Private to
 # uvicorn (pyproject bounds uvicorn from above for it); without it, requests run as uvicorn starts them.
@@ -129,6 +130,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if CAN_CANCEL:
             self.scope[PROTOCOL_CANCELS] = True  # type: ignore[literal-required]
         self.scope[ARRIVED] = self._arrived  # type: ignore[literal-required]
+        self.scope[PEER] = self.client[0] if self.client else None  # type: ignore[literal-required]
         super().on_headers_complete()
         timeout = getattr(self.config, "body_timeout", None)
         if timeout is not None and self._body_timer is None:

@@ -32,12 +32,28 @@ def _json_events(parser: SSEParser, data: bytes) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def _append(pieces: list[str], piece: str) -> None:
-    """Add a streamed piece; every few hundred pieces become one string, so a long stream costs its text,
-    not a Python object per token."""
-    pieces.append(piece)
-    if len(pieces) >= 256:
-        pieces[:] = ["".join(pieces)]
+class _Budget:
+    """How much text a record of one answer keeps (``dataset.max_text``); past it, text is dropped and the answer
+    is marked truncated. Pieces are joined every few hundred, so a long stream costs its text, not a Python
+    object per token."""
+
+    __slots__ = ("left", "truncated")
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+        self.truncated = False
+
+    def append(self, pieces: list[str], piece: str) -> None:
+        if self.left is not None:
+            if len(piece) > self.left:
+                piece = piece[: self.left]
+                self.truncated = True
+            self.left -= len(piece)
+            if not piece:
+                return
+        pieces.append(piece)
+        if len(pieces) >= 256:
+            pieces[:] = ["".join(pieces)]
 
 
 class _Choice:
@@ -54,10 +70,11 @@ class _Choice:
 class Reassembler:
     """Feed it chunk dicts (``add``) or raw bytes (``feed``); ``answer()`` is the whole answer so far."""
 
-    __slots__ = ("_choices", "_kind", "_parser", "done", "error", "head", "usage")
+    __slots__ = ("_budget", "_choices", "_kind", "_parser", "done", "error", "head", "usage")
 
-    def __init__(self, kind: str = "chat") -> None:
+    def __init__(self, kind: str = "chat", limit: int | None = None) -> None:
         self._kind = kind
+        self._budget = _Budget(limit)
         self._choices: dict[int, _Choice] = {}
         self._parser: SSEParser | None = None
         self.usage: dict[str, Any] | None = None
@@ -68,7 +85,7 @@ class Reassembler:
     def feed(self, data: bytes) -> None:
         """Raw SSE bytes as they were relayed: events split across reads or several in one read."""
         if self._parser is None:
-            self._parser = SSEParser()
+            self._parser = SSEParser(self._budget.left)
         for event in _json_events(self._parser, data):
             if event is _DONE:
                 self.done = True
@@ -94,14 +111,14 @@ class Reassembler:
                 choice.finish_reason = c["finish_reason"]
             if self._kind != "chat":
                 if isinstance(c.get("text"), str):
-                    _append(choice.content, c["text"])
+                    self._budget.append(choice.content, c["text"])
                 continue
             delta = c.get("delta") or {}
             if isinstance(delta.get("content"), str):
-                _append(choice.content, delta["content"])
+                self._budget.append(choice.content, delta["content"])
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str):
-                _append(choice.reasoning, reasoning)
+                self._budget.append(choice.reasoning, reasoning)
             for call in delta.get("tool_calls") or ():
                 self._tool_call(choice, call)
 
@@ -119,6 +136,11 @@ class Reassembler:
             call["function"]["name"] += function["name"]
         if isinstance(function.get("arguments"), str):
             call["function"]["arguments"] += function["arguments"]
+
+    @property
+    def truncated(self) -> bool:
+        """Text was left out: past ``dataset.max_text``, or in an event longer than that."""
+        return self._budget.truncated or bool(self._parser and self._parser.overflowed)
 
     @property
     def finished(self) -> bool:
@@ -149,10 +171,11 @@ class MessagesReassembler:
     blocks put back together into the ``Message`` they add up to, in Anthropic's own shape (the recorder
     turns it into the OpenAI one, as it does a relayed non-streamed answer)."""
 
-    __slots__ = ("_blocks", "_parser", "_stop_reason", "_usage", "done", "error", "head")
+    __slots__ = ("_blocks", "_budget", "_parser", "_stop_reason", "_usage", "done", "error", "head")
 
-    def __init__(self) -> None:
-        self._parser = SSEParser()
+    def __init__(self, limit: int | None = None) -> None:
+        self._budget = _Budget(limit)
+        self._parser = SSEParser(limit)
         self._blocks: dict[int, dict[str, Any]] = {}
         self._stop_reason: str | None = None
         self._usage: dict[str, Any] = {}
@@ -163,6 +186,10 @@ class MessagesReassembler:
     @property
     def finished(self) -> bool:
         return self.done
+
+    @property
+    def truncated(self) -> bool:
+        return self._budget.truncated or self._parser.overflowed
 
     def feed(self, data: bytes) -> None:
         for event in _json_events(self._parser, data):
@@ -182,7 +209,7 @@ class MessagesReassembler:
             delta = event.get("delta") or {}
             for field in ("text", "thinking", "partial_json"):
                 if isinstance(delta.get(field), str):
-                    _append(block.setdefault(f"_{field}", []), delta[field])
+                    self._budget.append(block.setdefault(f"_{field}", []), delta[field])
         elif kind == "message_delta":
             self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
             self._usage.update(event.get("usage") or {})

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from .fronts import Dialect
-from .records import Capture, build_with_keys, redact
+from .records import Capture, build_with_keys, fit, redact
 from .sinks import JsonlSink, Sink, SqliteSink
 from .tape import PendingStream
 
@@ -56,6 +56,12 @@ def make_sink(kind: str, directory: Any, session: str, dsn: str | None = None) -
         assert dsn is not None
         return PostgresSink(dsn, directory, session)
     return None
+
+
+def _linkable(key_name: str | None, fingerprint: str) -> str:
+    """What links an exchange to the one it continues: the same history, sent with the same API key (one key's
+    conversation is never threaded onto another's, however alike they start)."""
+    return f"{key_name or ''}\x00{fingerprint}"
 
 
 _STOP = object()
@@ -91,6 +97,7 @@ class Recorder:
         self.written = 0
         self.lost = 0
         self.spilled = 0
+        self.altered = 0  # records written with a part fitted (meta.altered says what)
         self.held = 0  # records the writer holds for a sink that failed
         self._failure = ""  # the sink's last error, for the messages
         self._last_loss_log: dict[str, float] = {}
@@ -116,7 +123,7 @@ class Recorder:
         for record in self.sink.session_records():
             meta = record.get("meta") or {}
             if meta.get("key") and meta.get("thread"):
-                self._remember(meta["key"], record["id"], meta["thread"])
+                self._remember(_linkable(meta.get("key_name"), meta["key"]), record["id"], meta["thread"])
         self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
         if self._pending:
@@ -128,16 +135,11 @@ class Recorder:
         batch = [self._pending.popleft() for _ in range(min(SLICE, len(self._pending)))]
         records: list[dict[str, Any]] = []
         for capture in batch:
-            try:
-                records.extend(self._records(capture))
-            except Exception:  # a capture the recorder cannot read must not stop the ones after it
-                log.exception("could not turn exchange %s into a record", capture.request_id)
-                self._lose(1, "record", "an exchange could not be turned into a record")
+            records.extend(self._records_of(capture))
         if records:
-            try:
-                self._outbox.put((len(records), self.sink.encode(records)))
-            except Exception as exc:
-                self._lose(len(records), "write", f"the records could not be encoded ({exc})")
+            count, payload = self._encode(records)
+            if count:
+                self._outbox.put((count, payload))
         if self._pending and self._loop is not None:
             self._loop.call_soon(self._build)
         else:
@@ -236,10 +238,61 @@ class Recorder:
         self._complain(f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
                        f"{self.spilled} spilled since start; the dataset commands read that file too", kind="spill")
 
+    def _records_of(self, capture: Capture) -> list[dict[str, Any]]:
+        """The exchange's records. One the recorder cannot build as it came (JSON nested deeper than a record can
+        hold, say) is built again from a fitted copy, its changes noted in ``meta.altered``; one exchange's problem
+        never costs another's record."""
+        try:
+            return self._records(capture)
+        except Exception:
+            log.warning("exchange %s could not be recorded as it came; recording a fitted copy", capture.request_id, exc_info=True)
+        notes: list[str] = []
+        capture.request = fit(capture.request, "request", notes)
+        capture.answer = fit(capture.answer, "answer", notes)
+        try:
+            records = self._records(capture)
+        except Exception:  # a capture the recorder cannot read at all must not stop the ones after it
+            log.exception("could not turn exchange %s into a record", capture.request_id)
+            self._lose(1, "record", "an exchange could not be turned into a record")
+            return []
+        for record in records:
+            record["meta"]["altered"] = notes
+        self.altered += len(records)
+        return records
+
+    def _encode(self, records: list[dict[str, Any]]) -> tuple[int, Any]:
+        """The batch encoded for the sink, and how many records it holds. Encoded as one (the common case), else one
+        by one: a record that cannot be encoded is fitted (its changes in ``meta.altered``), and only one that
+        cannot be encoded even then is lost."""
+        try:
+            return len(records), self.sink.encode(records)
+        except Exception:
+            pass
+        good = []
+        for record in records:
+            try:
+                self.sink.encode([record])
+            except Exception as exc:
+                notes: list[str] = []
+                fitted = fit(record, "", notes)
+                fitted["meta"]["altered"] = notes
+                try:
+                    self.sink.encode([fitted])
+                except Exception:
+                    self._lose(1, "write", f"a record could not be encoded ({exc})")
+                    continue
+                log.warning("record %s could not be written as it was (%s); written with: %s", record.get("id"), exc, "; ".join(notes))
+                self.altered += 1
+                record = fitted
+            good.append(record)
+        return len(good), self.sink.encode(good) if good else None
+
     def _records(self, capture: Capture) -> list[dict[str, Any]]:
         if isinstance(capture.answer, PendingStream):
-            capture.answer, why_cut = capture.answer.resolve()
+            pending = capture.answer
+            capture.answer, why_cut = pending.resolve()
             capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
+            capture.truncated = pending.truncated
         if isinstance(capture.answer, (bytes, bytearray)):
             try:
                 capture.answer = orjson.loads(capture.answer)
@@ -253,7 +306,7 @@ class Recorder:
         records, continues = build_with_keys(capture, self.session)
         parent = thread = None
         for key in continues:
-            found = self._index.get(key)
+            found = self._index.get(_linkable(capture.key, key))
             if found is not None:
                 parent, thread = found
                 break
@@ -261,7 +314,7 @@ class Recorder:
             meta = record["meta"]
             meta["parent"] = parent
             meta["thread"] = thread or records[0]["id"]
-            self._remember(meta["key"], record["id"], meta["thread"])
+            self._remember(_linkable(capture.key, meta["key"]), record["id"], meta["thread"])
         return [redact(r, self.patterns) for r in records]
 
     def _remember(self, key: str, record_id: str, thread: str) -> None:

@@ -51,6 +51,7 @@ class Capture:
     created: float = field(default_factory=time.time)
     cut_short: bool = False
     cut_reason: str | None = None
+    truncated: bool = False  # text past dataset.max_text was left out of the answer
     error: str | None = None
     tried: list[str] = field(default_factory=list)  # targets that failed before the one that answered
 
@@ -201,6 +202,7 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "created": stamp,
             "cut_short": capture.cut_short,
             "cut_reason": capture.cut_reason,
+            **({"truncated": True} if capture.truncated else {}),
             "error": capture.error,
             "tried": capture.tried,
             "n": len(choices),
@@ -273,3 +275,69 @@ def redact(record: dict[str, Any], patterns: Sequence[re.Pattern[str]]) -> dict[
         return value
 
     return clean(record)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------ odd records
+
+MAX_DEPTH = 64  # JSON nested deeper than this inside a record that could not be written is kept as its text
+
+
+def fit(value: Any, where: str, notes: list[str], depth: int = 0) -> Any:
+    """``value`` made writable: containers nested deeper than ``MAX_DEPTH`` become their JSON text (orjson parses
+    1024 levels but writes 254; a record must never be lost to a client's deep ``response_format``), anything
+    JSON cannot hold becomes its ``repr``. Each change is noted under ``where``, the key path it happened at."""
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            notes.append(f"{_short(where)} (nested deeper than {MAX_DEPTH} levels; kept as JSON text)")
+            return json_text(value)
+        return {str(k): fit(v, f"{where}.{k}" if where else str(k), notes, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            notes.append(f"{_short(where)} (nested deeper than {MAX_DEPTH} levels; kept as JSON text)")
+            return json_text(value)
+        return [fit(v, f"{where}[{i}]", notes, depth + 1) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, float)):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    notes.append(f"{_short(where)} ({type(value).__name__} that JSON cannot hold; kept as text)")
+    return repr(value)
+
+
+def _short(where: str) -> str:
+    return where if len(where) <= 60 else where[:60] + "…"
+
+
+def json_text(value: Any) -> str:
+    """JSON text for any depth of nesting, built without recursion (the stack is the limit of both encoders)."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Literal):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            out.append("{")
+            parts: list[Any] = []
+            for i, (k, v) in enumerate(item.items()):
+                parts += [_Literal(("," if i else "") + orjson.dumps(str(k)).decode() + ":"), v]
+            stack += [_Literal("}"), *reversed(parts)]
+        elif isinstance(item, list):
+            out.append("[")
+            parts = []
+            for i, v in enumerate(item):
+                parts += ([_Literal(",")] if i else []) + [v]
+            stack += [_Literal("]"), *reversed(parts)]
+        else:
+            try:
+                out.append(orjson.dumps(item).decode())
+            except TypeError:
+                out.append(orjson.dumps(repr(item)).decode())
+    return "".join(out)
+
+
+class _Literal:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text

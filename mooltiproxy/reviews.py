@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from .private import private
+
 FILE_NAME = "reviews.db"
 STATUSES = ("accepted", "rejected", "none")
 ANSWER_ROLES = ("gpt", "function_call")
@@ -90,8 +92,7 @@ class Reviews:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=10.0, isolation_level=None)) as db:
+        with closing(sqlite3.connect(private(self.path), timeout=10.0, isolation_level=None)) as db:
             db.execute("PRAGMA busy_timeout=10000")
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")

@@ -16,10 +16,11 @@ class Router:
         self.default = default
         self.models = models
 
-    def pick(self, header: str | None, model: str | None) -> tuple[Target, ModelAlias | None]:
-        """The target for a request with this ``target`` header and this ``model`` field."""
+    def pick(self, header: str | None, model: str | None, allowed: Collection[str] | None = None) -> tuple[Target, ModelAlias | None]:
+        """The target for a request with this ``target`` header and this ``model`` field. ``allowed``: the targets the
+        request's key may use (None: all), the only ones its error messages name."""
         if header:
-            return self._named(header), None
+            return self._named(header, allowed), None
         if model is not None and self.models:
             alias = self.models.get(model)
             if alias is not None:
@@ -33,16 +34,16 @@ class Router:
                 code="target_not_found",
             )
         raise NotFound(
-            f"No target was chosen: send a 'target' header naming one of {self._known()}, "
+            f"No target was chosen: send a 'target' header naming one of {self._known(allowed)}, "
             f"use a model alias from 'models:', or set targets.default in the config.",
             param="target",
             code="target_not_found",
         )
 
-    def pick_if_any(self, header: str | None) -> Target | None:
+    def pick_if_any(self, header: str | None, allowed: Collection[str] | None = None) -> Target | None:
         """The target a request without a body goes to, or None when nothing chooses one."""
         if header:
-            return self._named(header)
+            return self._named(header, allowed)
         return self.targets.get(self.default) if self.default else None
 
     def listing(self, allowed: Collection[str] | None = None) -> dict[str, object]:
@@ -53,16 +54,17 @@ class Router:
                  for alias, spec in self.models.items() if allowed is None or spec.target in allowed]
         return {"object": "list", "data": data}
 
-    def _named(self, name: str) -> Target:
+    def _named(self, name: str, allowed: Collection[str] | None = None) -> Target:
         target = self.targets.get(name)
         if target is None:
+            shown = [t for t in self.targets if allowed is None or t in allowed]
             raise NotFound(
-                f"Unknown target '{name}' in the 'target' header{did_you_mean(name, self.targets)}. "
-                f"Known targets: {self._known()}.",
+                f"Unknown target '{name}' in the 'target' header{did_you_mean(name, shown)}. "
+                f"Known targets: {self._known(allowed)}.",
                 param="target",
                 code="target_not_found",
             )
         return target
 
-    def _known(self) -> str:
-        return ", ".join(self.targets) or "none"
+    def _known(self, allowed: Collection[str] | None = None) -> str:
+        return ", ".join(t for t in self.targets if allowed is None or t in allowed) or "none"

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from .bans import Ban, BanLedger
 from .health import Health
+from .uiauth import EndedSessions
 from .validators import redacted
 
 log = logging.getLogger("mooltiproxy.state")
@@ -100,6 +101,7 @@ class RedisState:
         self.ledger: BanLedger | None = None
         self.health: Health | None = None
         self.reload: Callable[[], object] | None = None  # reloads this instance's config, without telling the others
+        self.ended: EndedSessions | None = None  # review-page sessions logged out
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
@@ -109,8 +111,8 @@ class RedisState:
 
     # ------------------------------------------------------------------ life
 
-    async def start(self, ledger: BanLedger, health: Health, reload: Callable[[], object]) -> None:
-        self.ledger, self.health, self.reload = ledger, health, reload
+    async def start(self, ledger: BanLedger, health: Health, reload: Callable[[], object], ended: EndedSessions | None = None) -> None:
+        self.ledger, self.health, self.reload, self.ended = ledger, health, reload, ended
         self._client = aioredis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True)
         self._scripts = {name: self._client.register_script(body) for name, body in
                          (("fail", _FAIL), ("take", _TAKE), ("target_failed", _TARGET_FAILED))}
@@ -177,6 +179,12 @@ class RedisState:
                 if value is not None:
                     bans.append(_ban(key[len(PREFIX) + 4:], value))
         self.ledger.mirror_all(bans, [b.address for b in copied])
+        if self.ended is not None:
+            keys = [k async for k in self._client.scan_iter(match=PREFIX + "ended:*", count=1000)]
+            if keys:
+                for key, value in zip(keys, await self._client.mget(keys), strict=True):
+                    if value is not None:
+                        self.ended.mirror(key[len(PREFIX) + 6:], float(value))
 
     def _went_up(self) -> None:
         if self._down_since is not None:
@@ -279,6 +287,23 @@ class RedisState:
             return
         await self._publish({"kind": "target_ok", "target": target})
 
+    # ------------------------------------------------------------------ review-page sessions
+
+    def session_ended(self, nonce: str, until: float) -> None:
+        if self.up:
+            self._spawn(self._session_ended(nonce, until))
+
+    async def _session_ended(self, nonce: str, until: float) -> None:
+        left = int((until - time.time()) * 1000)
+        if left <= 0:
+            return
+        try:
+            await self._client.set(PREFIX + "ended:" + nonce, str(until), px=left)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            return
+        await self._publish({"kind": "session_ended", "nonce": nonce, "until": until})
+
     # ------------------------------------------------------------------ reload
 
     def reloaded(self) -> None:
@@ -305,6 +330,8 @@ class RedisState:
             self.health.mirror_failure(event["target"], event["n"], event["cool"])
         elif kind == "target_ok" and not mine:
             self.health.mirror_ok(event["target"])
+        elif kind == "session_ended" and self.ended is not None:
+            self.ended.mirror(str(event["nonce"]), float(event["until"]))
         elif kind == "reload" and not mine and self.reload is not None:
             log.info("shared state: another instance reloaded its config; reading this one's again")
             self.reload()

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from .private import private
+
 log = logging.getLogger("mooltiproxy.dataset")
 
 DB_NAME = "mooltiproxy.db"
@@ -136,7 +138,7 @@ def row_lines(payload: list[tuple[Any, ...]]) -> bytes:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False)
+    db = sqlite3.connect(private(path), check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=10000")
     db.execute(

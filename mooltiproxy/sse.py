@@ -16,17 +16,28 @@ DONE = b"data: [DONE]\n\n"
 
 
 class SSEParser:
-    """Feed bytes, get back ``(event, data)`` pairs for every event completed so far."""
+    """Feed bytes, get back ``(event, data)`` pairs for every event completed so far.
 
-    __slots__ = ("_data", "_event", "_tail")
+    Linear in what it is fed: a line still open is kept as its pieces and joined once its end arrives (joining
+    the held bytes to every new piece would cost a 10 MB line the square of its length). ``max_line`` bounds
+    what an open line may hold: past it the line is dropped, and ``overflowed`` says so."""
 
-    def __init__(self) -> None:
-        self._tail = b""
+    __slots__ = ("_data", "_event", "_held", "_open", "max_line", "overflowed")
+
+    def __init__(self, max_line: int | None = None) -> None:
+        self._open: list[bytes] = []  # the pieces of the line not ended yet
+        self._held = 0
         self._data: list[bytes] = []
         self._event: bytes | None = None
+        self.max_line = max_line
+        self.overflowed = False
 
     def feed(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
-        buf = self._tail + chunk if self._tail else chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._hold(chunk)
+            return []
+        buf = b"".join((*self._open, chunk)) if self._open else chunk
+        self._open, self._held = [], 0
         if b"\r" in buf:
             # A lone \r at the very end may be the first half of \r\n: decide once more bytes arrive.
             hold = buf.endswith(b"\r")
@@ -34,10 +45,10 @@ class SSEParser:
                 buf = buf[:-1]
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             lines = buf.split(b"\n")
-            self._tail = lines.pop() + (b"\r" if hold else b"")
+            self._hold(lines.pop() + (b"\r" if hold else b""))
         else:
             lines = buf.split(b"\n")
-            self._tail = lines.pop()
+            self._hold(lines.pop())
         out: list[tuple[bytes | None, bytes]] = []
         for line in lines:
             if not line:
@@ -57,10 +68,20 @@ class SSEParser:
                 self._event = value
         return out
 
+    def _hold(self, piece: bytes) -> None:
+        if not piece:
+            return
+        if self.max_line is not None and self._held + len(piece) > self.max_line:
+            self.overflowed = True
+            self._open, self._held = [b"::"], 2  # the rest of the line is read as a comment, and skipped
+            return
+        self._open.append(piece)
+        self._held += len(piece)
+
     def close(self) -> list[tuple[bytes | None, bytes]]:
         """Events left when the stream ends without a final blank line."""
-        out = self.feed(b"\n\n") if (self._tail or self._data) else []
-        self._tail = b""
+        out = self.feed(b"\n\n") if (self._open or self._data) else []
+        self._open, self._held = [], 0
         return out
 
 

@@ -8,12 +8,13 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from .private import private
+
 
 def connect(path: Path, *schema: str, durable: bool = True) -> sqlite3.Connection:
     """A connection for any thread, in WAL mode, waiting for other writers; ``schema`` statements run once.
     ``durable=False`` skips the sync per commit, for counts a power cut may forget."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(private(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=5000")
     if not durable:

@@ -13,7 +13,6 @@ from .reassembly import MessagesReassembler, Reassembler
 from .records import CHAT, COMPLETION, MESSAGES, Capture
 
 RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
-_MAX_TAPED_BODY = 16 * 1024 * 1024  # a non-streamed answer kept for the record; beyond this it is not JSON we can use
 # A relayed stream's bytes are kept raw and parsed a batch at a time: here whenever this much has gathered,
 # and the rest by the recorder at the end, so a stream holds its text, not its bytes. A dozen events per
 # batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
@@ -25,6 +24,10 @@ class PendingStream:
     """A stream's answer as the recorder finishes it: the bytes not parsed yet, then the reassembly."""
 
     __slots__ = ("assembler", "rest", "why_cut")
+
+    @property
+    def truncated(self) -> bool:
+        return self.assembler.truncated
 
     def __init__(self, assembler: Reassembler | MessagesReassembler, rest: bytes, why_cut: str | None) -> None:
         self.assembler, self.rest, self.why_cut = assembler, rest, why_cut
@@ -43,10 +46,12 @@ class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
-    __slots__ = ("answer", "endpoint", "error", "reassembler", "relayed_body", "relayed_size", "status", "streamed", "why_cut")
+    __slots__ = ("answer", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size", "status", "streamed",
+                 "why_cut")
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, limit: int | None = None) -> None:
         self.endpoint = endpoint
+        self.limit = limit  # dataset.max_text: the most text of an answer the record keeps
         self.answer: Any = None
         self.reassembler: Reassembler | MessagesReassembler | None = None
         self.relayed_body: list[bytes] = []
@@ -59,9 +64,9 @@ class Tape:
     def _assembler(self) -> Reassembler | MessagesReassembler:
         if self.reassembler is None:
             if self.endpoint == MESSAGES:
-                self.reassembler = MessagesReassembler()
+                self.reassembler = MessagesReassembler(self.limit)
             else:
-                self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat")
+                self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat", self.limit)
         return self.reassembler
 
     def relayed(self, chunk: bytes, stream: bool) -> None:
@@ -72,9 +77,12 @@ class Tape:
                 self._assembler().feed(b"".join(self.relayed_body))
                 self.relayed_body.clear()
                 self.relayed_size = 0
-        elif self.relayed_size < _MAX_TAPED_BODY:
-            self.relayed_body.append(chunk)
+        else:
+            # A non-streamed answer is kept whole for the record, up to the limit; past it there is no JSON left
+            # to read, and the record says the answer was left out.
             self.relayed_size += len(chunk)
+            if self.limit is None or self.relayed_size <= self.limit:
+                self.relayed_body.append(chunk)
         self.streamed = self.streamed or stream
 
     async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
@@ -94,12 +102,14 @@ class Tape:
     def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
                 prompt: str | None, started: float, tried: list[str]) -> Capture:
         answer: Any = self.answer
+        truncated = False
         if self.reassembler is not None or self.streamed:
             answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut)
         elif answer is None and self.relayed_body:
-            answer = b"".join(self.relayed_body)
+            truncated = self.limit is not None and self.relayed_size > self.limit
+            answer = None if truncated else b"".join(self.relayed_body)
         return Capture(
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
-            cut_reason=self.why_cut, error=self.error, tried=tried,
+            cut_reason=self.why_cut, truncated=truncated, error=self.error, tried=tried,
         )

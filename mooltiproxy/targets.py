@@ -57,6 +57,7 @@ class Target:
     config: TargetConfig | None = None
     auth: str = "bearer"  # how a key is sent upstream: bearer (Authorization) or x-api-key
     forward_client_key: bool = False  # auth.mode passthrough: the client's own key goes upstream in place of ours
+    max_connections: int = 1024  # requests in flight to the upstream at once
 
     def upstream_headers(self, client_key: str | None) -> tuple[tuple[str, str], ...]:
         """The headers sent upstream on every request, with the client's key in place of the target's when forwarded."""
@@ -180,6 +181,7 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
         config=tc,
         auth=preset.auth,
         forward_client_key=tc.forward_client_key,
+        max_connections=tc.max_connections,
     )
 
 

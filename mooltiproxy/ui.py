@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -29,7 +28,6 @@ from starlette.routing import BaseRoute, Route
 
 from . import exports, threadview
 from .bans import BanLedger, normalize
-from .config import Config
 from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError
 from .formats import answer_start
 from .keys import MASTER, presented
@@ -59,12 +57,10 @@ _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_cal
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(config: Config | Callable[[], Config], store: Store, reviews: Reviews, ledger: BanLedger, *,
-           clock: Callable[[], float] = time.time) -> list[BaseRoute]:
-    """The review page's routes. ``config`` is the config, or where to read the current one: a reloaded config
-    with another master key then ends the sessions signed with the old one at once."""
-    current = config if callable(config) else (lambda: config)
-    site = ReviewSite(Sessions(lambda: current().auth.master_key, clock=clock), threadview.Catalog(store), reviews, ledger)
+def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger) -> list[BaseRoute]:
+    """The review page's routes. ``sessions`` reads the current master key: a reloaded config with another master
+    key ends the sessions signed with the old one at once."""
+    site = ReviewSite(sessions, threadview.Catalog(store), reviews, ledger)
     return [
         Route("/ui", site.page(site.index), methods=["GET"]),
         Route("/ui/", site.page(site.index), methods=["GET"]),
@@ -196,6 +192,7 @@ class ReviewSite:
     async def logout(self, request: Request) -> Response:
         self._master(request)
         await self._form(request)
+        self.sessions.end(cookie(request.scope, COOKIE))
         response = RedirectResponse("/ui/login", status_code=303)
         response.headers.append(*set_cookie(COOKIE, "", max_age=0, secure=_secure(request)))
         return response

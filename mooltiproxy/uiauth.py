@@ -2,7 +2,8 @@
 
 The session cookie holds an expiry time and a random nonce, signed with HMAC-SHA256 under a key derived
 from the master key (never the key itself, which no cookie carries): changing the master key, by a
-restart or a config reload, ends every session and every login with the old key. The cookie is
+restart or a config reload, ends every session and every login with the old key; a logout ends its own
+session everywhere (``EndedSessions``). The cookie is
 HttpOnly, SameSite=Strict, limited to /ui, and Secure over HTTPS. A form that changes something carries
 a CSRF token derived from the session cookie. The login form carries a token tied to a short-lived
 cookie of its own, so another site cannot make a visitor's browser post wrong keys (each of which
@@ -16,11 +17,19 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
+from . import statedb
 from .keys import MASTER
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from .shared import RedisState
 
 COOKIE = "mooltiproxy_ui"
 LOGIN_COOKIE = "mooltiproxy_ui_login"
@@ -34,12 +43,56 @@ LOGIN_PURPOSE = "login"  # a login form's token: signed apart, so it can never p
 MasterKey = str | Callable[[], str | None]  # the key, or where to read the current one (a reloaded config may change it)
 
 
+class EndedSessions:
+    """Sessions logged out before their expiry, remembered until then: a logout ends the session itself, not only
+    the browser's copy of its cookie. Kept in ``state.db`` (shared by the workers of one machine), and, with a
+    shared Redis state, there too, told to every instance at once and mirrored in memory."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self.shared: RedisState | None = None
+        self._memory: dict[str, float] = {}  # nonce -> the session's own expiry
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        if self.path is not None:
+            self._db = statedb.connect(self.path, "CREATE TABLE IF NOT EXISTS ended_sessions (nonce TEXT PRIMARY KEY, until REAL NOT NULL)")
+            self._db.execute("DELETE FROM ended_sessions WHERE until <= ?", (self.clock(),))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def end(self, nonce: str, until: float) -> None:
+        self.mirror(nonce, until)
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO ended_sessions VALUES (?, ?)", (nonce, until))
+        if self.shared is not None:
+            self.shared.session_ended(nonce, until)
+
+    def mirror(self, nonce: str, until: float) -> None:
+        """One ended elsewhere (another instance, through Redis)."""
+        now = self.clock()
+        for old in [n for n, t in self._memory.items() if t <= now]:
+            del self._memory[old]
+        self._memory[nonce] = until
+
+    def ended(self, nonce: str) -> bool:
+        if nonce in self._memory:
+            return True
+        return self._db is not None and self._db.execute("SELECT 1 FROM ended_sessions WHERE nonce = ?", (nonce,)).fetchone() is not None
+
+
 class Sessions:
-    def __init__(self, master_key: MasterKey, *, lifetime: float = SESSION_SECONDS, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, master_key: MasterKey, *, lifetime: float = SESSION_SECONDS, clock: Callable[[], float] = time.time,
+                 ended: EndedSessions | None = None) -> None:
         self._source: Callable[[], str | None] = master_key if callable(master_key) else (lambda: master_key)
         self._derived: tuple[str, bytes, bytes] | None = None  # (master key, signing key, master key digest)
         self.lifetime = lifetime
         self.clock = clock
+        self.ended = ended
 
     def _keys(self) -> tuple[bytes, bytes] | None:
         """The signing key and the master key's digest, derived again when the master key changed; None without a key."""
@@ -68,8 +121,16 @@ class Sessions:
         payload, _, signature = value.rpartition(".")
         if not hmac.compare_digest(signature.encode(), self._mac(f"{purpose} {payload}").encode()):
             return False
-        expiry = payload.partition(".")[0]
-        return expiry.isdigit() and int(expiry) > self.clock()
+        expiry, _, nonce = payload.partition(".")
+        if not (expiry.isdigit() and int(expiry) > self.clock()):
+            return False
+        return purpose != SESSION_PURPOSE or self.ended is None or not self.ended.ended(nonce)
+
+    def end(self, value: str | None) -> None:
+        """Log a session out: its cookie is refused from now on, wherever it was copied to."""
+        if self.ended is not None and value and self.valid(value):
+            expiry, _, nonce = value.rpartition(".")[0].partition(".")
+            self.ended.end(nonce, float(expiry))
 
     def csrf(self, session: str) -> str:
         """The token the session's forms carry."""
@@ -101,9 +162,8 @@ def set_cookie(name: str, value: str, *, max_age: int, secure: bool, path: str =
     return "set-cookie", "; ".join(attributes)
 
 
-def cookie_auth(master_key: MasterKey, *, clock: Callable[[], float] = time.time) -> Callable[[Scope], str | None]:
+def cookie_auth(sessions: Sessions) -> Callable[[Scope], str | None]:
     """For the guard: the key name ("master") a request's valid session cookie stands for, else None."""
-    sessions = Sessions(master_key, clock=clock)
 
     def check(scope: Scope) -> str | None:
         return MASTER if sessions.valid(cookie(scope, COOKIE)) else None

@@ -110,7 +110,8 @@ class UpstreamResponse(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; ``UpstreamError`` (a 502) past ``limit`` bytes."""
 
     async def aclose(self) -> None:
         """Drop the upstream request, read or not: the upstream sees the connection close."""
@@ -119,26 +120,47 @@ class UpstreamResponse(Protocol):
 class UpstreamClient(Protocol):
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str, connect_to: str | None = None,
+        target: str, connect_to: str | None = None, max_connections: int | None = None,
     ) -> UpstreamResponse:
         """``connect_to``: an address to connect to in place of the URL's host name (which stays the Host and the
-        TLS server name), so that the address the proxy checked is the one it reaches."""
+        TLS server name), so that the address the proxy checked is the one it reaches. ``max_connections``: how many
+        requests may be in flight to this URL's host at once; more wait for one to end."""
 
     async def aclose(self) -> None: ...
 
 
+async def read_whole(chunks: AsyncIterator[bytes], target: str, limit: int | None) -> bytes:
+    """Every chunk of an answer joined, up to ``limit`` bytes: the proxy holds whole only the answers it must
+    read (to translate them, or an error to pass on), and never without a bound."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise UpstreamError(f"The upstream of target '{target}' answered with more than {limit} bytes, more than the proxy "
+                                f"reads whole to translate or pass on an answer.", code="upstream_answer_too_large",
+                                detail="The limit is server.max_answer for answers, 1 MiB for error bodies.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def unusable(target: str, url: str, reason: str) -> UpstreamError:
+    return UpstreamError(f"The upstream of target '{target}' answered in a way the proxy does not relay: {reason}.",
+                         code="upstream_bad_answer", detail=f"It is at {display_url(url)}.")
+
+
 def unreachable(target: str, url: str, reason: str) -> UpstreamError:
     return UpstreamError(
-        f"The upstream of target '{target}' ({display_url(url)}) could not be reached: {reason}. "
-        f"Check that it is running and that targets.{target}.url is right."
+        f"The upstream of target '{target}' could not be reached: {reason}.",
+        detail=f"It is at {display_url(url)}: check that it is running and that targets.{target}.url is right.",
     )
 
 
 def slow(target: str, url: str, timeout: float, phase: str) -> UpstreamTimeout:
     knob = f"targets.{target}.timeout" if phase == "answer" else "server.connect_timeout"
     return UpstreamTimeout(
-        f"The upstream of target '{target}' ({display_url(url)}) did not {phase} within {timeout:g} s. "
-        f"It may be overloaded; raise {knob} if it needs longer."
+        f"The upstream of target '{target}' did not {phase} within {timeout:g} s; it may be overloaded.",
+        detail=f"It is at {display_url(url)}; raise {knob} if it needs longer.",
     )
 
 
@@ -172,8 +194,8 @@ class _HttpxResponse:
         finally:
             await self._resp.aclose()
 
-    async def read(self) -> bytes:
-        return b"".join([c async for c in self.chunks()])
+    async def read(self, limit: int | None = None) -> bytes:
+        return await read_whole(self.chunks(), self._target, limit)
 
     async def aclose(self) -> None:
         await self._resp.aclose()
@@ -187,9 +209,9 @@ class HttpxClient:
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str, connect_to: str | None = None,
+        target: str, connect_to: str | None = None, max_connections: int | None = None,
     ) -> UpstreamResponse:
-        # (``connect_to`` is not applied: this client is the tests' seam over an httpx transport, which resolves
+        # (``connect_to`` and ``max_connections`` are not applied: this client is the tests' seam over an httpx transport, which resolves
         # names itself; the proxy's own client, h1.H1Client, connects to the checked address.)
         request = self._client.build_request(
             method, url, headers=headers, content=body or None,

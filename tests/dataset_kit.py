@@ -100,26 +100,6 @@ def sample(folder: Path) -> dict[str, dict[str, Any]]:
     return r
 
 
-def wire_review_page(app: Any) -> Any:
-    """The review page as ``create_app`` is to wire it: its routes before the proxy's catch-all route, its
-    login page open, its session cookie accepted by the guard. Nothing to do once ``create_app`` does it."""
-    from mooltiproxy import ui
-    from mooltiproxy.guard import Guard
-    from mooltiproxy.reviews import Reviews
-    from mooltiproxy.store import Store
-
-    if any(getattr(route, "path", None) == "/ui/login" for route in app.router.routes):
-        return app
-    live = app.state.live
-    folder = live.settings.config.dataset.dir
-    pages = ui.routes(lambda: live.settings.config, Store(folder), Reviews.beside(folder), live.ledger)
-    app.router.routes[-1:-1] = pages
-    for middleware in app.user_middleware:
-        if middleware.cls is Guard:
-            middleware.kwargs.update(open_paths=ui.OPEN_PATHS, cookie_auth=ui.cookie_auth(lambda: live.settings.config.auth.master_key))
-    return app
-
-
 def start_review_proxy(stack: Any, tmp_path: Path, monkeypatch: Any, config: dict[str, Any] | None = None,
                        env: dict[str, str] | None = None) -> Any:
     """The proxy from a config.yaml in ``tmp_path`` (its dataset in tmp_path/datasets), with the review page, on a free port."""
@@ -137,5 +117,5 @@ def start_review_proxy(stack: Any, tmp_path: Path, monkeypatch: Any, config: dic
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config or {"targets": {"default": "a", "a": {"url": "http://127.0.0.1:9"}}}, sort_keys=False))
     loaded = load(path)
-    app = wire_review_page(create_app(loaded))
+    app = create_app(loaded)
     return stack.enter_context(serve(app, config=uvicorn_config(app, loaded.server, host="127.0.0.1", log_level="warning")))

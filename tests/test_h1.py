@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +17,7 @@ from mooltiproxy.h1 import H1Client
 
 from .conftest import write_certificates
 from .servers import serve
-
-Handler = Callable[[bytes], list[bytes]]
-
-
-@contextmanager
-def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[int, dict[str, int]]]:
-    """A TCP server that answers each request with the byte pieces ``handler`` gives (sent one by one)."""
-    stats = {"connections": 0, "requests": 0}
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    stop = threading.Event()
-
-    def serve_one(conn: socket.socket) -> None:
-        stats["connections"] += 1
-        buf = b""
-        with conn:
-            while not stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    head, _, rest = buf.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n"):
-                        if line.lower().startswith(b"content-length:"):
-                            length = int(line.split(b":")[1])
-                    if len(rest) < length:
-                        break
-                    request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
-                    stats["requests"] += 1
-                    for piece in handler(request):
-                        conn.sendall(piece)
-                        time.sleep(0.01)
-                    if not keep_open:
-                        return
-
-    def accept() -> None:
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
-        yield port, stats
-    finally:
-        stop.set()
-        t.join(2)
-        sock.close()
+from .stubs.raw_upstream import raw_server
 
 
 async def fetch(client: H1Client, url: str, body: bytes = b"{}", timeout: float = 5) -> tuple[int, bytes, list[bytes]]:

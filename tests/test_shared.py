@@ -144,6 +144,20 @@ def test_a_ban_earned_at_one_instance_is_enforced_at_the_other_at_once(redis: Re
              "the ban lifted at one instance is lifted at the other")
 
 
+def test_a_logout_at_one_instance_ends_the_session_at_the_other(redis: RedisServer, openai_stub: Stub,
+                                                                 instances: Instances) -> None:
+    from .test_ui import csrf, log_in
+
+    a, b = instances(shared(redis.url, openai_stub[1]))
+    with httpx.Client(base_url=a) as browser:
+        log_in(browser)
+        session = browser.cookies["mooltiproxy_ui"]
+        assert httpx.get(b + "/ui/threads", cookies={"mooltiproxy_ui": session}).status_code == 200  # one session, both instances
+        assert browser.post("/ui/logout", data={"csrf": csrf(browser)}).status_code == 303
+    wait_for(lambda: httpx.get(b + "/ui/threads", cookies={"mooltiproxy_ui": session}).status_code == 303, 2,
+             "the session logged out at one instance is refused at the other")
+
+
 def test_failed_keys_count_across_instances(redis: RedisServer, openai_stub: Stub, instances: Instances) -> None:
     a, b = instances(shared(redis.url, openai_stub[1], auth={"max_failures": 4}))
     for url in (a, b, a, b):  # two failures at each: four in all
