@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from mooltiproxy.upstream import UpstreamResponse, broken_stream, slow, unreachable
+from mooltiproxy.upstream.client import UpstreamResponse, broken_stream, slow, unreachable
 
 
 class _AiohttpResponse:

@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 
-from mooltiproxy.config import parse
-from mooltiproxy.mapping import MapContext
-from mooltiproxy.prompting import load_prompter
-from mooltiproxy.records import Capture, build_with_keys, redact
-from mooltiproxy.sandbox import Sandbox
-from mooltiproxy.sinks import JsonlSink
-from mooltiproxy.targets import build_targets
+from mooltiproxy.config.load import parse
+from mooltiproxy.dataset.records import Capture, build_with_keys, redact
+from mooltiproxy.dataset.sinks import JsonlSink
+from mooltiproxy.routing.targets import build_targets
+from mooltiproxy.translate.mapping import MapContext
+from mooltiproxy.translate.prompting import load_prompter
+from mooltiproxy.translate.sandbox import Sandbox
 
 CHAT = {"model": "m", "messages": [{"role": "system", "content": "You are brief."},
                                    {"role": "user", "content": "Say hello to the benchmark, please."}], "max_tokens": 32}

@@ -14,9 +14,9 @@ from dataclasses import replace
 from typing import Any
 
 from mooltiproxy.app import create_app
-from mooltiproxy.config import load
-from mooltiproxy.logs import setup_logging
-from mooltiproxy.server import run
+from mooltiproxy.config.load import load
+from mooltiproxy.http.server import run
+from mooltiproxy.ops.logs import setup_logging
 
 
 def transport(kind: str) -> Any:

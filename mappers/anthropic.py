@@ -16,10 +16,8 @@ from typing import Any
 
 import orjson
 
-from mooltiproxy.errors import MappingError, UpstreamStatus
-from mooltiproxy.mapping import MapContext
-
-from . import openai as oa
+from mooltiproxy import MapContext, MappingError, UpstreamStatus
+from mooltiproxy import helpers as oa
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                 "refusal": "content_filter", "pause_turn": "stop", "model_context_window_exceeded": "length"}

@@ -22,11 +22,8 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
-from mooltiproxy.mapping import Fanout, MapContext
-
-from . import openai as oa
-from .prompted import chat_prompt, completion_prompts, prompt_calls
+from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy import helpers as oa
 
 MAX_STOPS = 10
 SEED_MAX = 2**64 - 1
@@ -40,7 +37,7 @@ PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "
 
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/api/v1/generate`` with the prompt rendered by the target's prompter."""
-    prompt, _ = chat_prompt(body, ctx)
+    prompt, _ = oa.chat_prompt(body, ctx)
     return _generate([prompt], body, ctx)
 
 
@@ -50,12 +47,12 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
         raise MappingError("'suffix' is not supported by the KoboldAI API; put the text into the prompt instead.", param="suffix")
     if body.get("echo"):
         raise MappingError("'echo' is not supported by the KoboldAI API.", param="echo")
-    prompts, _ = completion_prompts(body, ctx)
+    prompts, _ = oa.completion_prompts(body, ctx)
     return _generate(prompts, body, ctx)
 
 
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    return prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="sampler_seed", seed_max=SEED_MAX)
+    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="sampler_seed", seed_max=SEED_MAX)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

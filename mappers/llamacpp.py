@@ -13,11 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
-from mooltiproxy.mapping import Fanout, MapContext
-
-from . import openai as oa
-from .prompted import chat_prompt, completion_prompts, prompt_calls
+from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy import helpers as oa
 
 FINISH = {"eos": "stop", "word": "stop", "limit": "length"}
 SEED_MAX = 2**32 - 1  # llama.cpp's seed is a uint32; -1 (its default) means a random one
@@ -34,7 +31,7 @@ EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
 
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/completion`` with the prompt rendered by the target's prompter."""
-    prompt, _ = chat_prompt(body, ctx)
+    prompt, _ = oa.chat_prompt(body, ctx)
     return _completion([prompt], body, ctx)
 
 
@@ -44,12 +41,12 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
         raise MappingError("'suffix' is not supported by llama.cpp's /completion (its /infill is another API).", param="suffix")
     if body.get("echo"):
         raise MappingError("'echo' is not supported by llama.cpp's /completion.", param="echo")
-    prompts, _ = completion_prompts(body, ctx)
+    prompts, _ = oa.completion_prompts(body, ctx)
     return _completion(prompts, body, ctx)
 
 
 def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    return prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="seed", seed_max=SEED_MAX)
+    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="seed", seed_max=SEED_MAX)
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:

@@ -20,12 +20,10 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
-from mooltiproxy.mapping import Fanout, MapContext
+from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy import helpers as oa
 
 from . import llamacpp
-from . import openai as oa
-from .prompted import chat_prompt, completion_prompts
 
 FINISH = {"stop": "stop", "length": "length"}
 THINK_LEVELS = ("low", "medium", "high")
@@ -45,7 +43,7 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
     """``/v1/chat/completions`` → ``/api/chat``, or ``/api/generate`` raw when the target renders prompts itself."""
     out = _common(body, ctx)
     if ctx.target.options.get("raw_prompt"):
-        prompt, _ = chat_prompt(body, ctx)
+        prompt, _ = oa.chat_prompt(body, ctx)
         ctx.upstream_path = "/api/generate"
         ctx.state["raw"] = True
         out.update(prompt=prompt, raw=True)
@@ -62,7 +60,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
     """``/v1/completions`` → ``/api/generate`` with the prompt sent raw; a list of prompts, one call each."""
     if body.get("echo"):
         raise MappingError("'echo' is not supported by Ollama.", param="echo")
-    prompts, _ = completion_prompts(body, ctx)
+    prompts, _ = oa.completion_prompts(body, ctx)
     out = _common(body, ctx)
     suffix = body.get("suffix")
     if suffix:

@@ -14,11 +14,8 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mooltiproxy.errors import MappingError, UpstreamError, UpstreamStatus
-from mooltiproxy.mapping import Fanout, MapContext
-
-from . import openai as oa
-from .prompted import chat_prompt, completion_prompts
+from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
+from mooltiproxy import helpers as oa
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 # HTTP status TGI gives each error type (server.rs, From<InferError>); used for errors that arrive
@@ -37,7 +34,7 @@ PASSTHROUGH = ("top_k", "typical_p", "repetition_penalty", "truncate", "watermar
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/generate``: the messages rendered by the target's prompter (its
     leading BOS dropped: ``/generate`` tokenizes with special tokens and adds its own)."""
-    prompt, _ = chat_prompt(body, ctx)
+    prompt, _ = oa.chat_prompt(body, ctx)
     return _generate([prompt], body, ctx)
 
 
@@ -47,7 +44,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
         raise MappingError("'suffix' is not supported by TGI; put the text into the prompt instead.", param="suffix")
     if body.get("echo"):
         raise MappingError("'echo' is not supported by TGI.", param="echo")
-    prompts, _ = completion_prompts(body, ctx)
+    prompts, _ = oa.completion_prompts(body, ctx)
     return _generate(prompts, body, ctx)
 
 

@@ -1,5 +1,5 @@
 """``python -m mooltiproxy`` is the ``mooltiproxy`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -22,27 +22,28 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import admin, ui
-from .bans import BanLedger
-from .config import Config
-from .context import RequestContext
-from .cors import CORS
+from .backends.fronts import load_dialects, load_fronts
+from .config.load import Config
+from .dataset.recorder import Recorder, make_sink, new_session
+from .dataset.reviews import open_reviews
+from .dataset.store import Store
 from .errors import Forbidden, ProxyError, render
-from .fronts import load_dialects, load_fronts
-from .guard import Guard
-from .h1 import H1Client
-from .health import Health
-from .keys import MASTER
-from .limits import RateLimits
-from .live import Live, build_settings
-from .logs import flush_logs
-from .metrics import Metrics
-from .pipeline import Pipeline
-from .recorder import Recorder, make_sink, new_session
-from .reviews import open_reviews
-from .store import Store
-from .uiauth import EndedSessions, Sessions
-from .upstream import HttpxClient, UpstreamClient
+from .guard.bans import BanLedger
+from .guard.door import Guard
+from .guard.keys import MASTER
+from .guard.limits import RateLimits
+from .http.context import RequestContext
+from .http.cors import CORS
+from .ops import admin
+from .ops.logs import flush_logs
+from .ops.metrics import Metrics
+from .proxy.cooldowns import Health
+from .proxy.pipeline import Pipeline
+from .review import pages as ui
+from .review.sessions import EndedSessions, Sessions
+from .state.settings import Live, build_settings
+from .upstream.client import HttpxClient, UpstreamClient
+from .upstream.h1 import H1Client
 
 log = logging.getLogger("mooltiproxy")
 
@@ -71,7 +72,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
                     auth.master_key_env, len(auth.master_key))
     state = None
     if config.state is not None:
-        from .shared import RedisState  # only with a state: the redis package is an extra
+        from .state.redis import RedisState  # only with a state: the redis package is an extra
 
         state = RedisState(config.state, required=config.state_required)
     # With a shared state, Redis holds bans and counts; without, SQLite beside the dataset (shared by workers).

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from mooltiproxy import create_app
-from mooltiproxy.config import load
-from mooltiproxy.server import uvicorn_config
+from mooltiproxy.config.load import load
+from mooltiproxy.http.server import uvicorn_config
 
 from .servers import ServerStack, ServerThread, free_port, serve
 from .stubs.openai_upstream import OpenAIStub

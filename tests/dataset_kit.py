@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from mooltiproxy.records import CHAT, COMPLETION, Capture, build
+from mooltiproxy.dataset.records import CHAT, COMPLETION, Capture, build
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC).timestamp()
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "Weather in a city",
@@ -106,8 +106,8 @@ def start_review_proxy(stack: Any, tmp_path: Path, monkeypatch: Any, config: dic
     import yaml
 
     from mooltiproxy import create_app
-    from mooltiproxy.config import load
-    from mooltiproxy.server import uvicorn_config
+    from mooltiproxy.config.load import load
+    from mooltiproxy.http.server import uvicorn_config
 
     from .conftest import KEY
     from .servers import serve

@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from mooltiproxy.sinks import read_jsonl
+from mooltiproxy.dataset.sinks import read_jsonl
 
 from .conftest import KEY, ProxyFactory
 from .servers import serve

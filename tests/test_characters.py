@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from mooltiproxy.characters import Card, CardError, card_from_json, load_card
-from mooltiproxy.prompting import load_prompter
+from mooltiproxy.translate.characters import Card, CardError, card_from_json, load_card
+from mooltiproxy.translate.prompting import load_prompter
 
 from .fixtures.make_card_png import chara_text, chunk, png_with_text
 

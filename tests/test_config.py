@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from mooltiproxy.config import load, parse
+from mooltiproxy.backends.presets import PRESETS
+from mooltiproxy.config.load import load, parse
+from mooltiproxy.config.schema import DYNAMIC_HOST, NAMED_KEY, ROUTE, SCHEMA, TARGET
 from mooltiproxy.errors import ConfigError
-from mooltiproxy.presets import PRESETS
-from mooltiproxy.schema import DYNAMIC_HOST, NAMED_KEY, ROUTE, SCHEMA, TARGET
-from mooltiproxy.targets import build_targets
+from mooltiproxy.routing.targets import build_targets
 
 from .conftest import ROOT
 

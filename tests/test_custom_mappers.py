@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mooltiproxy import create_app
-from mooltiproxy.config import load
+from mooltiproxy.config.load import load
 
 from .conftest import KEY, ROOT, http
 from .servers import serve

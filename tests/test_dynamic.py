@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mooltiproxy.sinks import read_jsonl
+from mooltiproxy.dataset.sinks import read_jsonl
 
 from .conftest import KEY, ProxyFactory, http
 from .servers import serve
@@ -147,7 +147,7 @@ def test_rerank_is_relayed_and_not_recorded(openai_stub: Stub, start_proxy: Prox
 
 
 def test_dynamic_config_problems_are_listed() -> None:
-    from mooltiproxy.config import parse
+    from mooltiproxy.config.load import parse
     from mooltiproxy.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:

@@ -15,13 +15,13 @@ import openai
 import orjson
 import pytest
 
-from mooltiproxy import exports
-from mooltiproxy.dataset_cli import add_commands
-from mooltiproxy.exports import Selection
-from mooltiproxy.formats import TEXT_BESIDE_CALL, answer_start
-from mooltiproxy.reviews import Review, Reviews
-from mooltiproxy.sinks import read_jsonl
-from mooltiproxy.store import Filter, Store
+from mooltiproxy.cli.dataset import add_commands
+from mooltiproxy.dataset import exports
+from mooltiproxy.dataset.exports import Selection
+from mooltiproxy.dataset.formats import TEXT_BESIDE_CALL, answer_start
+from mooltiproxy.dataset.reviews import Review, Reviews
+from mooltiproxy.dataset.sinks import read_jsonl
+from mooltiproxy.dataset.store import Filter, Store
 
 from .conftest import KEY, ProxyFactory
 from .dataset_kit import WEATHER, Recording, assistant, call, sample, user
@@ -311,7 +311,7 @@ def test_options_sessions_targets_dates_accepted_dedupe_cut_short(folder: Path, 
 
 
 def test_records_of_the_sqlite_sink_are_exported_too(folder: Path) -> None:
-    from mooltiproxy.sinks import SqliteSink
+    from mooltiproxy.dataset.sinks import SqliteSink
 
     rec = Recording(folder / "scratch", "db-session")
     first = rec.chat([user("hi")], "hello")

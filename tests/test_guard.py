@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from mooltiproxy import create_app
-from mooltiproxy.config import parse
+from mooltiproxy.config.load import parse
 from mooltiproxy.errors import ConfigError
 
 from .conftest import AUTH, KEY, Clock, ProxyFactory, http, write_certificates
@@ -95,7 +95,7 @@ def test_named_keys_and_their_targets(openai_stub: Stub, start_proxy: ProxyFacto
 def test_keys_are_compared_in_constant_time(openai_stub: Stub, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     import hmac
 
-    import mooltiproxy.keys
+    import mooltiproxy.guard.keys
 
     calls: list[tuple[int, int]] = []
     real = hmac.compare_digest
@@ -104,7 +104,7 @@ def test_keys_are_compared_in_constant_time(openai_stub: Stub, start_proxy: Prox
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(mooltiproxy.keys.hmac, "compare_digest", spy)
+    monkeypatch.setattr(mooltiproxy.guard.keys.hmac, "compare_digest", spy)
     url = start_proxy(config(openai_stub[1], auth={"keys": {"k": {"key_env": "K2"}}}), env={"K2": "another-key-123456"}).url
     post(url, WRONG)
     post(url, "x")

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from mooltiproxy.errors import UpstreamError, UpstreamTimeout
-from mooltiproxy.h1 import H1Client
+from mooltiproxy.upstream.h1 import H1Client
 
 from .conftest import write_certificates
 from .servers import serve

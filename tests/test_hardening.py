@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from mooltiproxy.config import parse
+from mooltiproxy.config.load import parse
+from mooltiproxy.dataset.reviews import Reviews
+from mooltiproxy.dataset.sinks import read_jsonl
 from mooltiproxy.errors import ConfigError
-from mooltiproxy.h1 import H1Client
-from mooltiproxy.metrics import MAX_SERIES, Metrics
-from mooltiproxy.reviews import Reviews
-from mooltiproxy.sinks import read_jsonl
-from mooltiproxy.sse import SSEParser
+from mooltiproxy.ops.metrics import MAX_SERIES, Metrics
+from mooltiproxy.translate.sse import SSEParser
+from mooltiproxy.upstream.h1 import H1Client
 
 from .conftest import AUTH, KEY, ProxyFactory, http
 from .servers import serve
@@ -338,7 +338,7 @@ def test_f12_config_problems_name_the_variable_never_its_value(tmp_path: Path) -
 
 def test_f20_one_keys_conversation_is_never_threaded_onto_anothers(openai_stub: tuple[Any, str], start_proxy: ProxyFactory,
                                                                    tmp_path: Path) -> None:
-    from mooltiproxy.exports import threads
+    from mooltiproxy.dataset.exports import threads
 
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"dir": str(tmp_path / "ds")},
                        "auth": {"keys": {"alice": {"key_env": "ALICE"}}}}, env={"ALICE": ALICE}).url

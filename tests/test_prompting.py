@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mooltiproxy.errors import MappingError
-from mooltiproxy.prompting import Limits, Prompter, PrompterError, load_prompter, preset_names
+from mooltiproxy.translate.prompting import Limits, Prompter, PrompterError, load_prompter, preset_names
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE: dict[str, dict[str, str]] = json.loads((FIXTURES / "chat_template_renders.json").read_text(encoding="utf-8"))

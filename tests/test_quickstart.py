@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from mooltiproxy.config import load
-from mooltiproxy.sinks import read_jsonl
+from mooltiproxy.config.load import load
+from mooltiproxy.dataset.sinks import read_jsonl
 
 from .conftest import KEY
 from .servers import free_port, serve

@@ -19,9 +19,9 @@ import httpx
 import openai
 import pytest
 
-from mooltiproxy.recorder import Recorder
-from mooltiproxy.records import Capture
-from mooltiproxy.sinks import JsonlSink, SqliteSink, read_jsonl
+from mooltiproxy.dataset.recorder import Recorder
+from mooltiproxy.dataset.records import Capture
+from mooltiproxy.dataset.sinks import JsonlSink, SqliteSink, read_jsonl
 
 from .conftest import KEY, ProxyFactory, http
 from .servers import free_port
@@ -150,7 +150,7 @@ def test_a_stream_sent_one_byte_at_a_time_reassembles_exactly(proxy: str, tmp_pa
 
 
 def test_reassembly_at_every_byte_boundary() -> None:
-    from mooltiproxy.reassembly import Reassembler
+    from mooltiproxy.dataset.reassembly import Reassembler
 
     data = SSE.encode()
     whole = Reassembler()
@@ -166,9 +166,9 @@ def test_reassembly_at_every_byte_boundary() -> None:
 def test_a_long_relayed_stream_is_held_as_text_not_bytes() -> None:
     """The tape parses a relayed stream a batch at a time: what it holds raw stays small, however long the
     stream, and the batches' edges (mid-event, mid-character) lose nothing."""
-    from mooltiproxy import tape as tape_module
-    from mooltiproxy.records import CHAT
-    from mooltiproxy.tape import PendingStream, Tape
+    from mooltiproxy.dataset import tape as tape_module
+    from mooltiproxy.dataset.records import CHAT
+    from mooltiproxy.dataset.tape import PendingStream, Tape
 
     pieces = [f"Grüße {i} мир 🌍 " for i in range(2000)]
     data = ("".join(
@@ -227,7 +227,7 @@ def test_policy_opt_out_errors_and_redaction(openai_stub: Stub, start_proxy: Pro
 def test_errors_are_recorded_when_asked(openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path) -> None:
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"record_errors": True, "sink": "sqlite"}}).url
     http.post(url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "e"}], "stub": {"status": 503}})
-    from mooltiproxy.store import Store
+    from mooltiproxy.dataset.store import Store
 
     deadline = time.monotonic() + 5
     found: list[dict[str, Any]] = []
@@ -277,7 +277,7 @@ def test_a_full_queue_and_a_failing_disk_are_counted_and_logged(tmp_path: Path, 
 
 def test_a_sink_that_fails_for_a_while_gets_every_record_later(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import mooltiproxy.recorder as recorder_module
+    import mooltiproxy.dataset.recorder as recorder_module
 
     monkeypatch.setattr(recorder_module, "RETRY_FIRST", 0.01)
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 import yaml
 
-from mooltiproxy.sinks import read_jsonl
+from mooltiproxy.dataset.sinks import read_jsonl
 
 from .conftest import AUTH, KEY, ProxyFactory, http, proxy_process
 from .servers import free_port
@@ -255,7 +255,7 @@ def test_json_logs_without_secrets(openai_stub: Stub, tmp_path: Path) -> None:
 def test_a_stalled_log_reader_never_stalls_logging() -> None:
     """A log nobody reads (a full pipe) blocks the writer thread, not the caller; what cannot wait is dropped,
     counted, and the count written once the reader is back."""
-    from mooltiproxy import logs
+    from mooltiproxy.ops import logs
 
     class Stalled(io.StringIO):
         def __init__(self) -> None:

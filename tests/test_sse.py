@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mooltiproxy import sse
+from mooltiproxy.translate import sse
 
 STREAM = (
     b": keep-alive\n\n"

@@ -8,7 +8,7 @@ import httpx
 from starlette.testclient import TestClient
 
 from mooltiproxy import create_app
-from mooltiproxy.config import parse
+from mooltiproxy.config.load import parse
 
 from .conftest import AUTH, KEY
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mooltiproxy.reviews import Reviews
-from mooltiproxy.uiauth import COOKIE, LOGIN_COOKIE, Sessions
+from mooltiproxy.dataset.reviews import Reviews
+from mooltiproxy.review.sessions import COOKIE, LOGIN_COOKIE, Sessions
 
 from .conftest import AUTH, KEY
 from .dataset_kit import Recording, sample, start_review_proxy, user

@@ -1,0 +1,340 @@
+"""Recording every exchange without slowing any: a bounded queue, records built in small slices on
+the event loop, one thread for the disk.
+
+The pipeline hands over a ``Capture`` (references, no copies) and moves on. Every ``LINGER`` seconds
+the event loop turns what has gathered into records — linked to the earlier exchange each continues,
+redacted per ``dataset.redact``, encoded — a few at a time between requests, and hands the encoded
+batches to the writer thread, which only writes (and syncs), holding nothing the event loop needs.
+Building records on another thread instead made it and the event loop fight over the interpreter
+lock: recording then cost 21–31 % of the proxy's requests per second (bench/RESULTS.md, "History").
+
+A batch the sink cannot take (a full disk, a database that went away) is held and tried again, with a
+growing pause, in order; what is held is bounded by ``dataset.queue`` records. Beyond that, and at
+shutdown, held batches go to a local JSONL file when the sink has one (``spill_path``), else they are
+lost. Every spill and loss is counted and logged loudly, never silent; the request has long succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..backends.fronts import Dialect
+from .records import Capture, build_with_keys, fit, redact
+from .sinks import JsonlSink, Sink, SqliteSink
+from .tape import PendingStream
+
+log = logging.getLogger("mooltiproxy.dataset")
+
+_INDEX_SIZE = 200_000  # fingerprints kept for threading; older threads can still be relinked offline
+LINGER = 0.1  # seconds between the writer's rounds
+
+
+def new_session() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
+
+
+def make_sink(kind: str, directory: Any, session: str, dsn: str | None = None) -> Sink | None:
+    if kind == "jsonl":
+        return JsonlSink(directory, session)
+    if kind == "sqlite":
+        return SqliteSink(directory, session)
+    if kind == "postgres":
+        from .postgres import PostgresSink  # only with this sink: psycopg is an extra
+
+        assert dsn is not None
+        return PostgresSink(dsn, directory, session)
+    return None
+
+
+def _linkable(key_name: str | None, fingerprint: str) -> str:
+    """What links an exchange to the one it continues: the same history, sent with the same API key (one key's
+    conversation is never threaded onto another's, however alike they start)."""
+    return f"{key_name or ''}\x00{fingerprint}"
+
+
+_STOP = object()
+# Records built per turn of the event loop: each turn delays the requests waiting behind it. At 32 (about
+# 0.4 ms a turn) S1's p99 at half capacity was 3.7–4.6 ms over direct; at 8, 1.9–2.4 ms (bench/RESULTS.md).
+SLICE = 8
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between attempts at a sink that failed, doubling
+
+
+class Recorder:
+    def __init__(
+        self,
+        sink: Sink,
+        session: str,
+        *,
+        redact: list[str] | tuple[str, ...] = (),
+        fsync: str = "interval",
+        queue_size: int = 10_000,
+        dialects: Mapping[str, Dialect] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.dialects = dialects or {}
+        self.session = session
+        self.patterns = [re.compile(p) for p in redact]
+        self.fsync = fsync
+        self.queue_size = queue_size
+        self._pending: deque[Capture] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # encoded batches for the writer thread
+        self._thread: threading.Thread | None = None
+        self._index: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.written = 0
+        self.lost = 0
+        self.spilled = 0
+        self.altered = 0  # records written with a part fitted (meta.altered says what)
+        self.held = 0  # records the writer holds for a sink that failed
+        self._failure = ""  # the sink's last error, for the messages
+        self._last_loss_log: dict[str, float] = {}
+
+    # --------------------------------------------------------------------- the request side
+
+    def submit(self, capture: Capture) -> None:
+        """Hand over an exchange; never blocks, never raises."""
+        if len(self._pending) >= self.queue_size:
+            self._lose(1, "queue", "the recording queue is full (the disk is slower than the traffic)")
+            return
+        self._pending.append(capture)
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_later(LINGER, self._build)
+
+    # --------------------------------------------------------------------- building (event loop)
+
+    def start(self) -> None:
+        """Open the sink and start the writer; call from the event loop that will submit."""
+        self._loop = asyncio.get_running_loop()
+        self.sink.open()
+        for record in self.sink.session_records():
+            meta = record.get("meta") or {}
+            if meta.get("key") and meta.get("thread"):
+                self._remember(_linkable(meta.get("key_name"), meta["key"]), record["id"], meta["thread"])
+        self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
+        self._thread.start()
+        if self._pending:
+            self._scheduled = True
+            self._loop.call_soon(self._build)
+
+    def _build(self) -> None:
+        """One slice: build and encode a few records, then give the event loop back to requests."""
+        batch = [self._pending.popleft() for _ in range(min(SLICE, len(self._pending)))]
+        records: list[dict[str, Any]] = []
+        for capture in batch:
+            records.extend(self._records_of(capture))
+        if records:
+            count, payload = self._encode(records)
+            if count:
+                self._outbox.put((count, payload))
+        if self._pending and self._loop is not None:
+            self._loop.call_soon(self._build)
+        else:
+            self._scheduled = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Build and write what is queued, then close the sink."""
+        if self._thread is None:
+            return
+        while self._pending:
+            self._build()
+        self._outbox.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the recorder did not finish writing within %g s; records may be lost", timeout)
+        self._thread = None
+        self.sink.close()
+
+    # --------------------------------------------------------------------- writing (its own thread)
+
+    def _write_loop(self) -> None:
+        last_sync = time.monotonic()
+        held: deque[tuple[int, Any]] = deque()  # batches not written yet, oldest first
+        next_try, pause = 0.0, RETRY_FIRST
+        while True:
+            try:
+                item = self._outbox.get(timeout=max(0.0, next_try - time.monotonic()) if held else None)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                if held:
+                    self._write_held(held)
+                    while held:
+                        self._spill(*held.popleft(), f"the proxy stopped while {self.sink.where} still failed ({self._failure})")
+                    self.held = 0
+                if self.fsync != "never":
+                    self._sync()
+                return
+            if item is not None:
+                held.append(item)
+            if time.monotonic() < next_try:
+                pass  # the sink failed a moment ago: wait before the next attempt
+            elif self._write_held(held):
+                if pause > RETRY_FIRST:
+                    log.warning("the dataset is written to %s again; every held record has caught up", self.sink.where)
+                pause = RETRY_FIRST
+            else:
+                next_try = time.monotonic() + pause
+                pause = min(pause * 2, RETRY_MAX)
+            held_records = sum(count for count, _ in held)
+            while held_records > self.queue_size:  # bounded: the oldest go elsewhere
+                count, payload = held.popleft()
+                held_records -= count
+                self.held = held_records
+                self._spill(count, payload, f"more than dataset.queue ({self.queue_size}) records waited for {self.sink.where} "
+                                            f"({self._failure})")
+            self.held = held_records
+            now = time.monotonic()
+            if self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= 1.0):
+                self._sync()
+                last_sync = now
+
+    def _write_held(self, held: deque[tuple[int, Any]]) -> bool:
+        """Write held batches in order; False at the first that fails (it stays held)."""
+        while held:
+            count, payload = held[0]
+            try:
+                self.sink.write(payload)
+            except Exception as exc:
+                self._failure = str(exc) or type(exc).__name__
+                self._complain(f"the dataset could not be written to {self.sink.where} ({exc}); "
+                               f"{sum(c for c, _ in held)} record(s) held, trying again")
+                return False
+            held.popleft()
+            self.written += count
+        return True
+
+    def _spill(self, count: int, payload: Any, why: str) -> None:
+        path = self.sink.spill_path
+        if path is None:
+            self._lose(count, "write", why)
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                data = self.sink.lines(payload)
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"{path} took only part of the records")
+            finally:
+                os.close(fd)
+        except Exception as exc:
+            self._lose(count, "write", f"{why}, and {path} could not take them either ({exc})")
+            return
+        self.spilled += count
+        self._complain(f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
+                       f"{self.spilled} spilled since start; the dataset commands read that file too", kind="spill")
+
+    def _records_of(self, capture: Capture) -> list[dict[str, Any]]:
+        """The exchange's records. One the recorder cannot build as it came (JSON nested deeper than a record can
+        hold, say) is built again from a fitted copy, its changes noted in ``meta.altered``; one exchange's problem
+        never costs another's record."""
+        try:
+            return self._records(capture)
+        except Exception:
+            log.warning("exchange %s could not be recorded as it came; recording a fitted copy", capture.request_id, exc_info=True)
+        notes: list[str] = []
+        capture.request = fit(capture.request, "request", notes)
+        capture.answer = fit(capture.answer, "answer", notes)
+        try:
+            records = self._records(capture)
+        except Exception:  # a capture the recorder cannot read at all must not stop the ones after it
+            log.exception("could not turn exchange %s into a record", capture.request_id)
+            self._lose(1, "record", "an exchange could not be turned into a record")
+            return []
+        for record in records:
+            record["meta"]["altered"] = notes
+        self.altered += len(records)
+        return records
+
+    def _encode(self, records: list[dict[str, Any]]) -> tuple[int, Any]:
+        """The batch encoded for the sink, and how many records it holds. Encoded as one (the common case), else one
+        by one: a record that cannot be encoded is fitted (its changes in ``meta.altered``), and only one that
+        cannot be encoded even then is lost."""
+        try:
+            return len(records), self.sink.encode(records)
+        except Exception:
+            pass
+        good = []
+        for record in records:
+            try:
+                self.sink.encode([record])
+            except Exception as exc:
+                notes: list[str] = []
+                fitted = fit(record, "", notes)
+                fitted["meta"]["altered"] = notes
+                try:
+                    self.sink.encode([fitted])
+                except Exception:
+                    self._lose(1, "write", f"a record could not be encoded ({exc})")
+                    continue
+                log.warning("record %s could not be written as it was (%s); written with: %s", record.get("id"), exc, "; ".join(notes))
+                self.altered += 1
+                record = fitted
+            good.append(record)
+        return len(good), self.sink.encode(good) if good else None
+
+    def _records(self, capture: Capture) -> list[dict[str, Any]]:
+        if isinstance(capture.answer, PendingStream):
+            pending = capture.answer
+            capture.answer, why_cut = pending.resolve()
+            capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
+            capture.truncated = pending.truncated
+        if isinstance(capture.answer, (bytes, bytearray)):
+            try:
+                capture.answer = orjson.loads(capture.answer)
+            except orjson.JSONDecodeError:
+                capture.answer = None
+        dialect = self.dialects.get(capture.endpoint)
+        if dialect is not None:  # relayed in another API's shape: recorded in the OpenAI one
+            capture.request = dialect.request(capture.request)
+            if capture.answer is not None:
+                capture.answer = dialect.answer(capture.answer)
+        records, continues = build_with_keys(capture, self.session)
+        parent = thread = None
+        for key in continues:
+            found = self._index.get(_linkable(capture.key, key))
+            if found is not None:
+                parent, thread = found
+                break
+        for record in records:
+            meta = record["meta"]
+            meta["parent"] = parent
+            meta["thread"] = thread or records[0]["id"]
+            self._remember(_linkable(capture.key, meta["key"]), record["id"], meta["thread"])
+        return [redact(r, self.patterns) for r in records]
+
+    def _remember(self, key: str, record_id: str, thread: str) -> None:
+        self._index[key] = (record_id, thread)
+        self._index.move_to_end(key)
+        if len(self._index) > _INDEX_SIZE:
+            self._index.popitem(last=False)
+
+    def _sync(self) -> None:
+        try:
+            self.sink.sync()
+        except OSError as exc:
+            log.error("syncing the dataset to disk failed: %s", exc)
+
+    def _lose(self, n: int, kind: str, why: str) -> None:
+        self.lost += n
+        self._complain(f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.", kind=kind)
+
+    def _complain(self, message: str, kind: str = "held") -> None:
+        now = time.monotonic()
+        if now - self._last_loss_log.get(kind, 0.0) >= 1.0:  # loud, but not a line per request under a flood
+            self._last_loss_log[kind] = now
+            log.error("%s", message)

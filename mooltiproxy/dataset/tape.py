@@ -1,0 +1,115 @@
+"""The tape an exchange leaves for the recorder: the answer as it passed, or its stream put back
+together, whether the exchange was cut short and why. Filled on the request path, cheaply; turned
+into records later, by the recorder's writer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from ..errors import ProxyError
+from .reassembly import MessagesReassembler, Reassembler
+from .records import CHAT, COMPLETION, MESSAGES, Capture
+
+RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
+# A relayed stream's bytes are kept raw and parsed a batch at a time: here whenever this much has gathered,
+# and the rest by the recorder at the end, so a stream holds its text, not its bytes. A dozen events per
+# batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
+# bytes, 6 KiB more per stream than now (bench/RESULTS.md, S4).
+_PARSE_AT = 2 * 1024
+
+
+class PendingStream:
+    """A stream's answer as the recorder finishes it: the bytes not parsed yet, then the reassembly."""
+
+    __slots__ = ("assembler", "rest", "why_cut")
+
+    @property
+    def truncated(self) -> bool:
+        return self.assembler.truncated
+
+    def __init__(self, assembler: Reassembler | MessagesReassembler, rest: bytes, why_cut: str | None) -> None:
+        self.assembler, self.rest, self.why_cut = assembler, rest, why_cut
+
+    def resolve(self) -> tuple[dict[str, Any], str | None]:
+        """The whole answer, and why the stream was cut short (None when it ended properly)."""
+        if self.rest:
+            self.assembler.feed(self.rest)
+        why = self.why_cut
+        if why is None and not (self.assembler.done or self.assembler.finished):
+            why = self.assembler.error or "the stream ended before its last event"
+        return self.assembler.answer(), why
+
+
+class Tape:
+    """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
+    back together, and whether (and why) it was cut short."""
+
+    __slots__ = ("answer", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size", "status", "streamed",
+                 "why_cut")
+
+    def __init__(self, endpoint: str, limit: int | None = None) -> None:
+        self.endpoint = endpoint
+        self.limit = limit  # dataset.max_text: the most text of an answer the record keeps
+        self.answer: Any = None
+        self.reassembler: Reassembler | MessagesReassembler | None = None
+        self.relayed_body: list[bytes] = []
+        self.relayed_size = 0
+        self.error: str | None = None
+        self.status = 0
+        self.why_cut: str | None = None
+        self.streamed = False
+
+    def _assembler(self) -> Reassembler | MessagesReassembler:
+        if self.reassembler is None:
+            if self.endpoint == MESSAGES:
+                self.reassembler = MessagesReassembler(self.limit)
+            else:
+                self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat", self.limit)
+        return self.reassembler
+
+    def relayed(self, chunk: bytes, stream: bool) -> None:
+        if stream:
+            self.relayed_body.append(chunk)
+            self.relayed_size += len(chunk)
+            if self.relayed_size >= _PARSE_AT:
+                self._assembler().feed(b"".join(self.relayed_body))
+                self.relayed_body.clear()
+                self.relayed_size = 0
+        else:
+            # A non-streamed answer is kept whole for the record, up to the limit; past it there is no JSON left
+            # to read, and the record says the answer was left out.
+            self.relayed_size += len(chunk)
+            if self.limit is None or self.relayed_size <= self.limit:
+                self.relayed_body.append(chunk)
+        self.streamed = self.streamed or stream
+
+    async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        assembler = self._assembler()
+        async for event in events:
+            if isinstance(event, dict):
+                assembler.add(event)
+            yield event
+
+    def cut(self, why: str) -> None:
+        self.why_cut = self.why_cut or why
+
+    def failed(self, exc: ProxyError) -> None:
+        self.status = exc.status
+        self.error = exc.message
+
+    def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
+                prompt: str | None, started: float, tried: list[str]) -> Capture:
+        answer: Any = self.answer
+        truncated = False
+        if self.reassembler is not None or self.streamed:
+            answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut)
+        elif answer is None and self.relayed_body:
+            truncated = self.limit is not None and self.relayed_size > self.limit
+            answer = None if truncated else b"".join(self.relayed_body)
+        return Capture(
+            request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
+            stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
+            cut_reason=self.why_cut, truncated=truncated, error=self.error, tried=tried,
+        )

@@ -1,0 +1,435 @@
+"""The review page at /ui, served by the proxy itself: sessions, threads, search, a thread shown as a chat,
+accept / reject / edit an answer, rank alternatives, and export what was accepted.
+
+Plain HTML forms over Starlette routes and Jinja templates (``review/templates/pages``), no script at all. Only the
+master key gets in: by its key header, or by the session cookie that logging in with it sets
+(``uiauth``). The guard checks both before a request reaches these routes; the login page is open, and
+counts a wrong key in the ban ledger exactly as the API does. A form that changes something needs its
+CSRF token (on top of the SameSite=Strict cookie). Errors are shown as pages, with their HTTP status.
+Reading the dataset and the reviews blocks, so it runs in worker threads, off the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..dataset import exports, threadview
+from ..dataset.formats import answer_start
+from ..dataset.reviews import Review, Reviews
+from ..dataset.store import Filter, Store
+from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError
+from ..guard.bans import BanLedger, normalize
+from ..guard.keys import MASTER, presented
+from .sessions import COOKIE, LOGIN_COOKIE, LOGIN_PURPOSE, LOGIN_SECONDS, Sessions, cookie, cookie_auth, set_cookie
+
+__all__ = ["OPEN_PATHS", "cookie_auth", "routes"]
+
+# The login page, and the front page, which sends a browser without a session to the login page
+# instead of answering it with an API error.
+OPEN_PATHS = frozenset({"/ui", "/ui/", "/ui/login"})
+
+_FORM_LIMIT = 4 * 1024 * 1024  # an edited answer can be long; nothing else on these forms is
+_PAGE = 100
+_SECURITY_HEADERS = {
+    # No script runs on these pages; no other site may frame them (the buttons would be clickable through).
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_call": "tool call", "observation": "tool result"}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger) -> list[BaseRoute]:
+    """The review page's routes. ``sessions`` reads the current master key: a reloaded config with another master
+    key ends the sessions signed with the old one at once."""
+    site = ReviewSite(sessions, threadview.Catalog(store), reviews, ledger)
+    return [
+        Route("/ui", site.page(site.index), methods=["GET"]),
+        Route("/ui/", site.page(site.index), methods=["GET"]),
+        Route("/ui/login", site.page(site.login_form), methods=["GET"]),
+        Route("/ui/login", site.page(site.login), methods=["POST"]),
+        Route("/ui/logout", site.page(site.logout), methods=["POST"]),
+        Route("/ui/threads", site.page(site.thread_list), methods=["GET"]),
+        Route("/ui/threads/{record_id}", site.page(site.thread), methods=["GET"]),
+        Route("/ui/threads/{record_id}/status", site.page(site.branch_status), methods=["POST"]),
+        Route("/ui/records/{record_id}/status", site.page(site.record_status), methods=["POST"]),
+        Route("/ui/records/{record_id}/answer", site.page(site.record_answer), methods=["POST"]),
+        Route("/ui/turns/{record_id}/ranks", site.page(site.ranks), methods=["POST"]),
+        Route("/ui/export", site.page(site.export_form), methods=["GET"]),
+        Route("/ui/export/download", site.page(site.download), methods=["GET"]),
+    ]
+
+
+def _local(target: str | None, default: str = "/ui") -> str:
+    """A redirect target on the review page itself, never another site."""
+    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target and "\n" not in target:
+        return target
+    return default
+
+
+def _pretty(value: str) -> str:
+    try:
+        return orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return value
+
+
+class ReviewSite:
+    def __init__(self, sessions: Sessions, catalog: threadview.Catalog, reviews: Reviews, ledger: BanLedger) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+        self.reviews = reviews
+        self.ledger = ledger
+        self.templates = Environment(loader=PackageLoader("mooltiproxy.review", "templates/pages"), autoescape=True,
+                                     undefined=StrictUndefined,
+                                     trim_blocks=True, lstrip_blocks=True)
+        self.templates.filters["pretty"] = _pretty
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def page(self, handler: Handler) -> Handler:
+        """The handler, with its errors shown as pages and the security headers on every answer."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except ProxyError as exc:
+                phrase = _phrase(exc.status)
+                response = self.render(request, "error.html", status=exc.status, title=f"{exc.status} · {phrase}", message=exc.message)
+                response.headers.update(dict(exc.headers))
+            for name, value in _SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+            return response
+
+        return endpoint
+
+    def render(self, request: Request, name: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+        session = cookie(request.scope, COOKIE)
+        signed_in = self.sessions.valid(session)
+        html = self.templates.get_template(name).render(
+            csrf=self.sessions.csrf(session) if session and signed_in else "", signed_in=signed_in, here=_here(request), **context)
+        return HTMLResponse(html, status_code=status)
+
+    def _master(self, request: Request) -> None:
+        if request.scope["mooltiproxy"].key_name != MASTER:
+            raise Forbidden("The review page is for the master key only.", code="review_master_only")
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        """The posted form, after the CSRF check (a request carrying the key itself needs none: no browser adds it by itself)."""
+        form = await _read_form(request, _FORM_LIMIT)
+        if presented(request.scope) is None and not self.sessions.csrf_ok(cookie(request.scope, COOKIE), form.get("csrf")):
+            raise Forbidden("This form is out of date or came from another site: load the page again and resend it.", code="csrf_failed")
+        return form
+
+    async def _snapshot(self) -> threadview.Snapshot:
+        return await run_in_threadpool(self.catalog.snapshot)
+
+    async def _reviews(self, ids: list[str] | None = None) -> dict[str, Review]:
+        return await run_in_threadpool(self.reviews.all, ids)
+
+    # ----------------------------------------------------------------------------- login
+
+    async def login_form(self, request: Request) -> Response:
+        if self.sessions.valid(cookie(request.scope, COOKIE)):
+            return RedirectResponse(_local(request.query_params.get("next")), status_code=303)
+        return self._login_page(request, 200, None)
+
+    def _login_page(self, request: Request, status: int, error: str | None) -> Response:
+        token = self.sessions.issue(LOGIN_PURPOSE, LOGIN_SECONDS)
+        response = self.render(request, "login.html", status=status, title="Log in", login_token=token, error=error,
+                               next=_local(request.query_params.get("next")))
+        response.headers.append(*set_cookie(LOGIN_COOKIE, token, max_age=LOGIN_SECONDS, secure=_secure(request), path="/ui/login"))
+        return response
+
+    def _not_banned(self, request: Request) -> str:
+        address = normalize(request.scope["mooltiproxy"].client)
+        left = self.ledger.banned_for(address)
+        if left:
+            raise Forbidden(f"{address} is banned for another {math.ceil(left)} s after repeated wrong keys.", code="address_banned",
+                            headers=[("Retry-After", str(math.ceil(left)))])
+        return address
+
+    async def login(self, request: Request) -> Response:
+        address = self._not_banned(request)
+        form = await self._form_login(request)
+        if not self.sessions.is_master(form.get("key", "").strip()):
+            await self.ledger.fail(address)
+            if self.ledger.banned_for(address):
+                raise Forbidden(f"Incorrect key. {address} is now banned for {self.ledger.ban_seconds:g} s after repeated wrong keys.",
+                                code="address_banned")
+            return self._login_page(request, 401, "Incorrect key.")
+        response = RedirectResponse(_local(form.get("next")), status_code=303)
+        secure = _secure(request)
+        response.headers.append(*set_cookie(COOKIE, self.sessions.issue(), max_age=int(self.sessions.lifetime), secure=secure))
+        response.headers.append(*set_cookie(LOGIN_COOKIE, "", max_age=0, secure=secure, path="/ui/login"))
+        return response
+
+    async def _form_login(self, request: Request) -> dict[str, str]:
+        form = await _read_form(request, 64 * 1024)
+        expected = cookie(request.scope, LOGIN_COOKIE)
+        if not (expected and self.sessions.valid(expected, LOGIN_PURPOSE) and _same(form.get("login_token", ""), expected)):
+            # Not counted as a failed attempt: another site's page could send it in a visitor's name.
+            raise BadRequest("This login form is out of date or came from another site: load the login page again.",
+                             code="login_form_expired")
+        return form
+
+    async def logout(self, request: Request) -> Response:
+        self._master(request)
+        await self._form(request)
+        self.sessions.end(cookie(request.scope, COOKIE))
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.headers.append(*set_cookie(COOKIE, "", max_age=0, secure=_secure(request)))
+        return response
+
+    # ----------------------------------------------------------------------------- reading
+
+    async def index(self, request: Request) -> Response:
+        # An open path (see OPEN_PATHS): the guard let it through without a key or a ban check, so both are done here.
+        self._not_banned(request)
+        if not self.sessions.valid(cookie(request.scope, COOKIE)):
+            return RedirectResponse("/ui/login", status_code=303)
+        snapshot = await self._snapshot()
+        reviews = await self._reviews()
+        sessions: dict[str, list[dict[str, Any]]] = {}
+        for record in snapshot.records:
+            sessions.setdefault(str(record.get("session")), []).append(record)
+        rows = []
+        for name, records in sorted(sessions.items(), key=lambda kv: str(kv[1][-1].get("meta", {}).get("created")), reverse=True):
+            numbers = exports.stats(records, reviews)
+            rows.append({"name": name, **numbers})
+        return self.render(request, "index.html", title="Sessions", sessions=rows, total=exports.stats(snapshot.records, reviews))
+
+    async def thread_list(self, request: Request) -> Response:
+        self._master(request)
+        q = request.query_params
+        query, session, status, target = q.get("q", "").strip(), q.get("session", ""), q.get("status", ""), q.get("target", "")
+        try:
+            page = max(int(q.get("page", "1")), 1)
+        except ValueError:
+            raise BadRequest("page must be a whole number.") from None
+        snapshot = await self._snapshot()
+        reviews = await self._reviews()
+
+        def select() -> list[threadview.ThreadSummary]:
+            found = []
+            for tid, members in snapshot.threads.items():
+                if session and not any(r.get("session") == session for r in members):
+                    continue
+                if target and not any((r.get("meta") or {}).get("target") == target for r in members):
+                    continue
+                summary = threadview.summarize(tid, members, reviews)
+                if (status == "accepted" and not summary.accepted) or (status == "rejected" and not summary.rejected) or \
+                        (status == "unreviewed" and not any(r["id"] not in reviews or reviews[r["id"]].status == "none" for r in members)):
+                    continue
+                if query:
+                    summary.match = threadview.search(members, query)
+                    if summary.match is None:
+                        continue
+                found.append(summary)
+            found.sort(key=lambda s: s.last, reverse=True)
+            return found
+
+        found = await run_in_threadpool(select)
+        pages = max(math.ceil(len(found) / _PAGE), 1)
+        shown = found[(page - 1) * _PAGE : page * _PAGE]
+        base = {k: v for k, v in {"q": query, "session": session, "status": status, "target": target}.items() if v}
+        return self.render(request, "threads.html", title="Threads", threads=shown, total=len(found), page=page, pages=pages,
+                           query=query, session=session, review_status=status, target=target,
+                           sessions=sorted({str(r.get("session")) for r in snapshot.records}),
+                           targets=sorted({str((r.get("meta") or {}).get("target")) for r in snapshot.records}),
+                           page_link=lambda n: "/ui/threads?" + urlencode({**base, "page": n}))
+
+    async def thread(self, request: Request) -> Response:
+        self._master(request)
+        snapshot = await self._snapshot()
+        tid = self._thread_id(snapshot, request.path_params["record_id"])
+        view = await run_in_threadpool(threadview.layout, snapshot, tid, request.query_params.get("leaf"))
+        ids = [r["id"] for r in snapshot.threads[tid]]
+        reviews = await self._reviews(ids)
+        return self.render(request, "thread.html", title=threadview.first_words(view.leaf, 60), tid=tid, view=view, reviews=reviews,
+                           records=snapshot.threads[tid], answer_turns=_answer_turns, roles=_ROLES)
+
+    def _thread_id(self, snapshot: threadview.Snapshot, record_id: str) -> str:
+        tid = snapshot.thread_of.get(record_id)
+        if tid is None:
+            raise NotFound(f"No recorded exchange has the id {record_id}.", code="record_not_found")
+        return tid
+
+    # ----------------------------------------------------------------------------- reviewing
+
+    async def record_status(self, request: Request) -> Response:
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        record_id = request.path_params["record_id"]
+        self._thread_id(snapshot, record_id)
+        await run_in_threadpool(self.reviews.set_status, record_id, _status(form))
+        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+
+    async def branch_status(self, request: Request) -> Response:
+        """Accept (or reject, or clear) every answer on the branch that ends with ``leaf``."""
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        tid = self._thread_id(snapshot, request.path_params["record_id"])
+        view = await run_in_threadpool(threadview.layout, snapshot, tid, form.get("leaf"))
+        await run_in_threadpool(self.reviews.set_status, [r["id"] for r in view.path], _status(form))
+        return RedirectResponse(f"/ui/threads/{tid}?" + urlencode({"leaf": view.leaf["id"]}), status_code=303)
+
+    async def record_answer(self, request: Request) -> Response:
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        record_id = request.path_params["record_id"]
+        self._thread_id(snapshot, record_id)
+        record = snapshot.by_id[record_id]
+        turns: list[dict[str, str]] | None = None
+        if form.get("action") != "revert":
+            text = form.get("answer", "").replace("\r\n", "\n")  # browsers send a textarea's line ends as CRLF
+            call = form.get("call", "").strip()
+            turns = [{"from": "gpt", "value": text}] if text or not call else []
+            if call:
+                turns.append({"from": "function_call", "value": call})
+            if turns == _answer_turns(record):
+                turns = None  # unchanged: nothing to keep beside the recorded answer
+        try:
+            await run_in_threadpool(self.reviews.set_answer, record_id, turns)
+        except ValueError as exc:
+            raise BadRequest(f"The edited answer was not saved: {exc}.", code="invalid_answer") from None
+        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+
+    async def ranks(self, request: Request) -> Response:
+        """Rank the alternatives of the turn ``record_id`` answers: fields ``rank.<id>`` = 1, 2, … or empty."""
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        record_id = request.path_params["record_id"]
+        self._thread_id(snapshot, record_id)
+        turn = (snapshot.by_id[record_id].get("meta") or {}).get("turn")
+        alternatives = {r["id"] for r in snapshot.records if turn and (r.get("meta") or {}).get("turn") == turn}
+        ranks: dict[str, int | None] = {}
+        for name, value in form.items():
+            if not name.startswith("rank."):
+                continue
+            rid = name.removeprefix("rank.")
+            if rid not in alternatives:
+                raise BadRequest(f"{rid} is not an alternative answer of this turn.", code="not_an_alternative")
+            if value.strip() and not (value.strip().isdigit() and int(value) >= 1):
+                raise BadRequest(f"The rank of {rid} must be 1, 2, … or empty, not {value!r}.", code="invalid_rank")
+            ranks[rid] = int(value) if value.strip() else None
+        await run_in_threadpool(self.reviews.set_ranks, ranks)
+        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+
+    # ----------------------------------------------------------------------------- exporting
+
+    def _selection(self, request: Request) -> tuple[str, exports.Selection]:
+        q = request.query_params
+        fmt = q.get("format", "sharegpt")
+        if fmt not in exports.FORMATS:
+            raise BadRequest(f"No export format named {fmt!r}; formats: {', '.join(exports.FORMATS)}.", code="unknown_format")
+        moments = {}
+        for name in ("since", "until"):
+            value = q.get(name, "").strip()
+            if value:
+                try:
+                    datetime.fromisoformat(value.removesuffix("Z"))
+                except ValueError:
+                    raise BadRequest(f"{name} must be a date (2026-11-21) or a time (2026-11-21T10:00), not {value!r}.") from None
+            moments[name] = value or None
+        where = Filter(sessions=tuple(s for s in q.getlist("session") if s), targets=tuple(t for t in q.getlist("target") if t),
+                       since=moments["since"], until=moments["until"])
+        return fmt, exports.Selection(where=where, accepted_only=q.get("accepted_only") == "on", dedupe=q.get("dedupe") == "on",
+                                      include_cut_short=q.get("include_cut_short") == "on")
+
+    async def export_form(self, request: Request) -> Response:
+        self._master(request)
+        snapshot = await self._snapshot()
+        report = None
+        if request.query_params.get("check"):
+            fmt, selection = self._selection(request)
+            _, report = await run_in_threadpool(exports.export, self.catalog.store, self.reviews, fmt, selection)
+        q = request.query_params
+        params = [(k, v) for k, v in q.multi_items() if k != "check"]
+        return self.render(request, "export.html", title="Export", report=report, formats=exports.FORMATS,
+                           sessions=sorted({str(r.get("session")) for r in snapshot.records}),
+                           targets=sorted({str((r.get("meta") or {}).get("target")) for r in snapshot.records}),
+                           chosen={"format": q.get("format", "sharegpt"), "session": q.getlist("session"), "target": q.getlist("target"),
+                                   "since": q.get("since", ""), "until": q.get("until", ""),
+                                   # A fresh form exports what reviewers accepted: that is what the page is for.
+                                   "accepted_only": q.get("accepted_only") == "on" or not q,
+                                   "dedupe": q.get("dedupe") == "on", "include_cut_short": q.get("include_cut_short") == "on"},
+                           download="/ui/export/download?" + urlencode(params) if report is not None else None)
+
+    async def download(self, request: Request) -> Response:
+        self._master(request)
+        fmt, selection = self._selection(request)
+        out, report = await run_in_threadpool(exports.export, self.catalog.store, self.reviews, fmt, selection)
+        name = f"mooltiproxy-{fmt}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.jsonl"
+        return Response(exports.dump(out), media_type="application/jsonl", headers={
+            "content-disposition": f'attachment; filename="{name}"',
+            "x-mooltiproxy-rows": str(report.written),
+            "x-mooltiproxy-left-out": str(len(report.left_out)),
+        })
+
+
+async def _read_form(request: Request, limit: int) -> dict[str, str]:
+    """A URL-encoded form body, read up to ``limit`` bytes (forms here carry no files)."""
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise BadRequest("This form must be sent as application/x-www-form-urlencoded.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"This form is larger than the {limit // 1024} KiB it may be.")
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=10_000))
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("This form could not be read (it is not UTF-8 URL-encoded text).") from None
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _answer_turns(record: dict[str, Any]) -> list[dict[str, str]]:
+    conversation = record.get("conversations") or []
+    return [{"from": t["from"], "value": t["value"]} for t in conversation[answer_start(record):]]
+
+
+def _status(form: dict[str, str]) -> str:
+    status = form.get("status", "")
+    if status not in ("accepted", "rejected", "none"):
+        raise BadRequest("status must be accepted, rejected or none.", code="invalid_status")
+    return status
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _here(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -1,0 +1,318 @@
+"""The mapper toolkit (``from mooltiproxy import helpers``): the OpenAI API's side of every translation.
+
+Reading a request's fields, building answers and chunks, cutting stop strings, and for backends that take
+one prompt string, the chat rendered by the target's prompter. Mappers, built-in and custom alike, use
+these so that every backend yields the same OpenAI shapes: a real unique ``id``, ``created``, the
+requested ``model``, ``finish_reason`` and ``usage`` — and the same clear 400 for a field that is not what
+the OpenAI API allows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..errors import MappingError
+from .mapping import Fanout, MapContext
+from .prompting import render_chat
+
+CHAT = "chat"
+COMPLETION = "completion"
+
+
+_ids = itertools.count()
+_PROCESS = os.urandom(6).hex()
+
+
+def new_id(prefix: str) -> str:
+    """Unique across processes and runs (a random part per process, then a counter), without a system call."""
+    return f"{prefix}-{_PROCESS}{next(_ids):012x}"
+
+
+# ---------------------------------------------------------------------------------- reading requests
+
+
+def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise MappingError("'messages' must be a list of {role, content} objects.", param="messages")
+    if not messages:
+        raise MappingError("'messages' is empty: send at least one message.", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise MappingError(f"messages[{i}] must be an object with a 'role'.", param=f"messages[{i}]")
+    return messages
+
+
+def prompts_of(body: dict[str, Any]) -> list[str]:
+    """``prompt`` of a completions request: a string or a list of strings (token ids are not text)."""
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return prompt
+    raise MappingError("'prompt' must be a string or a list of strings; token ids cannot be sent to this backend.", param="prompt")
+
+
+def stops_of(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return [s for s in stop if s]
+    raise MappingError("'stop' must be a string or a list of strings.", param="stop")
+
+
+def number(body: dict[str, Any], key: str, low: float | None = None, high: float | None = None) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MappingError(f"'{key}' must be a number, not {value!r}.", param=key)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise MappingError(f"'{key}' must be between {low:g} and {high:g}, not {value:g}.", param=key)
+    return float(value)
+
+
+def integer(body: dict[str, Any], key: str, low: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MappingError(f"'{key}' must be a whole number, not {value!r}.", param=key)
+    if low is not None and value < low:
+        raise MappingError(f"'{key}' must be at least {low}, not {value}.", param=key)
+    return value
+
+
+def numbers(body: dict[str, Any], fields: Mapping[str, tuple[str, float, float]]) -> dict[str, float]:
+    """The fields of ``fields`` (client name → backend name, low, high) the client sent, checked and renamed."""
+    out: dict[str, float] = {}
+    for key, (name, low, high) in fields.items():
+        value = number(body, key, low, high)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def integers(body: dict[str, Any], fields: Mapping[str, str], low: int = 0) -> dict[str, int]:
+    """The whole-number fields of ``fields`` (client name → backend name) the client sent, checked and renamed."""
+    out: dict[str, int] = {}
+    for key, name in fields.items():
+        value = integer(body, key, low)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` if given, else the older ``max_tokens`` (what most clients send)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = integer(body, key, 1)
+        if value is not None:
+            return value
+    return None
+
+
+def n_of(body: dict[str, Any]) -> int:
+    n = integer(body, "n", 1)
+    if n is not None and n > 128:
+        raise MappingError(f"'n' must be at most 128, not {n}.", param="n")
+    return n or 1
+
+
+def per_choice(bases: Sequence[Any], n: int, call: Callable[[Any, int], dict[str, Any]]) -> dict[str, Any] | Fanout:
+    """For a backend without ``n``: ``call(base, i)`` is the body of choice ``i`` for each base (a prompt,
+    or a body), each its own upstream call; a single call needs no fan-out."""
+    bodies = [call(base, i) for base in bases for i in range(n)]
+    return bodies[0] if len(bodies) == 1 else Fanout(bodies, prompts=len(bases))
+
+
+def seed_for_choice(seed: int, i: int, most: int) -> int:
+    """Choice ``i``'s seed: the same seed for every choice would give the same answer ``n`` times."""
+    return (seed + i) % (most + 1)
+
+
+def include_usage(body: Any) -> bool:
+    options = body.get("stream_options") if isinstance(body, dict) else None
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def model_of(ctx: MapContext) -> str:
+    return ctx.model or ctx.target.name
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+# ------------------------------------------------------------------------------------ building answers
+
+
+def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: dict[str, int] | None) -> dict[str, Any]:
+    """A whole ``chat.completion`` or ``text_completion`` from (text, finish_reason) per choice."""
+    if kind == CHAT:
+        out_choices: list[dict[str, Any]] = [
+            {"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}
+            for i, (text, finish) in enumerate(choices)
+        ]
+        head = {"id": new_id("chatcmpl"), "object": "chat.completion"}
+    else:
+        out_choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": finish} for i, (text, finish) in enumerate(choices)]
+        head = {"id": new_id("cmpl"), "object": "text_completion"}
+    result: dict[str, Any] = {**head, "created": int(time.time()), "model": model_of(ctx), "choices": out_choices}
+    if use is not None:
+        result["usage"] = use
+    return result
+
+
+class Chunks:
+    """Builds the chunks of one streamed answer: same id, created and model on each, as OpenAI sends them."""
+
+    __slots__ = ("_base", "_kind", "_usage_field")
+
+    def __init__(self, ctx: MapContext, kind: str) -> None:
+        self._kind = kind
+        prefix, obj = ("chatcmpl", "chat.completion.chunk") if kind == CHAT else ("cmpl", "text_completion")
+        self._base = {"id": new_id(prefix), "object": obj, "created": int(time.time()), "model": model_of(ctx)}
+        # With include_usage, every chunk carries "usage": null and one last chunk the totals.
+        self._usage_field = include_usage(ctx.request)
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        chunk = {**self._base, "choices": [choice]}
+        if self._usage_field:
+            chunk["usage"] = None
+        return chunk
+
+    def role(self, index: int = 0) -> dict[str, Any]:
+        if self._kind == CHAT:
+            return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": None})
+
+    def text(self, text: str, index: int = 0) -> dict[str, Any]:
+        if self._kind == CHAT:
+            return self._chunk({"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
+        return self._chunk({"index": index, "text": text, "logprobs": None, "finish_reason": None})
+
+    def delta(self, delta: dict[str, Any], index: int = 0) -> dict[str, Any]:
+        """A chat chunk carrying any delta: reasoning_content, tool_calls fragments."""
+        return self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+
+    def finish(self, reason: str, index: int = 0) -> dict[str, Any]:
+        if self._kind == CHAT:
+            return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+
+    def usage(self, use: dict[str, int]) -> dict[str, Any] | None:
+        """The closing usage chunk, or None when the client did not ask for one."""
+        if not self._usage_field:
+            return None
+        return {**self._base, "choices": [], "usage": use}
+
+
+# ------------------------------------------------------------------------------------- stop strings
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found (OpenAI never returns it)."""
+    cut = -1
+    for stop in stops:
+        i = text.find(stop)
+        if i != -1 and (cut == -1 or i < cut):
+            cut = i
+    return (text[:cut], True) if cut != -1 else (text, False)
+
+
+class StopCutter:
+    """Streamed text in, text safe to send out: what could still grow into a stop string is held back
+    until the next piece decides it, and the stream ends at the first stop string."""
+
+    __slots__ = ("_held", "_stops", "stopped")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return piece
+        text = self._held + piece
+        before, found = cut_at_stop(text, self._stops)
+        if found:
+            self._held = ""
+            self.stopped = True
+            return before
+        keep = self._partial_len(text)
+        self._held = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What was held back, once the stream has ended without completing a stop string."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+    def _partial_len(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the start of some stop string."""
+        best = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:k]):
+                    best = k
+                    break
+        return best
+
+
+# ------------------------------------------------------------------- backends that take one prompt string
+
+
+def chat_prompt(body: dict[str, Any], ctx: MapContext, *, server_adds_bos: bool = True) -> tuple[str, list[str]]:
+    """The prompt for ``body["messages"]`` and the stop strings in force: the client's first, then the
+    prompter's. Sets ``ctx.prompt`` (recorded) and ``ctx.stop`` (what answers are cut at).
+
+    A server that tokenizes the prompt with its special tokens adds a BOS itself; the template's own
+    leading BOS is then dropped, or the model would see two.
+    """
+    messages = messages_of(body)
+    prompter = ctx.prompter
+    if prompter is None:
+        raise MappingError(f"Target '{ctx.target.name}' has no prompter to turn messages into a prompt.")
+    prompt, template_stops = render_chat(prompter, messages, tools=body.get("tools"), character=ctx.character,
+                                         user=ctx.target.user_name)
+    if server_adds_bos and prompter.bos_token and prompt.startswith(prompter.bos_token):
+        prompt = prompt[len(prompter.bos_token):]
+    ctx.prompt = prompt
+    ctx.stop = merged_stops(body, template_stops)
+    return prompt, ctx.stop
+
+
+def completion_prompts(body: dict[str, Any], ctx: MapContext) -> tuple[list[str], list[str]]:
+    """The prompts of a completions request as given, and its stop strings (the client's, then the prompter's)."""
+    prompts = prompts_of(body)
+    ctx.prompt = prompts[0] if len(prompts) == 1 else "\n\n".join(prompts)
+    ctx.stop = merged_stops(body, ctx.prompter.stop if ctx.prompter is not None else ())
+    return prompts, ctx.stop
+
+
+def merged_stops(body: dict[str, Any], extra: Any) -> list[str]:
+    return list(dict.fromkeys([*stops_of(body), *extra]))
+
+
+def prompt_calls(prompts: list[str], n: int, params: dict[str, Any], *, seed_key: str, seed_max: int) -> dict[str, Any] | Fanout:
+    """``{"prompt": …, **params}`` for each prompt and each of ``n`` choices, for a server whose request is
+    the prompt beside its parameters and that has no ``n`` (llama.cpp, KoboldCpp); a seed steps per choice."""
+
+    def call(prompt: str, i: int) -> dict[str, Any]:
+        p = {"prompt": prompt, **params}
+        if i and seed_key in p:
+            p[seed_key] = seed_for_choice(p[seed_key], i, seed_max)
+        return p
+
+    return per_choice(prompts, n, call)
