@@ -17,10 +17,9 @@ from typing import Any
 
 import orjson
 
-from mooltiproxy.config.load import parse
+from mooltiproxy import parse
 from mooltiproxy.dataset.records import Capture, build_with_keys, redact
 from mooltiproxy.dataset.sinks import JsonlSink
-from mooltiproxy.routing.targets import build_targets
 from mooltiproxy.translate.mapping import MapContext
 from mooltiproxy.translate.prompting import load_prompter
 from mooltiproxy.translate.sandbox import Sandbox
@@ -43,7 +42,7 @@ def main() -> None:
     number, repeat = (20, 1) if quick else (2000, 7)
     config = parse({"targets": {"t": {"type": "tgi", "url": "http://127.0.0.1:9", "prompter": "llama2-chat"}}}, environ={},
                    base_dir=Path.cwd())
-    target = build_targets(config)["t"]
+    target = config.built["t"]
     route = target.routes["/v1/chat/completions"]
     assert route.request is not None and route.answer is not None
     request_mapper, answer_mapper = route.request.func, route.answer.func

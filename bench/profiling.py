@@ -69,21 +69,20 @@ def _name(frame: str) -> str:
 
 
 # Frames every sample of the serving thread passes through: they say nothing about cost.
-_OUTER = ("<frozen runpy>", "mooltiproxy/__main__.py", "mooltiproxy/cli.py", "mooltiproxy/server.py", "uvicorn/server.py",
+_OUTER = ("<frozen runpy>", "mooltiproxy/__main__.py", "mooltiproxy/cli/main.py", "mooltiproxy/http/server.py", "uvicorn/server.py",
           "uvicorn/_compat.py", "asyncio/runners.py", "threading.py")
 
 
 # The proxy's parts, by the file of a sample's innermost frame (first match wins).
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("access log", ("logging/",)),
-    ("recording", tuple(f"mooltiproxy/{m}" for m in ("records", "recorder", "sinks", "reassembly", "tape", "store"))),
-    ("guard (bans, addresses, keys, CORS)", ("ipaddress", "hmac", "hashlib", "mooltiproxy/bans", "mooltiproxy/guard", "mooltiproxy/keys",
-                                             "mooltiproxy/cors")),
-    ("translation (mappers, prompter, Jinja)", ("jinja2/", "<template>", "re/", "mooltiproxy/prompting", "mooltiproxy/sandbox",
-                                                "mappers/", "mooltiproxy/mapping")),
-    ("upstream client", ("mooltiproxy/h1", "mooltiproxy/upstream", "aiohttp/", "yarl/", "multidict/", "aiohappyeyeballs/", "httpx/",
-                         "httpcore/", "bench/aiohttp_client")),
-    ("server (uvicorn)", ("uvicorn/", "mooltiproxy/protocol")),
+    ("access log", ("logging/", "mooltiproxy/ops/logs")),
+    ("recording", ("mooltiproxy/dataset/",)),
+    ("guard (bans, addresses, keys, CORS)", ("ipaddress", "hmac", "hashlib", "mooltiproxy/guard/", "mooltiproxy/http/cors")),
+    ("translation (mappers, prompter, Jinja)", ("jinja2/", "<template>", "re/", "mooltiproxy/translate/", "mappers/",
+                                                "mooltiproxy/mappers/")),
+    ("upstream client", ("mooltiproxy/upstream/", "aiohttp/", "yarl/", "multidict/", "aiohappyeyeballs/", "httpx/", "httpcore/",
+                         "bench/aiohttp_client")),
+    ("server (uvicorn)", ("uvicorn/", "mooltiproxy/http/protocol", "mooltiproxy/http/server")),
     ("starlette routing and middleware", ("starlette/",)),
     ("pipeline, context, body, SSE", ("mooltiproxy/",)),
     ("event loop and tasks", ("asyncio/",)),

@@ -13,8 +13,8 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
+from mooltiproxy import load
 from mooltiproxy.app import create_app
-from mooltiproxy.config.load import load
 from mooltiproxy.http.server import run
 from mooltiproxy.ops.logs import setup_logging
 

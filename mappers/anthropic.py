@@ -18,6 +18,10 @@ import orjson
 
 from mooltiproxy import MapContext, MappingError, UpstreamStatus
 from mooltiproxy import helpers as oa
+from mooltiproxy.backends import Backend, Dialect, Front, Option, RouteSpec, integer, optional_text
+from mooltiproxy.dataset.reassembly import MessagesReassembler
+from mooltiproxy.errors import ProxyError
+from mooltiproxy.translate import sse
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                 "refusal": "content_filter", "pause_turn": "stop", "model_context_window_exceeded": "length"}
@@ -551,3 +555,36 @@ def to_openai_answer(body: Any) -> dict[str, Any]:
     body = body if isinstance(body, dict) else {}
     return {"model": body.get("model"), "usage": usage_of(body.get("usage")),
             "choices": [{"index": 0, "message": message_of(body), "finish_reason": STOP_REASONS.get(body.get("stop_reason") or "")}]}
+
+
+# ------------------------------------------------------------------------------------- the declaration
+
+
+def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
+    """The proxy's own error as the Messages API writes one."""
+    return {"type": "error", "error": {"type": "api_error", "message": exc.full_message() if full else exc.message}}
+
+
+BACKEND = Backend(
+    name="anthropic",
+    doc="the Anthropic Messages API (/v1/messages), chats and tools translated both ways",
+    routes={
+        "/v1/chat/completions": RouteSpec("/v1/messages", request=chat_request, answer=chat_answer, stream=chat_stream, error=error),
+        "/v1/completions": RouteSpec("/v1/messages", request=completion_request, answer=completion_answer, stream=completion_stream,
+                                     error=error),
+        "/v1/messages": RouteSpec(),
+        "/v1/messages/count_tokens": RouteSpec(),
+        "/v1/models": RouteSpec.get(),
+    },
+    options={
+        "max_tokens": Option(integer(min=1), 4096, "max_tokens sent when the client gives none (Anthropic requires it)"),
+        "anthropic_version": Option(optional_text, "2023-06-01", "the anthropic-version header sent upstream"),
+    },
+    auth="x-api-key",
+    headers={"anthropic-version": "anthropic_version"},
+    fronts=(Front(paths=("/v1/messages",), base="/v1/chat/completions", request=front_request, answer=front_answer,
+                  stream=front_stream, error=front_error, frame=sse.frame_typed, done=b"", error_body=_error_body),),
+    # Messages relayed to an Anthropic target (or a dynamic host's .../messages) are recorded in the OpenAI shape.
+    dialects=(Dialect(path="/v1/messages", suffix="/messages", request=to_openai_request, answer=to_openai_answer,
+                      reassembler=MessagesReassembler),),
+)

@@ -24,6 +24,7 @@ from typing import Any
 
 from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy import helpers as oa
+from mooltiproxy.backends import Backend, Option, RouteSpec, integer, maybe
 
 MAX_STOPS = 10
 SEED_MAX = 2**64 - 1
@@ -233,3 +234,24 @@ def error(body: Any, ctx: MapContext) -> dict[str, Any]:
     if not message.strip():
         message = f"The upstream of target '{ctx.target.name}' answered {ctx.upstream_status} without a message."
     return {"error": {"message": message.strip(), "type": "upstream_error", "param": None, "code": kind}}
+
+
+# ------------------------------------------------------------------------------------- the declaration
+
+BACKEND = Backend(
+    name="kobold",
+    doc="KoboldCpp and text-generation-webui's legacy KoboldAI API: chats rendered by a prompter",
+    routes={
+        "/v1/chat/completions": RouteSpec("/api/v1/generate", stream_path="/api/extra/generate/stream", request=chat_request,
+                                          answer=chat_answer, stream=chat_stream, error=error),
+        "/v1/completions": RouteSpec("/api/v1/generate", stream_path="/api/extra/generate/stream", request=completion_request,
+                                     answer=completion_answer, stream=completion_stream, error=error),
+        "/api/v1/generate": RouteSpec(),
+        "/api/v1/model": RouteSpec.get(),
+    },
+    options={
+        "max_length": Option(integer(min=1), 512, "tokens to generate when the client sets no max_tokens"),
+        "max_context_length": Option(maybe(integer(min=1)), None, "the model's context length, sent when set"),
+    },
+    needs_prompter=True,
+)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy import helpers as oa
+from mooltiproxy.backends import Backend, Option, RouteSpec, boolean
 
 FINISH = {"eos": "stop", "word": "stop", "limit": "length"}
 SEED_MAX = 2**32 - 1  # llama.cpp's seed is a uint32; -1 (its default) means a random one
@@ -176,3 +177,22 @@ def error(body: Any, ctx: MapContext) -> dict[str, Any]:
     if not message.strip():
         message = f"The upstream of target '{ctx.target.name}' answered {ctx.upstream_status} without a message."
     return {"error": {"message": message.strip(), "type": "upstream_error", "param": None, "code": kind}}
+
+
+# ------------------------------------------------------------------------------------- the declaration
+
+BACKEND = Backend(
+    name="llamacpp",
+    doc="llama.cpp's llama-server /completion: chats rendered by a prompter",
+    routes={
+        "/v1/chat/completions": RouteSpec("/completion", request=chat_request, answer=chat_answer, stream=chat_stream, error=error),
+        "/v1/completions": RouteSpec("/completion", request=completion_request, answer=completion_answer, stream=completion_stream,
+                                     error=error),
+        "/completion": RouteSpec(),
+        "/props": RouteSpec.get(),
+    },
+    options={
+        "cache_prompt": Option(boolean, True, "let llama-server reuse the KV cache of a shared prompt prefix"),
+    },
+    needs_prompter=True,
+)

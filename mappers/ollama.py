@@ -22,6 +22,7 @@ from typing import Any
 
 from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy import helpers as oa
+from mooltiproxy.backends import Backend, Option, RouteSpec, boolean, integer, maybe, optional_text
 
 from . import llamacpp
 
@@ -414,3 +415,26 @@ def _epoch(stamp: Any) -> int:
         return int(datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))).timestamp())
     except ValueError:
         return 0
+
+
+# ------------------------------------------------------------------------------------- the declaration
+
+BACKEND = Backend(
+    name="ollama",
+    doc="Ollama's /api/chat and /api/generate, NDJSON streams",
+    routes={
+        "/v1/chat/completions": RouteSpec("/api/chat", request=chat_request, answer=chat_answer, stream=chat_stream, error=error,
+                                          stream_format="ndjson"),
+        "/v1/completions": RouteSpec("/api/generate", request=completion_request, answer=completion_answer, stream=completion_stream,
+                                     error=error, stream_format="ndjson"),
+        "/v1/models": RouteSpec("/api/tags", method="GET", answer=models_answer),
+        "/api/chat": RouteSpec(),
+        "/api/generate": RouteSpec(),
+        "/api/tags": RouteSpec.get(),
+    },
+    options={
+        "raw_prompt": Option(boolean, False, "render chats with the target's prompter and send them to /api/generate raw"),
+        "keep_alive": Option(optional_text, None, "how long Ollama keeps the model loaded, e.g. 5m"),
+        "num_ctx": Option(maybe(integer(min=1)), None, "context window size sent in options"),
+    },
+)

@@ -16,6 +16,9 @@ from typing import Any
 
 from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy import helpers as oa
+from mooltiproxy.backends import Backend, Front, Option, RouteSpec, integer
+from mooltiproxy.errors import ProxyError
+from mooltiproxy.translate import sse
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 # HTTP status TGI gives each error type (server.rs, From<InferError>); used for errors that arrive
@@ -301,3 +304,35 @@ def front_error(body: Any, ctx: MapContext) -> dict[str, Any]:
     if isinstance(err, str):
         return {"error": err, "error_type": str(body.get("error_type") or "upstream_error")}
     return {"error": str(body), "error_type": "upstream_error"}
+
+
+# ------------------------------------------------------------------------------------- the declaration
+
+
+def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
+    """The proxy's own error as TGI writes one."""
+    return {"error": exc.full_message() if full else exc.message, "error_type": exc.code or exc.type}
+
+
+BACKEND = Backend(
+    name="tgi",
+    doc="Hugging Face Text Generation Inference: chats rendered by a prompter onto /generate and /generate_stream",
+    routes={
+        "/v1/chat/completions": RouteSpec("/generate", stream_path="/generate_stream", request=chat_request, answer=chat_answer,
+                                          stream=chat_stream, error=error),
+        "/v1/completions": RouteSpec("/generate", stream_path="/generate_stream", request=completion_request,
+                                     answer=completion_answer, stream=completion_stream, error=error),
+        "/generate": RouteSpec(),
+        "/generate_stream": RouteSpec(),
+        "/": RouteSpec(),
+        "/info": RouteSpec.get(),
+    },
+    options={
+        "max_stop_sequences": Option(integer(min=1), 4, "the server's --max-stop-sequences"),
+        "max_best_of": Option(integer(min=1), 2, "the server's --max-best-of"),
+    },
+    needs_prompter=True,
+    fronts=(Front(paths=("/generate", "/generate_stream", "/"),  # "/": the compat route the text-generation client posts to
+                  base="/v1/completions", request=front_request, answer=front_answer, stream=front_stream, error=front_error,
+                  frame=sse.frame_tgi, done=b"", error_body=_error_body),),
+)

@@ -5,10 +5,12 @@ may raise, and ``helpers`` (building OpenAI answers and chunks, reading requests
 """
 
 from .app import create_app
-from .config.load import Config, load
+from .config.model import Config
 from .errors import MappingError, UpstreamError, UpstreamStatus
+from .state.settings import load, parse
 from .translate import helpers
 from .translate.mapping import Fanout, MapContext
 
-__all__ = ["Config", "Fanout", "MapContext", "MappingError", "UpstreamError", "UpstreamStatus", "create_app", "helpers", "load"]
+__all__ = ["Config", "Fanout", "MapContext", "MappingError", "UpstreamError", "UpstreamStatus", "create_app", "helpers", "load",
+           "parse"]
 __version__ = "0.1.0"

@@ -15,8 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from mooltiproxy import create_app
-from mooltiproxy.config.load import load
+from mooltiproxy import create_app, load
 from mooltiproxy.http.server import uvicorn_config
 
 from .servers import ServerStack, ServerThread, free_port, serve

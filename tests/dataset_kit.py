@@ -105,8 +105,7 @@ def start_review_proxy(stack: Any, tmp_path: Path, monkeypatch: Any, config: dic
     """The proxy from a config.yaml in ``tmp_path`` (its dataset in tmp_path/datasets), with the review page, on a free port."""
     import yaml
 
-    from mooltiproxy import create_app
-    from mooltiproxy.config.load import load
+    from mooltiproxy import create_app, load
     from mooltiproxy.http.server import uvicorn_config
 
     from .conftest import KEY

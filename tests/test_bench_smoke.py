@@ -77,11 +77,11 @@ def test_profiles_fold_into_areas_named_from_the_project_root() -> None:
 
     root = str(ROOT)
     raw = "\n".join([
-        f"run (/usr/lib/python3.11/asyncio/runners.py:118);_relay ({root}/mooltiproxy/pipeline.py:455) 3",
+        f"run (/usr/lib/python3.11/asyncio/runners.py:118);_relay ({root}/mooltiproxy/proxy/pipeline.py:455) 3",
         "run (/usr/lib/python3.11/asyncio/runners.py:118);send (/v/lib/python3.11/site-packages/uvicorn/protocols/http/h.py:9) 1",
-        f"run (/usr/lib/python3.11/asyncio/runners.py:118);send ({root}/mooltiproxy/h1.py:230) 1",
+        f"run (/usr/lib/python3.11/asyncio/runners.py:118);send ({root}/mooltiproxy/upstream/h1.py:230) 1",
     ])
     result = fold(raw)
     assert result["samples"] == 5
-    assert result["self"][0] == ("_relay (mooltiproxy/pipeline.py)", 0.6)
+    assert result["self"][0] == ("_relay (mooltiproxy/proxy/pipeline.py)", 0.6)
     assert dict(result["areas"]) == {"pipeline, context, body, SSE": 0.6, "server (uvicorn)": 0.2, "upstream client": 0.2}

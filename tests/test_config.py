@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from mooltiproxy.backends.presets import PRESETS
-from mooltiproxy.config.load import load, parse
+from mooltiproxy import load, parse
+from mooltiproxy.backends.registry import installed
 from mooltiproxy.config.schema import DYNAMIC_HOST, NAMED_KEY, ROUTE, SCHEMA, TARGET
 from mooltiproxy.errors import ConfigError
-from mooltiproxy.routing.targets import build_targets
 
 from .conftest import ROOT
 
@@ -62,8 +61,8 @@ def test_template_documents_every_key() -> None:
     walk(ROUTE, "targets.NAME.routes.PATH.")
     walk(NAMED_KEY, "auth.keys.NAME.")
     walk(DYNAMIC_HOST, "dynamic.HOST.")
-    for type_name, preset in PRESETS.items():
-        for option in preset.options:
+    for type_name, backend in installed().items():
+        for option in backend.options:
             if f"{option}:" not in text:
                 missing.append(f"targets.NAME.options.{option} (type {type_name})")
     assert not missing, f"keys not documented in config.template.yaml: {missing}"
@@ -130,19 +129,19 @@ def test_target_problems_from_presets_keys_and_mappers() -> None:
         {
             "targets": {
                 "a": {"url": "http://127.0.0.1:1", "type": "opnai"},
-                "b": {"url": "http://127.0.0.1:1", "api_key_env": "NOT_SET_KEY"},
+                "b": {"url": "http://127.0.0.1:1", "api_key_env": "NOT_SET_KEY", "options": {"colour": 1}},
                 "c": {
                     "url": "http://127.0.0.1:1",
-                    "options": {"colour": 1},
+                    "options": {"colour": 1},  # the target's own mappers may read options its type does not know
                     "routes": {"/v1/chat/completions": {"request": "nosuchmodule.f", "answer": "json.loads"}},
                 },
             }
         }
     )
     text = "\n".join(problems)
-    assert "targets.a.type: must be one of openai" in text and "(did you mean 'openai'?)" in text
+    assert "targets.a.type: must be one of anthropic, kobold, llamacpp, ollama, openai, tgi" in text and "(did you mean 'openai'?)" in text
     assert "targets.b.api_key_env: the environment variable NOT_SET_KEY is not set" in text
-    assert "targets.c.options.colour: unknown option for type openai" in text
+    assert "targets.b.options.colour: unknown option for type openai" in text and "targets.c.options" not in text
     assert 'targets.c.routes["/v1/chat/completions"].request: no mapper module \'nosuchmodule\'' in text
     assert 'targets.c.routes["/v1/chat/completions"].answer: no mapper module \'json\'' in text
 
@@ -173,7 +172,7 @@ def test_routes_merge_over_the_preset() -> None:
         {"targets": {"a": {"url": "http://h", "routes": {"/v1/chat/completions": {"path": "/infer"}, "/v1/rank": {}}}}},
         environ={},
     )
-    target = build_targets(config)["a"]
+    target = config.built["a"]
     assert target.routes["/v1/chat/completions"].path == "/infer"
     assert target.routes["/v1/rank"].path == "/v1/rank"
     assert target.routes["/v1/models"].method == "GET"

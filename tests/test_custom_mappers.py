@@ -13,8 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mooltiproxy import create_app
-from mooltiproxy.config.load import load
+from mooltiproxy import create_app, load
 
 from .conftest import KEY, ROOT, http
 from .servers import serve

@@ -147,7 +147,7 @@ def test_rerank_is_relayed_and_not_recorded(openai_stub: Stub, start_proxy: Prox
 
 
 def test_dynamic_config_problems_are_listed() -> None:
-    from mooltiproxy.config.load import parse
+    from mooltiproxy import parse
     from mooltiproxy.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:

@@ -16,8 +16,7 @@ import httpx
 import openai
 import pytest
 
-from mooltiproxy import create_app
-from mooltiproxy.config.load import parse
+from mooltiproxy import create_app, parse
 from mooltiproxy.errors import ConfigError
 
 from .conftest import AUTH, KEY, Clock, ProxyFactory, http, write_certificates

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mooltiproxy.config.load import parse
+from mooltiproxy import parse
 from mooltiproxy.dataset.reviews import Reviews
 from mooltiproxy.dataset.sinks import read_jsonl
 from mooltiproxy.errors import ConfigError

@@ -121,7 +121,7 @@ def test_passthrough_is_refused_on_every_interface_without_a_whitelist(tmp_path:
 
 
 def test_forward_client_key_needs_passthrough() -> None:
-    from mooltiproxy.config.load import parse
+    from mooltiproxy import parse
     from mooltiproxy.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:

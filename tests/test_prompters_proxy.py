@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from mooltiproxy.config.load import parse
+from mooltiproxy import parse
 from mooltiproxy.errors import ConfigError
 
 from .conftest import KEY, ROOT, ProxyFactory, http

@@ -7,8 +7,7 @@ import json
 import httpx
 from starlette.testclient import TestClient
 
-from mooltiproxy import create_app
-from mooltiproxy.config.load import parse
+from mooltiproxy import create_app, parse
 
 from .conftest import AUTH, KEY
 

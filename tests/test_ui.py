@@ -149,7 +149,7 @@ def test_a_new_master_key_ends_the_sessions_of_the_old_one(stack: ExitStack, tmp
         log_in(client)
         assert client.get("/ui/threads").status_code == 200
         monkeypatch.setenv("MOOLTIPROXY_KEY", "a-brand-new-master-key-0123")
-        assert server.server.config.app.state.live.reload()
+        assert server.server.config.app.runtime.live.reload()
         refused(client.get("/ui/threads"))
         assert log_in(client, KEY).status_code == 401
         assert log_in(client, "a-brand-new-master-key-0123").status_code == 303

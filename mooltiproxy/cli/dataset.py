@@ -9,10 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config.load import load
 from ..dataset import exports
 from ..dataset.reviews import Reviews, open_reviews
 from ..dataset.store import Filter, Store
+from ..state.settings import load
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

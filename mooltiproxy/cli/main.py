@@ -10,22 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config.load import Config, load
+from ..backends import registry
+from ..config.model import Config
 from ..errors import ConfigError
-from ..routing.targets import build_targets
+from ..state.settings import load
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mooltiproxy", description="A config-driven translation proxy for LLM APIs.")
     parser.add_argument("--version", action="version", version=f"mooltiproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    types = ", ".join(sorted(registry.installed()))
 
     serve = sub.add_parser("serve", help="run the proxy")
     _config_arg(serve)
     serve.add_argument("--target", metavar="URL", help="run with no config file: one target at this URL, everything else at its "
                        "default (recording on)")
-    serve.add_argument("--type", help="with --target: the target's type (openai, tgi, anthropic, ollama, llamacpp, kobold; "
-                       "default openai)")
+    serve.add_argument("--type", help=f"with --target: the target's type ({types}; default openai)")
     serve.add_argument("--prompter", help="with --target: the prompt template for chats (llama2-chat, chatml, ...)")
     serve.add_argument("--api-key-env", metavar="VAR", help="with --target: the environment variable holding the upstream's key")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--config", "-c", type=Path, default=Path("config.yaml"), help="where to write it (default: config.yaml)")
     init.add_argument("--force", action="store_true", help="replace the file if it exists")
     init.add_argument("--target", metavar="URL", help="fill in a first target at this URL, as the default")
-    init.add_argument("--type", help="with --target: the target's type")
+    init.add_argument("--type", help=f"with --target: the target's type ({types})")
     init.add_argument("--prompter", help="with --target: the prompt template for chats")
     init.add_argument("--api-key-env", metavar="VAR", help="with --target: the environment variable holding the upstream's key")
     init.set_defaults(run=_init)
@@ -106,7 +107,7 @@ def _check(args: argparse.Namespace) -> int:
     app = create_app(config)  # everything serve would refuse, refused here too
     _reach(config, redis=True)
     where = config.source or "built-in defaults"
-    names = ", ".join(f"{t.name} ({t.type})" for t in app.state.live.settings.router.targets.values()) or "none"
+    names = ", ".join(f"{t.name} ({t.type})" for t in app.runtime.live.settings.router.targets.values()) or "none"
     print(f"{where}: OK. Targets: {names}.")
     return 0
 
@@ -120,7 +121,7 @@ def _render(args: argparse.Namespace) -> int:
     from ..translate.mapping import MapContext
 
     config = _load(args)
-    targets = build_targets(config)
+    targets = config.built
     target = targets.get(args.target)
     if target is None:
         print(f"No target named '{args.target}'{did_you_mean(args.target, targets)}; targets: {', '.join(targets) or 'none'}.",

@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from ..config.load import Config, parse
+from ..config.model import Config
 from ..errors import ConfigError
+from ..state.settings import parse
 
 TARGET = "main"  # the name of the one target the flags describe
 

@@ -1,17 +1,16 @@
-"""The configuration: YAML in, ``${ENV}`` interpolated, validated against the schema, typed out.
+"""Reading a config: YAML in, ``${ENV}`` interpolated, checked against the schema, typed out (``model.py``).
 
-``load(path)`` returns a ``Config`` or raises ``ConfigError`` listing every problem at once as
-``path.to.key: sentence``. Keys and defaults are in ``schema.py``; secrets named by ``*_env`` keys are
-read from the environment here, once.
+Every problem is collected, never only the first, each as ``path.to.key: sentence``. Keys and defaults are
+in ``schema.py`` alone; secrets named by ``*_env`` keys are read from the environment here, once. What
+needs more than the file to check (mappers, prompters, cards, backend types) is checked where the targets
+are built, and reported with these: ``mooltiproxy.load`` (``state/settings.py``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,150 +18,20 @@ import voluptuous as vol
 import yaml
 
 from ..errors import ConfigError
+from .model import (
+    AuthConfig,
+    Config,
+    DatasetConfig,
+    DynamicHost,
+    ModelAlias,
+    NamedKey,
+    RouteConfig,
+    ServerConfig,
+    TargetConfig,
+    TLSConfig,
+)
 from .schema import SCHEMA
 from .validators import did_you_mean, format_path, split_host
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    certfile: Path
-    keyfile: Path
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    tls: TLSConfig | None = None
-    timeout: float = 600.0
-    connect_timeout: float = 10.0
-    max_body: int = 8 * 1024 * 1024
-    max_answer: int = 64 * 1024 * 1024
-    max_fanout: int = 32
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    max_connections_per_ip: int = 1000
-    shutdown_grace: float = 30.0
-    trusted_proxies: tuple[Network, ...] = ()
-    cors_origins: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NamedKey:
-    name: str
-    key_env: str
-    key: str = field(default="", repr=False)
-    targets: tuple[str, ...] | None = None  # None: every target
-    rpm: int | None = None  # requests per minute, across instances sharing a state; None: no limit
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    mode: str = "key"  # "passthrough": no key needed; the client's own key may go on to the upstream
-    master_key_env: str = "MOOLTIPROXY_KEY"
-    master_key: str | None = field(default=None, repr=False)  # None when the variable is not set
-    max_failures: int = 5
-    window: float = 600.0
-    ban: float = 3600.0
-    whitelist: tuple[Network, ...] = ()
-    blacklist: tuple[Network, ...] = ()
-    keys: dict[str, NamedKey] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    sink: str = "jsonl"
-    dsn: str | None = field(default=None, repr=False)  # the postgres sink's connection string (may hold a password)
-    dir: Path = Path("datasets")
-    session: str | None = None  # None: a new session per server run
-    record_errors: bool = False
-    redact: tuple[str, ...] = ()
-    fsync: str = "interval"
-    queue: int = 10_000
-    max_text: int = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    """One inbound path of a target, as the user wrote it (fields left out are ``None``)."""
-
-    path: str | None = None
-    stream_path: str | None = None
-    method: str | None = None
-    request: str | None = None
-    answer: str | None = None
-    stream: str | None = None
-    error: str | None = None
-    stream_format: str | None = None
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    name: str
-    url: str
-    type: str = "openai"
-    api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # read from api_key_env when the config is loaded
-    prompter: Any = None
-    stop: tuple[str, ...] = ()
-    character: str | None = None
-    characters: dict[str, str] = field(default_factory=dict)
-    user_name: str = "User"
-    timeout: float | None = None
-    fallbacks: tuple[str, ...] = ()
-    retries: int = 0
-    max_connections: int = 1024
-    retry_backoff: float = 0.5
-    cooldown: float = 30.0
-    cooldown_after: int = 3
-    headers: dict[str, str] = field(default_factory=dict)
-    forward_client_key: bool = False
-    routes: dict[str, RouteConfig] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DynamicHost:
-    """A host requests may name in their path (``POST /{host[:port]}/{path}``), from the ``dynamic:`` list."""
-
-    name: str  # as listed: host or host:port, lower case
-    host: str
-    port: int  # the listed port, else the scheme's
-    scheme: str = "https"
-    api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    auth: str = "bearer"  # how the key is sent: bearer (Authorization) or x-api-key
-    forward_client_key: bool = False
-    timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class ModelAlias:
-    target: str
-    model: str | None = None  # the name sent upstream; None keeps the client's
-
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    targets: dict[str, TargetConfig] = field(default_factory=dict)
-    default_target: str | None = None
-    models: dict[str, ModelAlias] = field(default_factory=dict)
-    dynamic: dict[str, DynamicHost] = field(default_factory=dict)
-    state: str | None = field(default=None, repr=False)  # a Redis URL shared by several instances (may hold a password)
-    state_required: bool = False
-    base_dir: Path = field(default_factory=Path.cwd)
-    source: Path | None = None
-
-    def resolve_path(self, value: str | Path) -> Path:
-        """A path from the config, relative to the config file's folder."""
-        p = Path(os.path.expanduser(str(value)))
-        return p if p.is_absolute() else self.base_dir / p
-
 
 # ------------------------------------------------------------------------------------ interpolation
 
@@ -225,24 +94,18 @@ def without_secrets(problems: list[str], used: dict[str, str]) -> list[str]:
 # ------------------------------------------------------------------------------------------- loading
 
 
-def parse(data: Any, *, base_dir: Path | None = None, source: Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Validate already-loaded YAML data into a ``Config``, with its targets checked as ``build_targets``
-    would; every problem in the file is raised at once, not just the first section's."""
-    from ..routing.targets import build_targets
-
+def validate(data: Any, *, base_dir: Path | None = None, source: Path | None = None,
+             environ: dict[str, str] | None = None) -> tuple[Config, list[str], dict[str, str]]:
+    """Already-loaded YAML data checked against the schema, every section on its own so that one does not hide
+    another's problems: the config (with defaults where a section failed), the problems found, and the
+    environment variables read (which no message about the config may repeat: ``without_secrets``)."""
     env = dict(os.environ if environ is None else environ)
     used: dict[str, str] = {}
     data, problems = interpolate(data, env, used=used)
     clean, broken = _validate(data, problems)
     config = _build(clean, base_dir or Path.cwd(), source, env, problems)
     problems += _cross_check(config, broken)
-    try:
-        build_targets(config)
-    except ConfigError as exc:
-        problems += exc.problems
-    if problems:
-        raise ConfigError(without_secrets(problems, used))
-    return config
+    return config, problems, used
 
 
 def _validate(data: Any, problems: list[str]) -> tuple[dict[str, Any], set[str]]:
@@ -287,11 +150,12 @@ def _split_targets(value: dict[Any, Any], problems: list[str], broken: set[str])
     return good
 
 
-def load(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
-    """Load ``path``; without one, ``config.yaml`` in the current folder if present, else the defaults."""
+def read(path: str | Path | None = None) -> tuple[Any, Path | None]:
+    """A config file's YAML data and where it is; without a path, ``config.yaml`` in the current folder if there is
+    one, else no data (the built-in defaults)."""
     if path is None:
         if not Path("config.yaml").exists():
-            return parse({}, environ=environ)
+            return {}, None
         path = "config.yaml"
     path = Path(path)
     try:
@@ -311,75 +175,50 @@ def load(path: str | Path | None = None, *, environ: dict[str, str] | None = Non
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: must be a mapping of sections (server, targets, ...), not a {type(data).__name__}"])
-    return parse(data, base_dir=path.resolve().parent, source=path.resolve(), environ=environ)
+    return data, path.resolve()
 
 
 def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict[str, str], problems: list[str]) -> Config:
-    s = dict(clean["server"])
-    if s["tls"]:
-        s["tls"] = TLSConfig(certfile=_resolve(base_dir, s["tls"]["certfile"]), keyfile=_resolve(base_dir, s["tls"]["keyfile"]))
-    s["trusted_proxies"] = tuple(s["trusted_proxies"])
-    s["cors_origins"] = tuple(s["cors_origins"])
-    server = ServerConfig(**s)
+    """The validated sections as typed records: the schema's keys and defaults as they are, plus what the file does
+    not hold (paths resolved against its folder, secrets read from the environment, names taken from keys)."""
+    server = dict(clean["server"])
+    tls = server["tls"]
+    if tls:
+        server["tls"] = TLSConfig(certfile=_resolve(base_dir, tls["certfile"]), keyfile=_resolve(base_dir, tls["keyfile"]))
 
-    a = dict(clean["auth"])
-    keys = {}
-    for name, k in a["keys"].items():
-        value = _secret(env, k["key_env"], ["auth", "keys", name, "key_env"], problems, "the key's value")
-        keys[name] = NamedKey(name=name, key_env=k["key_env"], key=value or "", targets=tuple(k["targets"]) if k["targets"] else None,
-                              rpm=k["rpm"])
-    auth = AuthConfig(
-        mode=a["mode"], master_key_env=a["master_key_env"], master_key=env.get(a["master_key_env"]) or None, max_failures=a["max_failures"],
-        window=a["window"], ban=a["ban"], whitelist=tuple(a["whitelist"]), blacklist=tuple(a["blacklist"]), keys=keys,
-    )
-    d = dict(clean["dataset"])
-    dataset = DatasetConfig(**{**d, "dir": _resolve(base_dir, d["dir"]), "redact": tuple(d["redact"])})
-
-    raw_targets = dict(clean["targets"])
-    default = raw_targets.pop("default", None)
-    for name, t in raw_targets.items():
-        if t["api_key_env"]:
-            _secret(env, t["api_key_env"], ["targets", name, "api_key_env"], problems, "the upstream's API key")
-    targets = {
-        name: TargetConfig(
-            name=name,
-            url=t["url"],
-            type=t["type"],
-            api_key_env=t["api_key_env"],
-            api_key=env.get(t["api_key_env"]) if t["api_key_env"] else None,
-            prompter=t["prompter"],
-            stop=tuple(t["stop"]),
-            character=t["character"],
-            characters=t["characters"],
-            user_name=t["user_name"],
-            timeout=t["timeout"],
-            fallbacks=tuple(t["fallbacks"]),
-            retries=t["retries"],
-            max_connections=t["max_connections"],
-            retry_backoff=t["retry_backoff"],
-            cooldown=t["cooldown"],
-            cooldown_after=t["cooldown_after"],
-            headers=t["headers"],
-            forward_client_key=t["forward_client_key"],
-            routes={p: RouteConfig(**r) for p, r in t["routes"].items()},
-            options=t["options"],
-        )
-        for name, t in raw_targets.items()
+    auth = dict(clean["auth"])
+    auth["keys"] = {
+        name: NamedKey(**k, name=name, key=_secret(env, k["key_env"], ["auth", "keys", name, "key_env"], problems, "the key's value") or "")
+        for name, k in auth["keys"].items()
     }
-    models = {alias: ModelAlias(**spec) for alias, spec in clean["models"].items()}
+    auth["master_key"] = env.get(auth["master_key_env"]) or None
+
+    dataset = dict(clean["dataset"])
+    dataset["dir"] = _resolve(base_dir, dataset["dir"])
+
+    targets = dict(clean["targets"])
+    default = targets.pop("default", None)
+    built_targets = {}
+    for name, t in targets.items():
+        key = _secret(env, t["api_key_env"], ["targets", name, "api_key_env"], problems, "the upstream's API key") \
+            if t["api_key_env"] else None
+        routes = {path: RouteConfig(**r) for path, r in t["routes"].items()}
+        built_targets[name] = TargetConfig(**{**t, "routes": routes}, name=name, api_key=key)
+
     dynamic = {}
     for name, d in clean["dynamic"].items():
-        if d["api_key_env"]:
-            _secret(env, d["api_key_env"], ["dynamic", name, "api_key_env"], problems, "the host's API key")
+        key = _secret(env, d["api_key_env"], ["dynamic", name, "api_key_env"], problems, "the host's API key") \
+            if d["api_key_env"] else None
         host, port = split_host(name) or (name, None)
-        dynamic[name] = DynamicHost(name=name, host=host, port=port or (443 if d["scheme"] == "https" else 80), scheme=d["scheme"],
-                                    api_key_env=d["api_key_env"], api_key=env.get(d["api_key_env"]) if d["api_key_env"] else None,
-                                    auth=d["auth"], forward_client_key=d["forward_client_key"], timeout=d["timeout"])
-    return Config(server=server, auth=auth, dataset=dataset, targets=targets, default_target=default, models=models,
+        dynamic[name] = DynamicHost(**d, name=name, host=host, port=port or (443 if d["scheme"] == "https" else 80), api_key=key)
+
+    return Config(server=ServerConfig(**server), auth=AuthConfig(**auth), dataset=DatasetConfig(**dataset), targets=built_targets,
+                  default_target=default, models={alias: ModelAlias(**spec) for alias, spec in clean["models"].items()},
                   dynamic=dynamic, state=clean["state"], state_required=clean["state_required"], base_dir=base_dir, source=source)
 
 
 def _secret(env: dict[str, str], name: str, at: list[str], problems: list[str], what: str) -> str | None:
+    """The variable's value; a problem, naming the key and the variable, when it is not set."""
     value = env.get(name)
     if not value:
         problems.append(f"{format_path(at)}: the environment variable {name} is not set; export it with {what} before starting")

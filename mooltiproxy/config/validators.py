@@ -105,12 +105,13 @@ def mapping_of(key: Validator, value: Validator) -> Validator:
 
 
 def list_of(item: Validator) -> Validator:
-    def validate(data: Any) -> list[Any]:
+    """A list (or a single value, as a list of one) of what ``item`` accepts, as a tuple."""
+    def validate(data: Any) -> tuple[Any, ...]:
         if data is None:
-            return []
+            return ()
         if isinstance(data, str):
             data = [data]
-        if not isinstance(data, list):
+        if not isinstance(data, (list, tuple)):
             raise vol.Invalid(f"must be a list, not {_kind(data)}")
         errors: list[vol.Invalid] = []
         out = []
@@ -121,7 +122,7 @@ def list_of(item: Validator) -> Validator:
                 errors.extend(under(i, exc))
         if errors:
             raise vol.MultipleInvalid(errors)
-        return out
+        return tuple(out)
 
     return validate
 

@@ -9,13 +9,32 @@ reached a ``finish_reason`` (or ``[DONE]`` on a relayed stream) was cut short.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from ..translate.sse import SSEParser
 
 _DONE: dict[str, Any] = {}  # OpenAI's closing ``data: [DONE]``, told apart by identity
+
+
+class StreamReassembler(Protocol):
+    """Puts one API's event stream back together: fed the relayed bytes (``feed``) or the events (``add``)."""
+
+    done: bool
+    error: str | None
+
+    def feed(self, data: bytes) -> None: ...
+
+    def add(self, event: dict[str, Any]) -> None: ...
+
+    def answer(self) -> dict[str, Any]: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def truncated(self) -> bool: ...
 
 
 def _json_events(parser: SSEParser, data: bytes) -> Iterator[dict[str, Any]]:

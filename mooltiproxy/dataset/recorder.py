@@ -24,13 +24,11 @@ import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from ..backends.fronts import Dialect
 from .records import Capture, build_with_keys, fit, redact
 from .sinks import JsonlSink, Sink, SqliteSink
 from .tape import PendingStream
@@ -80,10 +78,8 @@ class Recorder:
         redact: list[str] | tuple[str, ...] = (),
         fsync: str = "interval",
         queue_size: int = 10_000,
-        dialects: Mapping[str, Dialect] | None = None,
     ) -> None:
         self.sink = sink
-        self.dialects = dialects or {}
         self.session = session
         self.patterns = [re.compile(p) for p in redact]
         self.fsync = fsync
@@ -298,7 +294,7 @@ class Recorder:
                 capture.answer = orjson.loads(capture.answer)
             except orjson.JSONDecodeError:
                 capture.answer = None
-        dialect = self.dialects.get(capture.endpoint)
+        dialect = capture.dialect
         if dialect is not None:  # relayed in another API's shape: recorded in the OpenAI one
             capture.request = dialect.request(capture.request)
             if capture.answer is not None:

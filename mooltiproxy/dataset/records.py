@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-CHAT, COMPLETION, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/messages"
+CHAT, COMPLETION = "/v1/chat/completions", "/v1/completions"
 PARAMS = frozenset(("temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
                     "frequency_penalty", "presence_penalty", "repetition_penalty", "response_format", "tool_choice", "stream"))
 
@@ -54,6 +54,7 @@ class Capture:
     truncated: bool = False  # text past dataset.max_text was left out of the answer
     error: str | None = None
     tried: list[str] = field(default_factory=list)  # targets that failed before the one that answered
+    dialect: Any = None  # the API it spoke, when relayed in another than OpenAI's (a backends.Dialect)
 
 
 def text_of(content: Any) -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProxyError
-from .reassembly import MessagesReassembler, Reassembler
-from .records import CHAT, COMPLETION, MESSAGES, Capture
+from .reassembly import Reassembler, StreamReassembler
+from .records import COMPLETION, Capture
 
-RECORDED = frozenset({CHAT, COMPLETION, MESSAGES})
+if TYPE_CHECKING:
+    from ..backends.spec import Dialect
 # A relayed stream's bytes are kept raw and parsed a batch at a time: here whenever this much has gathered,
 # and the rest by the recorder at the end, so a stream holds its text, not its bytes. A dozen events per
 # batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
@@ -29,7 +30,7 @@ class PendingStream:
     def truncated(self) -> bool:
         return self.assembler.truncated
 
-    def __init__(self, assembler: Reassembler | MessagesReassembler, rest: bytes, why_cut: str | None) -> None:
+    def __init__(self, assembler: StreamReassembler, rest: bytes, why_cut: str | None) -> None:
         self.assembler, self.rest, self.why_cut = assembler, rest, why_cut
 
     def resolve(self) -> tuple[dict[str, Any], str | None]:
@@ -46,14 +47,15 @@ class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
-    __slots__ = ("answer", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size", "status", "streamed",
-                 "why_cut")
+    __slots__ = ("answer", "dialect", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size", "status",
+                 "streamed", "why_cut")
 
-    def __init__(self, endpoint: str, limit: int | None = None) -> None:
+    def __init__(self, endpoint: str, limit: int | None = None, dialect: Dialect | None = None) -> None:
         self.endpoint = endpoint
         self.limit = limit  # dataset.max_text: the most text of an answer the record keeps
+        self.dialect = dialect  # the API the exchange speaks, when it is relayed in another than OpenAI's
         self.answer: Any = None
-        self.reassembler: Reassembler | MessagesReassembler | None = None
+        self.reassembler: StreamReassembler | None = None
         self.relayed_body: list[bytes] = []
         self.relayed_size = 0
         self.error: str | None = None
@@ -61,10 +63,10 @@ class Tape:
         self.why_cut: str | None = None
         self.streamed = False
 
-    def _assembler(self) -> Reassembler | MessagesReassembler:
+    def _assembler(self) -> StreamReassembler:
         if self.reassembler is None:
-            if self.endpoint == MESSAGES:
-                self.reassembler = MessagesReassembler(self.limit)
+            if self.dialect is not None:
+                self.reassembler = self.dialect.reassembler(self.limit)
             else:
                 self.reassembler = Reassembler("completion" if self.endpoint == COMPLETION else "chat", self.limit)
         return self.reassembler
@@ -111,5 +113,5 @@ class Tape:
         return Capture(
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
-            cut_reason=self.why_cut, truncated=truncated, error=self.error, tried=tried,
+            cut_reason=self.why_cut, truncated=truncated, error=self.error, tried=tried, dialect=self.dialect,
         )

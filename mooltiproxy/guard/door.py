@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..errors import Forbidden, TooManyRequests, Unauthorized, Unavailable
 from ..http.context import RequestInfo
 from ..http.protocol import PEER
-from ..state.settings import Live
+from ..state.settings import Live, Settings
 from .bans import in_networks, is_loopback, normalize
 from .keys import MASTER, presented
 
@@ -40,7 +40,7 @@ class Guard:
     def __init__(self, app: ASGIApp, *, live: Live, open_paths: Iterable[str] = (),
                  cookie_auth: Callable[[Scope], str | None] | None = None) -> None:
         self.app = app
-        self.live = live  # the keyring and the deny list change with a reloaded config
+        self.live = live  # the ledger, limits and shared state; the keyring and lists come with each request's settings
         self.ledger = live.ledger
         self.open_paths = OPEN_PATHS | frozenset(open_paths)
         # The review page's browser session: a signed cookie stands in for the key under /ui.
@@ -53,7 +53,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         info: RequestInfo = scope["mooltiproxy"]
-        settings = self.live.settings
+        settings = info.settings
         address = normalize(info.client)
         if settings.blacklist and in_networks(address, settings.blacklist):
             raise Forbidden(f"Requests from {address} are refused by this proxy (auth.blacklist).", code="address_blocked")
@@ -69,14 +69,14 @@ class Guard:
         token = presented(scope)
         admin = path.startswith("/admin/")
         left = self.ledger.banned_for(address)
-        if left and not (admin and self._admin_despite_ban(scope, address, token)):
+        if left and not (admin and self._admin_despite_ban(scope, settings, address, token)):
             seconds = math.ceil(left)
             raise Forbidden(
                 f"{address} is banned for another {seconds} s after repeated requests with a wrong API key.",
                 code="address_banned", headers=[("Retry-After", str(seconds))],
             )
         if settings.passthrough and not admin:
-            await self._passthrough(scope, receive, send, address, token)
+            await self._passthrough(scope, receive, send, settings, address, token)
             return
         if token is None and self.cookie_auth is not None and (path == "/ui" or path.startswith("/ui/")):
             name = self.cookie_auth(scope)
@@ -110,7 +110,7 @@ class Guard:
                 )
         await self.app(scope, receive, send)
 
-    def _admin_despite_ban(self, scope: Scope, address: str, token: bytes | None) -> bool:
+    def _admin_despite_ban(self, scope: Scope, settings: Settings, address: str, token: bytes | None) -> bool:
         """Whether a banned address may still reach /admin/: so that the admin on the proxy's own machine can lift a
         ban (``mooltiproxy unban``). Only from a loopback TCP peer (an X-Forwarded-For naming localhost does not
         count), and only for ``max_failures`` wrong keys per ban, so that it is no way around the ban to guess keys."""
@@ -123,18 +123,18 @@ class Guard:
         tries = (address, ban.until)
         if self._admin_tries.get(tries, 0) >= self.ledger.max_failures:
             return False
-        key = self.live.settings.keyring.match(token)
+        key = settings.keyring.match(token)
         if key is None or key.name != MASTER:
             self._admin_tries[tries] = self._admin_tries.get(tries, 0) + 1
             for old in [t for t in self._admin_tries if t[1] < self.ledger.clock()]:
                 del self._admin_tries[old]
         return True
 
-    async def _passthrough(self, scope: Scope, receive: Receive, send: Send, address: str, token: bytes | None) -> None:
+    async def _passthrough(self, scope: Scope, receive: Receive, send: Send, settings: Settings, address: str,
+                           token: bytes | None) -> None:
         """auth.mode passthrough: no key is needed; a key that is not one of the proxy's is the client's own, for
         targets that forward it. With a whitelist, only its addresses (and this machine) get in. (The admin
         endpoints are not passed through: they need the master key, and wrong keys there count toward a ban.)"""
-        settings = self.live.settings
         whitelist = settings.config.auth.whitelist
         if whitelist and not is_loopback(address) and not in_networks(address, whitelist):
             raise Forbidden(f"{address} is not on this proxy's auth.whitelist, which is all that passthrough mode admits.",

@@ -13,12 +13,16 @@ import logging
 import os
 import re
 import time
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ProxyError, render
 from ..guard.keys import MASTER
 from ..ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..state.settings import Live, Settings
 
 access_log = logging.getLogger("mooltiproxy.access")
 log = logging.getLogger("mooltiproxy")
@@ -29,13 +33,16 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 class RequestInfo:
     """What the layers below learn about a request, for the access log and the response headers."""
 
-    __slots__ = ("client", "client_key", "id", "key_name", "key_targets", "route", "start", "started", "status", "target",
+    __slots__ = ("client", "client_key", "id", "key_name", "key_targets", "route", "settings", "start", "started", "status", "target",
                  "upstream_ms")
 
-    def __init__(self, request_id: str, start: float, client: str) -> None:
+    def __init__(self, request_id: str, start: float, client: str, settings: Settings) -> None:
         self.id = request_id
         self.start = start
         self.client = client
+        # The config this request runs on, read once as it arrives: the guard, the router and the pipeline all see
+        # this one, even if a reload swaps in another while the request runs.
+        self.settings = settings
         self.key_name: str | None = None
         self.key_targets: frozenset[str] | None = None  # None: the key may use every target
         self.client_key: str | None = None  # auth.mode passthrough: the client's own key, for targets that forward it
@@ -62,8 +69,9 @@ def new_request_id() -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, live: Live, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.live = live
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,7 +84,8 @@ class RequestContext:
                 request_id = value.decode()
                 break
         # The clock starts when the server parsed the request's first byte, as the client's clock does.
-        info = RequestInfo(request_id or new_request_id(), scope.get("mooltiproxy.arrived") or time.perf_counter(), _client(scope))
+        info = RequestInfo(request_id or new_request_id(), scope.get("mooltiproxy.arrived") or time.perf_counter(), _client(scope),
+                           self.live.settings)
         scope["mooltiproxy"] = info
         rid = info.id.encode()
 

@@ -9,23 +9,21 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Forbidden
-from ..state.settings import Live
 
 _EXPOSE = b"x-request-id, x-mooltiproxy-overhead-ms, retry-after"
 _METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
 class CORS:
-    def __init__(self, app: ASGIApp, live: Live) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.live = live  # the origins change with a reloaded config
-
-    def allowed(self, origin: str) -> bool:
-        origins = self.live.settings.cors_origins
-        return "*" in origins or origin in origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (not self.live.settings.cors_origins and scope["method"] != "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origins = scope["mooltiproxy"].settings.cors_origins  # they change with a reloaded config
+        if not origins and scope["method"] != "OPTIONS":
             await self.app(scope, receive, send)  # nothing to add, and a preflight is all there is to refuse
             return
         origin = requested = None
@@ -38,12 +36,12 @@ class CORS:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS" and requested is not None:
-            await self._preflight(scope, origin, send)
+            await self._preflight(scope, origins, origin, send)
             return
-        if not self.allowed(origin):
+        if not _allowed(origins, origin):
             await self.app(scope, receive, send)
             return
-        allow = b"*" if "*" in self.live.settings.cors_origins else origin.encode("latin-1")
+        allow = b"*" if "*" in origins else origin.encode("latin-1")
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -53,8 +51,8 @@ class CORS:
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _preflight(self, scope: Scope, origin: str, send: Send) -> None:
-        if not self.allowed(origin):
+    async def _preflight(self, scope: Scope, origins: frozenset[str], origin: str, send: Send) -> None:
+        if not _allowed(origins, origin):
             raise Forbidden(f"Origin {origin} may not call this proxy from a browser; add it to server.cors_origins.",
                             code="cors_origin_not_allowed")
         asked = b""
@@ -62,7 +60,7 @@ class CORS:
             if name == b"access-control-request-headers":
                 asked = value
         headers = [
-            (b"access-control-allow-origin", b"*" if "*" in self.live.settings.cors_origins else origin.encode("latin-1")),
+            (b"access-control-allow-origin", b"*" if "*" in origins else origin.encode("latin-1")),
             (b"access-control-allow-methods", _METHODS),
             (b"access-control-allow-headers", asked or b"authorization, content-type"),
             (b"access-control-max-age", b"600"),
@@ -71,3 +69,7 @@ class CORS:
         ]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _allowed(origins: frozenset[str], origin: str) -> bool:
+    return "*" in origins or origin in origins

@@ -17,12 +17,15 @@ import os
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from starlette.applications import Starlette
 
-from ..config.load import Config, ServerConfig, load
+from ..config.model import Config, ServerConfig
+
+if TYPE_CHECKING:
+    from ..app import ProxyApp
+from ..state.settings import load
 from .protocol import ProxyServerConfig
 
 WORKER_ENV = "MOOLTIPROXY_WORKER"  # how a worker process learns what to serve
@@ -98,7 +101,7 @@ def run_workers(config: Config, workers: int, *, log_level: str, log_format: str
         Multiprocess(settings, sockets=[sock]).run()
 
 
-def worker_app() -> Starlette:
+def worker_app() -> ProxyApp:
     """The app of one worker process (uvicorn calls this factory in each)."""
     from ..app import create_app
     from ..ops.logs import setup_logging

@@ -26,7 +26,7 @@ class Teller(Protocol):
     def target_ok(self, target: str) -> None: ...
 
 
-class Health:
+class Cooldowns:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._failures: dict[str, int] = {}

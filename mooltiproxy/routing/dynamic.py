@@ -6,9 +6,9 @@ list is reached, by the scheme the list gives; the proxy follows no redirect (an
 back to the client as it is). A listed host name is resolved by the proxy itself, and a connection is
 made to the address it checked (no second lookup an attacker's DNS could answer differently): an
 address that is loopback, private, link-local or otherwise not public is refused unless that very
-address is on the list too. The API a path speaks is recognised for the dataset: ``…/messages`` is the
-Anthropic Messages API, ``…/chat/completions`` and ``…/completions`` OpenAI's; the rest is relayed
-and not recorded.
+address is on the list too. The API a path speaks is recognised for the dataset: ``…/chat/completions``
+and ``…/completions`` are OpenAI's, a dialect's suffix (``…/messages``: the Anthropic Messages API) its
+own; the rest is relayed and not recorded.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config.load import DynamicHost, ServerConfig
+from ..backends.spec import Dialect
+from ..config.model import DynamicHost, ServerConfig
 from ..config.validators import split_host
-from ..dataset.records import CHAT, COMPLETION, MESSAGES
+from ..dataset.records import CHAT, COMPLETION
 from ..errors import Forbidden, MethodNotAllowed, UpstreamError
 from .targets import Route, Target, auth_header
 
@@ -46,11 +47,12 @@ def looks_like_host(segment: str) -> bool:
 OTHER = "other"  # the route of a dynamic path in no API the proxy knows: metrics are labelled by host and route, never by path
 
 
-def endpoint(path: str) -> str:
+def endpoint(path: str, dialects: Mapping[str, Dialect] = {}) -> str:
     """The inbound endpoint a dynamic path speaks, for recording and metrics: ``other`` if none. (Any client may
     send any path; labelled by their paths, the metrics would grow a series per path without end.)"""
-    if path.endswith("/messages"):
-        return MESSAGES
+    for inbound, dialect in dialects.items():
+        if path.endswith(dialect.suffix):
+            return inbound
     if path.endswith("/chat/completions"):
         return CHAT
     if path.endswith("/completions"):
@@ -59,7 +61,8 @@ def endpoint(path: str) -> str:
 
 
 class DynamicHosts:
-    def __init__(self, hosts: Mapping[str, DynamicHost], server: ServerConfig) -> None:
+    def __init__(self, hosts: Mapping[str, DynamicHost], server: ServerConfig, dialects: Mapping[str, Dialect] = {}) -> None:
+        self.dialects = dialects
         self.by_address = {(h.host, h.port): h for h in hosts.values()}
         # Listed addresses with their ports: listing 127.0.0.1:9000 lets a name resolve to 127.0.0.1 only on port 9000.
         self.listed_ips = {(ipaddress.ip_address(h.host), h.port) for h in hosts.values() if _is_ip(h.host)}
@@ -95,7 +98,7 @@ class DynamicHosts:
             upstream_path = slash_raw + rest_raw if rest_raw else "/"
         else:
             upstream_path = slash + rest if rest else "/"
-        route = Route(inbound=endpoint(slash + rest), method=method, path=upstream_path)
+        route = Route(inbound=endpoint(slash + rest, self.dialects), method=method, path=upstream_path)
         return Destination(host, self.targets[host.name], route)
 
     def _listed(self, parsed: tuple[str, int | None]) -> DynamicHost | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from ..config.load import ModelAlias
+from ..config.model import ModelAlias
 from ..config.validators import did_you_mean
 from ..errors import NotFound
 from .targets import Target

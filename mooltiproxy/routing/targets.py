@@ -1,7 +1,7 @@
-"""Runtime targets: a target's config joined with its preset, its mappers resolved, its key read.
+"""Runtime targets: a target's config joined with its backend's declaration, its mappers resolved, its key read.
 
-``build_targets`` runs once at startup (and by ``mooltiproxy check``); every problem it finds is
-reported together, each under the config path that caused it.
+``build_targets`` runs once per config load (``mooltiproxy.load``), and every problem it finds is
+reported together with the file's own, each under the config path that caused it.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from typing import Any
 
 import voluptuous as vol
 
-from ..backends.presets import PRESETS
-from ..config.load import Config, RouteConfig, TargetConfig
+from ..backends import registry
+from ..backends.spec import Backend, Option, RouteSpec
+from ..config.model import Config, TargetConfig
 from ..config.validators import did_you_mean, format_path
-from ..errors import BadRequest, ConfigError, MethodNotAllowed, NotFound
+from ..errors import BadRequest, MethodNotAllowed, NotFound
 from ..translate.characters import Card, CardError, load_card
-from ..translate.mapping import Mapper, MapperLookupError, resolve
+from ..translate.mapping import Mapper, MapperLookupError, mapper
 from ..translate.prompting import Prompter, PrompterError, load_prompter, preset_names
 
 
@@ -58,6 +59,7 @@ class Target:
     auth: str = "bearer"  # how a key is sent upstream: bearer (Authorization) or x-api-key
     forward_client_key: bool = False  # auth.mode passthrough: the client's own key goes upstream in place of ours
     max_connections: int = 1024  # requests in flight to the upstream at once
+    backend: Backend | None = None  # what its type declares (None for a dynamic host)
 
     def upstream_headers(self, client_key: str | None) -> tuple[tuple[str, str], ...]:
         """The headers sent upstream on every request, with the client's key in place of the target's when forwarded."""
@@ -98,32 +100,32 @@ def auth_header(style: str, key: str) -> tuple[str, str]:
     return ("x-api-key", key) if style == "x-api-key" else ("authorization", f"Bearer {key}")
 
 
-def build_targets(config: Config) -> dict[str, Target]:
+def build_targets(config: Config) -> tuple[dict[str, Target], list[str]]:
+    """The config's targets as the proxy runs them (mappers imported, prompters compiled, cards read), and every
+    problem found, each under the config path that caused it."""
     problems: list[str] = []
     targets = {}
     for name, tc in config.targets.items():
         target = _build_target(config, tc, problems)
         if target is not None:
             targets[name] = target
-    if problems:
-        raise ConfigError(problems)
-    return targets
+    return targets, problems
 
 
 def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Target | None:
     at = ["targets", tc.name]
-    preset = PRESETS.get(tc.type)
-    if preset is None:
-        problems.append(
-            f"{format_path([*at, 'type'])}: must be one of {', '.join(PRESETS)}, not {tc.type!r}{did_you_mean(tc.type, PRESETS)}"
-        )
+    try:
+        backend = registry.find(tc.type, config.base_dir)
+    except registry.BackendLookupError as exc:
+        problems.append(f"{format_path([*at, 'type'])}: {exc}")
         return None
 
     headers: list[tuple[str, str]] = []
     if tc.api_key:
-        headers.append(auth_header(preset.auth, tc.api_key))
-    options = _options(tc, preset.options, at, problems)
-    headers.extend((name, str(options[option])) for name, option in preset.headers.items() if options.get(option) is not None)
+        headers.append(auth_header(backend.auth, tc.api_key))
+    own_code = any(getattr(rc, kind) for rc in tc.routes.values() for kind in _MAPPER_KINDS)
+    options = _options(tc, backend.options, at, problems, open_ended=own_code)
+    headers.extend((name, str(options[option])) for name, option in backend.headers.items() if options.get(option) is not None)
     headers.extend((k.lower(), v) for k, v in tc.headers.items())
 
     character = _card(config, tc.character, [*at, "character"], problems) if tc.character else None
@@ -134,37 +136,31 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
     except PrompterError as exc:
         problems.append(f"{format_path([*at, 'prompter'])}: {exc}")
     else:
-        if prompter is None and (preset.needs_prompter or options.get("raw_prompt")):
+        if prompter is None and (backend.needs_prompter or options.get("raw_prompt")):
             problems.append(
                 f"{format_path([*at, 'prompter'])}: type {tc.type}{' with raw_prompt' if options.get('raw_prompt') else ''} "
                 f"takes one prompt string, so chat messages need a prompter "
                 f"to lay them out; name one of {', '.join(preset_names())}, a .jinja file or a tokenizer_config.json"
             )
 
-    routes: dict[str, Route] = {}
-    merged = dict(preset.routes)
+    merged = dict(backend.routes)
     for path, user in tc.routes.items():
-        base = merged.get(path, RouteConfig())
+        base = merged.get(path, RouteSpec())
         merged[path] = replace(base, **{f.name: getattr(user, f.name) for f in fields(user) if getattr(user, f.name) is not None})
-    for path, rc in merged.items():
+    routes: dict[str, Route] = {}
+    for path, spec in merged.items():
         route_at = [*at, "routes", path]
         mappers: dict[str, Mapper | None] = {}
-        for kind in ("request", "answer", "stream", "error"):
-            name = getattr(rc, kind)
+        for kind in _MAPPER_KINDS:
+            ref = getattr(spec, kind)
             mappers[kind] = None
-            if name:
+            if ref:
                 try:
-                    mappers[kind] = resolve(name, kind=kind, base_dir=config.base_dir)
+                    mappers[kind] = mapper(ref, kind=kind, base_dir=config.base_dir)
                 except MapperLookupError as exc:
                     problems.append(f"{format_path([*route_at, kind])}: {exc}")
-        routes[path] = Route(
-            inbound=path,
-            method=rc.method or "POST",
-            path=rc.path or path,
-            stream_path=rc.stream_path,
-            stream_format=rc.stream_format or "sse",
-            **mappers,
-        )
+        routes[path] = Route(inbound=path, method=spec.method, path=spec.path or path, stream_path=spec.stream_path,
+                             stream_format=spec.stream_format, **mappers)
     return Target(
         name=tc.name,
         type=tc.type,
@@ -179,10 +175,14 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
         characters={k: v for k, v in characters.items() if v is not None},
         user_name=tc.user_name,
         config=tc,
-        auth=preset.auth,
+        auth=backend.auth,
         forward_client_key=tc.forward_client_key,
         max_connections=tc.max_connections,
+        backend=backend,
     )
+
+
+_MAPPER_KINDS = ("request", "answer", "stream", "error")
 
 
 def _card(config: Config, path: str, at: list[str], problems: list[str]) -> Card | None:
@@ -193,10 +193,16 @@ def _card(config: Config, path: str, at: list[str], problems: list[str]) -> Card
         return None
 
 
-def _options(tc: TargetConfig, known: Mapping[str, Any], at: list[str], problems: list[str]) -> dict[str, Any]:
+def _options(tc: TargetConfig, known: Mapping[str, Option], at: list[str], problems: list[str], *,
+             open_ended: bool) -> dict[str, Any]:
+    """The target's options, validated by its type's declarations. A target whose own routes name mappers may also
+    carry options its type does not know, for those mappers to read (``ctx.target.options``), as they are."""
     out = {name: opt.default for name, opt in known.items()}
     for key, value in tc.options.items():
         opt = known.get(key)
+        if opt is None and open_ended:
+            out[key] = value
+            continue
         if opt is None:
             names = ", ".join(known) or "none"
             problems.append(

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from ..config.validators import redacted
 from ..guard.bans import Ban, BanLedger
-from ..proxy.cooldowns import Health
+from ..proxy.cooldowns import Cooldowns
 from ..review.sessions import EndedSessions
 
 log = logging.getLogger("mooltiproxy.state")
@@ -99,7 +99,7 @@ class RedisState:
         self.instance = instance or os.urandom(6).hex()
         self.up = False
         self.ledger: BanLedger | None = None
-        self.health: Health | None = None
+        self.cooldowns: Cooldowns | None = None
         self.reload: Callable[[], object] | None = None  # reloads this instance's config, without telling the others
         self.ended: EndedSessions | None = None  # review-page sessions logged out
         self._client: Any = None
@@ -111,8 +111,9 @@ class RedisState:
 
     # ------------------------------------------------------------------ life
 
-    async def start(self, ledger: BanLedger, health: Health, reload: Callable[[], object], ended: EndedSessions | None = None) -> None:
-        self.ledger, self.health, self.reload, self.ended = ledger, health, reload, ended
+    async def start(self, ledger: BanLedger, cooldowns: Cooldowns, reload: Callable[[], object],
+                    ended: EndedSessions | None = None) -> None:
+        self.ledger, self.cooldowns, self.reload, self.ended = ledger, cooldowns, reload, ended
         self._client = aioredis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True)
         self._scripts = {name: self._client.register_script(body) for name, body in
                          (("fail", _FAIL), ("take", _TAKE), ("target_failed", _TARGET_FAILED))}
@@ -321,15 +322,15 @@ class RedisState:
             log.warning("shared state: an event that is not ours on %s: %.100r", CHANNEL, data)
             return
         mine = event.get("from") == self.instance
-        assert self.ledger is not None and self.health is not None
+        assert self.ledger is not None and self.cooldowns is not None
         if kind == "ban":
             self.ledger.mirror(_ban(event["address"], event["value"]))
         elif kind == "unban":
             self.ledger.mirror_unban(event["address"])
         elif kind == "target_failed" and not mine:
-            self.health.mirror_failure(event["target"], event["n"], event["cool"])
+            self.cooldowns.mirror_failure(event["target"], event["n"], event["cool"])
         elif kind == "target_ok" and not mine:
-            self.health.mirror_ok(event["target"])
+            self.cooldowns.mirror_ok(event["target"])
         elif kind == "session_ended" and self.ended is not None:
             self.ended.mirror(str(event["nonce"]), float(event["until"]))
         elif kind == "reload" and not mine and self.reload is not None:

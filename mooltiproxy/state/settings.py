@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..config.load import Config, load
+from ..backends import registry
+from ..backends.spec import Dialect
+from ..config.load import read, validate, without_secrets
+from ..config.model import Config, Network
 from ..errors import ConfigError
-from ..guard.bans import BanLedger, Network, is_loopback
+from ..guard.bans import BanLedger, is_loopback
 from ..guard.keys import Keyring
 from ..routing.dynamic import DynamicHosts
+from ..routing.fronts import FrontRoute, build_fronts
 from ..routing.router import Router
 from ..routing.targets import build_targets
+from ..translate.mapping import forget_user_modules
 
 if TYPE_CHECKING:
     from ..guard.limits import RateLimits
@@ -31,13 +37,37 @@ log = logging.getLogger("mooltiproxy")
 
 @dataclass(frozen=True)
 class Settings:
+    """What requests need from one config, built once: a request reads them at its start and keeps them."""
+
     config: Config
     router: Router
     keyring: Keyring
     blacklist: tuple[Network, ...]
     cors_origins: frozenset[str]
     dynamic: DynamicHosts
+    fronts: Mapping[str, FrontRoute]  # the paths the proxy answers in another API
+    dialects: Mapping[str, Dialect]  # the APIs recorded from their relayed bytes, by inbound path
     passthrough: bool = False  # auth.mode: passthrough
+
+
+def parse(data: Any, *, base_dir: Path | None = None, source: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """A config from already-loaded YAML data, checked whole: the file against the schema, and its targets built
+    (mappers imported, prompters compiled, backend types found) to be used as they are by ``build_settings``.
+    ``ConfigError`` lists every problem at once, never a value read from the environment."""
+    if base_dir is not None:
+        forget_user_modules(base_dir)  # the config's own mappers are read again with it
+    config, problems, used = validate(data, base_dir=base_dir, source=source, environ=environ)
+    targets, target_problems = build_targets(config)
+    problems += target_problems
+    if problems:
+        raise ConfigError(without_secrets(problems, used))
+    return replace(config, built=targets)
+
+
+def load(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
+    """``path`` (without one, ``config.yaml`` in the current folder if present, else the defaults), checked whole."""
+    data, source = read(path)
+    return parse(data, base_dir=source.parent if source else None, source=source, environ=environ)
 
 
 def build_settings(config: Config) -> Settings:
@@ -56,12 +86,19 @@ def build_settings(config: Config) -> Settings:
             f"auth.master_key_env: the environment variable {auth.master_key_env} is not set, and the proxy does not run "
             f"without its key. Run: export {auth.master_key_env}=$(mooltiproxy keygen) — then give that key to your clients."
         ])
-    router = Router(build_targets(config), config.default_target, config.models)
+    targets = config.built
+    if targets is None:  # a Config made without parse(): build (and check) its targets now
+        targets, problems = build_targets(config)
+        if problems:
+            raise ConfigError(problems)
+    backends = {**registry.installed(), **{t.backend.name: t.backend for t in targets.values() if t.backend is not None}}
+    dialects = registry.dialects(backends.values())
+    router = Router(targets, config.default_target, config.models)
     keyring = Keyring(auth.master_key, [(k.name, k.key, k.targets, k.rpm) for k in auth.keys.values()])
     return Settings(config=config, router=router, keyring=keyring, blacklist=auth.blacklist,
-                    cors_origins=frozenset(config.server.cors_origins), dynamic=DynamicHosts(config.dynamic, config.server),
-                    passthrough=passthrough)
-
+                    cors_origins=frozenset(config.server.cors_origins),
+                    dynamic=DynamicHosts(config.dynamic, config.server, dialects), fronts=build_fronts(backends.values()),
+                    dialects=dialects, passthrough=passthrough)
 
 
 class Live:

@@ -316,3 +316,46 @@ def prompt_calls(prompts: list[str], n: int, params: dict[str, Any], *, seed_key
         return p
 
     return per_choice(prompts, n, call)
+
+
+# ------------------------------------------------------------------------------ a whole answer as a stream
+
+
+def stream_of(answer: dict[str, Any], kind: str, request: Any) -> list[dict[str, Any]]:
+    """A whole answer as the chunks a stream of it would have been: per choice the role, the reasoning, the text,
+    the tool calls and the finish; then the usage, when the request asked for it (``stream_options``)."""
+    obj = "chat.completion.chunk" if kind == CHAT else "text_completion"
+    base = {"id": answer.get("id") or new_id("chatcmpl" if kind == CHAT else "cmpl"), "object": obj,
+            "created": answer.get("created") or int(time.time()), "model": answer.get("model")}
+    with_usage = include_usage(request)
+
+    def chunk(choice: dict[str, Any]) -> dict[str, Any]:
+        out = {**base, "choices": [choice]}
+        if with_usage:
+            out["usage"] = None
+        return out
+
+    chunks = []
+    for position, choice in enumerate(answer.get("choices") or ()):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        if kind == CHAT:
+            message = choice.get("message") or {}
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+            if message.get("reasoning_content"):
+                deltas.append({"reasoning_content": message["reasoning_content"]})
+            if message.get("content"):
+                deltas.append({"content": message["content"]})
+            calls = message.get("tool_calls") or []
+            if calls:
+                deltas.append({"tool_calls": [{"index": i, "id": c.get("id"), "type": "function", "function": c.get("function") or {}}
+                                              for i, c in enumerate(calls)]})
+            chunks += [chunk({"index": index, "delta": d, "logprobs": None, "finish_reason": None}) for d in deltas]
+            chunks.append(chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}))
+        else:
+            chunks.append(chunk({"index": index, "text": choice.get("text") or "", "logprobs": None, "finish_reason": None}))
+            chunks.append(chunk({"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}))
+    if with_usage and isinstance(answer.get("usage"), dict):
+        chunks.append({**base, "choices": [], "usage": answer["usage"]})
+    return chunks

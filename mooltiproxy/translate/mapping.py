@@ -12,7 +12,9 @@ A name is ``module.function`` for a file in ``mappers/`` (the installed package 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
@@ -32,7 +34,7 @@ log = logging.getLogger("mooltiproxy")
 
 BUILT_IN = "mooltiproxy.mappers"  # the repository's mappers/ folder, installed under the package's name
 
-__all__ = ["Fanout", "MapContext", "Mapper", "MapperLookupError", "MappingError", "resolve"]
+__all__ = ["Fanout", "MapContext", "Mapper", "MapperLookupError", "MappingError", "mapper", "resolve"]
 
 
 class Fanout(list[Any]):
@@ -86,6 +88,15 @@ class Mapper:
 
     def stream(self, events: AsyncIterator[Any], ctx: MapContext) -> AsyncIterator[Any]:
         return self.func(events, ctx)  # type: ignore[no-any-return]
+
+
+def mapper(ref: str | Callable[..., Any], *, kind: str, base_dir: Path | None = None) -> Mapper:
+    """A mapper from a backend's declaration (the function itself) or a config (its name), checked for ``kind``."""
+    if not callable(ref):
+        return resolve(ref, kind=kind, base_dir=base_dir)
+    name = f"{ref.__module__.rpartition('.')[2]}.{ref.__name__}"
+    _check_signature(name, ref, kind)
+    return Mapper(name=name, func=ref, is_async=inspect.iscoroutinefunction(ref))
 
 
 def resolve(name: str, *, kind: str, base_dir: Path | None = None) -> Mapper:
@@ -148,29 +159,52 @@ def _from_mappers_folder(module_name: str, full: str, base_dir: Path | None) -> 
             raise MapperLookupError(f"importing mappers/{module_name}.py for '{full}' failed: {exc}") from None
     except Exception as exc:
         raise MapperLookupError(f"importing mappers/{module_name}.py for '{full}' failed: {type(exc).__name__}: {exc}") from None
-    if base_dir is not None:
-        file = base_dir / "mappers" / (module_name.replace(".", "/") + ".py")
-        if file.is_file():
-            return _load_file(file, module_name, full)
+    if base_dir is not None and (base_dir / "mappers" / (module_name.replace(".", "/") + ".py")).is_file():
+        return user_module(module_name, base_dir, full)
     where = f" or {base_dir / 'mappers'}" if base_dir is not None else ""
     raise MapperLookupError(f"no mapper module '{module_name}' for '{full}': looked in the installed mappers package{where}")
 
 
-def _load_file(file: Path, module_name: str, full: str) -> ModuleType:
-    qualified = f"mooltiproxy_user_mappers.{module_name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, file)
-    if spec is None or spec.loader is None:
-        raise MapperLookupError(f"cannot load {file} for '{full}'")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
+# A config's own mappers/ folder is imported as a package of its own (so its modules import each other with
+# ``from . import …``), named after the folder so that two configs never share a module.
+
+
+def _user_package(base_dir: Path) -> str:
+    return "mooltiproxy_user_mappers_" + hashlib.sha1(str(base_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def user_module(module_name: str, base_dir: Path, full: str | None = None) -> ModuleType:
+    """``mappers/<module_name>.py`` beside the config, imported as part of the folder's package."""
+    package = _user_package(base_dir)
+    folder = base_dir / "mappers"
+    if package not in sys.modules:
+        init = folder / "__init__.py"
+        spec = (importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(folder)]) if init.is_file()
+                else importlib.machinery.ModuleSpec(package, None, is_package=True))
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        if not init.is_file():
+            module.__path__ = [str(folder)]
+        sys.modules[package] = module
+        if spec.loader is not None:
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[package]
+                raise MapperLookupError(f"importing {init} failed: {type(exc).__name__}: {exc}") from None
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[qualified]
-        raise MapperLookupError(f"importing {file} for '{full}' failed: {type(exc).__name__}: {exc}") from None
-    return module
+        return importlib.import_module(f"{package}.{module_name}")
+    except Exception as exc:  # a user's module may fail in any way while importing
+        raise MapperLookupError(f"importing {folder / (module_name.replace('.', '/') + '.py')}"
+                                f"{f' for {full!r}' if full else ''} failed: {type(exc).__name__}: {exc}") from None
+
+
+def forget_user_modules(base_dir: Path) -> None:
+    """Drop the config's own mapper modules, so that the next lookup reads their files again: a reloaded config
+    runs the mapper code as it is now on disk (requests in flight keep the functions they started with)."""
+    package = _user_package(base_dir)
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 # ------------------------------------------------------------------------------------ calling them

@@ -7,7 +7,7 @@ one read, ``\\r\\n`` or ``\\n`` line ends — and give back whole events, follow
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -151,11 +151,3 @@ def frame_tgi(event: Any) -> bytes:
 def frame_typed(event: Any) -> bytes:
     """An event named by its own ``type`` field (the Anthropic Messages stream)."""
     return frame_named(str(event.get("type", "message")), event)
-
-
-# How each front writes events, and what (if anything) closes a stream that ended well.
-FRAMINGS: dict[str, tuple[Callable[[Any], bytes], bytes]] = {
-    "openai": (frame, DONE),
-    "tgi": (frame_tgi, b""),
-    "anthropic": (frame_typed, b""),
-}
