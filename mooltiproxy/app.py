@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config.model import Config
-from .dataset.reviews import open_reviews
+from .dataset.places import open_reviews
 from .dataset.store import Store
 from .errors import Forbidden, ProxyError, render
 from .guard.door import Guard
@@ -35,8 +35,9 @@ from .proxy.pipeline import Pipeline
 from .review import pages
 from .review.sessions import Sessions
 from .state.settings import build_settings
-from .upstream.client import HttpxClient, UpstreamClient
+from .upstream.client import UpstreamClient
 from .upstream.h1 import H1Client
+from .upstream.httpx_seam import HttpxClient
 
 log = logging.getLogger("mooltiproxy")
 

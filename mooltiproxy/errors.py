@@ -139,6 +139,10 @@ class MapperFailed(UpstreamError):
     code = "mapper_failed"
 
 
+class StateDown(Exception):
+    """The shared state (Redis) could not be reached for an operation; the caller falls back on local state."""
+
+
 class ConfigError(Exception):
     """A configuration that cannot run, with every problem as ``path.to.key: sentence``."""
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import voluptuous as vol
+import yaml
 
 from mooltiproxy import load, parse
 from mooltiproxy.backends.registry import installed
@@ -66,6 +69,35 @@ def test_template_documents_every_key() -> None:
             if f"{option}:" not in text:
                 missing.append(f"targets.NAME.options.{option} (type {type_name})")
     assert not missing, f"keys not documented in config.template.yaml: {missing}"
+
+
+def _defaults(validator: Any, **required: Any) -> dict[str, Any]:
+    """The keys a section's schema fills in when the file leaves them out, with the value it puts there."""
+    return {key: value for key, value in validator(required).items() if key not in required}
+
+
+def test_the_template_shows_each_commented_key_with_its_default() -> None:
+    """Where the template shows a key only in a commented example (a target's keys, a route's, a named key's, a
+    dynamic host's, each type's options), the value shown is the schema's default: one place for defaults."""
+    shown: dict[str, list[Any]] = {}
+    for line in TEMPLATE.read_text().splitlines():
+        m = re.match(r"\s*#\s+([A-Za-z_]+): (.*?)(?:\s+#.*)?$", line)
+        if m:
+            with contextlib.suppress(yaml.YAMLError):
+                shown.setdefault(m.group(1), []).append(yaml.safe_load(m.group(2)))
+    wrong = []
+    for where, defaults in (("targets.NAME", _defaults(TARGET, url="http://x")), ("targets.NAME.routes.PATH", _defaults(ROUTE)),
+                            ("auth.keys.NAME", _defaults(NAMED_KEY, key_env="X")), ("dynamic.HOST", _defaults(DYNAMIC_HOST))):
+        for key, default in defaults.items():
+            values = [list(v) if isinstance(v, list) else v for v in shown.get(key, [])]
+            expected = list(default) if isinstance(default, (list, tuple)) else default
+            if expected not in values:
+                wrong.append(f"{where}.{key}: shown as {values or 'nothing'}, default {expected!r}")
+    for type_name, backend in installed().items():
+        for option, spec in backend.options.items():
+            if spec.default not in shown.get(option, []) and str(spec.default) not in map(str, shown.get(option, [])):
+                wrong.append(f"targets.NAME.options.{option} (type {type_name}): shown as {shown.get(option)}, default {spec.default!r}")
+    assert not wrong, wrong
 
 
 def test_env_interpolation() -> None:

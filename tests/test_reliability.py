@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 
@@ -143,6 +145,29 @@ def test_reload_on_file_change_keeps_streams_in_flight_and_refuses_a_broken_conf
     assert http.post(url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"].startswith("beta")
     r = http.post(url + "/admin/reload")
     assert r.status_code == 400 and r.json()["error"]["code"] == "reload_failed"
+
+
+def test_a_request_runs_on_the_config_it_arrived_with_even_if_a_reload_comes_meanwhile(
+        openai_stub: Stub, openai_stub2: Stub, start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    """The settings are read once, when the request arrives: a reload while its body is still coming in changes
+    nothing for it (its fallbacks included), and the next request gets the new config."""
+    alpha, beta = openai_stub[0], openai_stub2[0]
+    alpha.fail = (500, "alpha is down")
+    spare = {"url": openai_stub[1]}  # the fallback: alpha as well, under another name
+    server = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1], "fallbacks": ["spare"]}, "spare": spare}})
+    body = orjson.dumps(BODY)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n"
+                      f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body[:5])
+        time.sleep(0.2)  # the request has arrived; its body has not
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+            {"targets": {"default": "a", "a": {"url": openai_stub[1], "fallbacks": ["spare"]}, "spare": {"url": openai_stub2[1]}}}))
+        assert http.post(server.url + "/admin/reload").status_code == 200
+        sock.sendall(body[5:])
+        answer = sock.recv(65536).decode()
+    # Its fallback was the old config's (alpha, failing too), not the new one's (beta).
+    assert answer.startswith("HTTP/1.1 500") and "alpha is down" in answer and beta.seen == []
+    assert http.post(server.url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"] == "beta says: hi"
 
 
 def test_sighup_reloads(openai_stub: Stub, openai_stub2: Stub, tmp_path: Path) -> None:

@@ -339,7 +339,7 @@ def test_1000_exchanges_over_two_instances_land_in_postgres_and_export_as_jsonl_
 
     assert comparable(from_postgres) == comparable(from_jsonl)
     # Reviews live beside the records: one given through any instance's config is what every export sees.
-    from mooltiproxy.dataset.reviews import open_reviews
+    from mooltiproxy.dataset.places import open_reviews
 
     open_reviews(tmp_path / "instance1" / "datasets", postgres.dsn).set_status([rows[0]["id"], rows[1]["id"]], "accepted")
     accepted = export("--accepted-only", "--config", str(tmp_path / "instance0" / "config.yaml"), env={"PG_DSN": postgres.dsn})

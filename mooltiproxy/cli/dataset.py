@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset import exports
-from ..dataset.reviews import Reviews, open_reviews
+from ..dataset.places import open_reviews
+from ..dataset.reviews import Reviews
 from ..dataset.store import Filter, Store
 from ..state.settings import load
 

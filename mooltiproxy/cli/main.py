@@ -13,6 +13,7 @@ from .. import __version__
 from ..backends import registry
 from ..config.model import Config
 from ..errors import ConfigError
+from ..routing.targets import notes
 from ..state.settings import load
 
 
@@ -107,8 +108,11 @@ def _check(args: argparse.Namespace) -> int:
     app = create_app(config)  # everything serve would refuse, refused here too
     _reach(config, redis=True)
     where = config.source or "built-in defaults"
-    names = ", ".join(f"{t.name} ({t.type})" for t in app.runtime.live.settings.router.targets.values()) or "none"
+    targets = app.runtime.live.settings.router.targets.values()
+    names = ", ".join(f"{t.name} ({t.type})" for t in targets) or "none"
     print(f"{where}: OK. Targets: {names}.")
+    for note in (note for target in targets for note in notes(target)):
+        print(f"  note: {note}")
     return 0
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from .records import Capture, build_with_keys, fit, redact
-from .sinks import JsonlSink, Sink, SqliteSink
+from .sinks import Sink
 from .tape import PendingStream
 
 log = logging.getLogger("mooltiproxy.dataset")
@@ -41,19 +41,6 @@ LINGER = 0.1  # seconds between the writer's rounds
 
 def new_session() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
-
-
-def make_sink(kind: str, directory: Any, session: str, dsn: str | None = None) -> Sink | None:
-    if kind == "jsonl":
-        return JsonlSink(directory, session)
-    if kind == "sqlite":
-        return SqliteSink(directory, session)
-    if kind == "postgres":
-        from .postgres import PostgresSink  # only with this sink: psycopg is an extra
-
-        assert dsn is not None
-        return PostgresSink(dsn, directory, session)
-    return None
 
 
 def _linkable(key_name: str | None, fingerprint: str) -> str:

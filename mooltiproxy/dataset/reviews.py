@@ -156,15 +156,6 @@ class Reviews:
                     " SET rank = excluded.rank, updated = excluded.updated", [(i, r, _now()) for i, r in ranks.items()])
 
 
-def open_reviews(dataset_dir: Path, dsn: str | None = None) -> Reviews:
-    """The reviews of a dataset: in its PostgreSQL database when it has one (``dsn``), else beside its folder."""
-    if dsn is None:
-        return Reviews.beside(dataset_dir)
-    from .postgres import PostgresReviews  # only with a database: psycopg is an extra
-
-    return PostgresReviews(dsn)
-
-
 def _review(row: tuple[Any, ...]) -> Review:
     record, status, answer, rank, updated = row
     turns = tuple(orjson.loads(answer)) if answer else None

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..state.redis import RedisState
 
+from ..errors import StateDown
 from ..state import db as statedb
 
 log = logging.getLogger("mooltiproxy.guard")
@@ -180,8 +181,6 @@ class BanLedger:
         if in_networks(address, self.whitelist):
             return 0.0
         if self.shared is not None and self.shared.up:
-            from ..state.redis import StateDown
-
             try:
                 ban = await self.shared.count_failure(address, window=self.window, max_failures=self.max_failures, ban=self.ban_seconds)
             except StateDown:
@@ -248,8 +247,6 @@ class BanLedger:
         self._unshared.discard(address)
         known = address in self._bans
         if self.shared is not None:
-            from ..state.redis import StateDown
-
             with contextlib.suppress(StateDown):  # out of reach: lifted here only
                 known = await self.shared.unban(address) or known
         if self._db is not None:

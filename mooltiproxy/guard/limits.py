@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import StateDown
 from ..state import db as statedb
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ class RateLimits:
     async def take(self, key: str, rpm: int) -> float:
         """Count a request made with ``key`` if it is within ``rpm``; else the seconds until one would be."""
         if self.shared is not None and self.shared.up:
-            from ..state.redis import StateDown
-
             with contextlib.suppress(StateDown):
                 return await self.shared.take(key, rpm)
         now = self.clock()

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable
 
 from ..config.model import Config
-from ..dataset.recorder import Recorder, make_sink, new_session
+from ..dataset.places import make_sink
+from ..dataset.recorder import Recorder, new_session
 from ..guard.bans import BanLedger
 from ..guard.limits import RateLimits
 from ..proxy.cooldowns import Cooldowns

@@ -183,6 +183,22 @@ def _build_target(config: Config, tc: TargetConfig, problems: list[str]) -> Targ
 
 
 _MAPPER_KINDS = ("request", "answer", "stream", "error")
+_STREAMED = ("/v1/chat/completions", "/v1/completions")
+
+
+def notes(target: Target) -> list[str]:
+    """What ``mooltiproxy check`` tells about a target that runs but may not do what its author expects."""
+    out = []
+    for path, route in target.routes.items():
+        if path in _STREAMED and route.answer is not None and route.stream is None:
+            out.append(f"targets.{target.name}.routes.{path}: no stream mapper; a \"stream\": true request gets the whole answer "
+                       f"as one event stream once it is complete")
+    declared = target.backend.options if target.backend is not None else {}
+    for key in target.options:
+        if key not in declared:
+            out.append(f"targets.{target.name}.options.{key}: not an option of type {target.type}; passed to the target's own "
+                       f"mappers as it is")
+    return out
 
 
 def _card(config: Config, path: str, at: list[str], problems: list[str]) -> Card | None:

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..config.validators import redacted
+from ..errors import StateDown
 from ..guard.bans import Ban, BanLedger
 from ..proxy.cooldowns import Cooldowns
 from ..review.sessions import EndedSessions
@@ -85,10 +86,6 @@ if cooldown > 0 and n >= tonumber(ARGV[1]) and redis.call('SET', KEYS[2], '1', '
 end
 return {n, 0}
 """
-
-
-class StateDown(Exception):
-    """Redis could not be reached for this operation; the caller falls back on local state."""
 
 
 class RedisState:

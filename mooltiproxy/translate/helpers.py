@@ -47,6 +47,18 @@ def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
+def text_of(content: Any) -> str:
+    """A message's ``content`` as text: a string, the text parts of a list of parts, or "" for none (an
+    assistant turn that only calls tools has no content)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    raise MappingError("A message's 'content' must be a string or a list of parts.", param="messages")
+
+
 def prompts_of(body: dict[str, Any]) -> list[str]:
     """``prompt`` of a completions request: a string or a list of strings (token ids are not text)."""
     prompt = body.get("prompt", "")

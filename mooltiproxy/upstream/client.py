@@ -1,10 +1,11 @@
-"""What every upstream client offers (``UpstreamClient``), the header hygiene around it, and its errors.
+"""What every upstream client offers (``UpstreamClient``, one abstract ``send``), the header hygiene around
+it, and its errors.
 
-One client serves the whole process; the app's lifespan opens and closes it. The proxy's own
-HTTP/1.1 client (``h1.py``) is the default: it cost the proxy a fraction of what aiohttp did, and
-plain httpx 0.28 fell far behind both at 64 concurrent slow requests (bench/RESULTS.md). An ``httpx``
-transport may be given instead (``create_app(config, transport=...)``), which is how tests plug in
-``httpx.MockTransport``.
+One client serves the whole process; the app's lifespan opens and closes it. The proxy's own HTTP/1.1
+client (``h1.py``) is the default: it cost the proxy a fraction of what aiohttp did, and plain httpx 0.28
+fell far behind both at 64 concurrent slow requests (bench/RESULTS.md). An httpx transport may be given
+instead (``create_app(config, transport=...)``, ``httpx_seam.py``), which is how tests plug in
+``httpx.MockTransport``; the same tests run over both clients.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
-
-import httpx
 
 from ..errors import UpstreamError, UpstreamTimeout
 
@@ -166,71 +165,3 @@ def slow(target: str, url: str, timeout: float, phase: str) -> UpstreamTimeout:
 
 def broken_stream(target: str, reason: str) -> UpstreamError:
     return UpstreamError(f"The upstream of target '{target}' broke off its answer: {reason}.", code="upstream_stream_broken")
-
-
-# ------------------------------------------------------------------------------------------- httpx
-
-
-class _HttpxResponse:
-    __slots__ = ("_resp", "_target", "headers", "status")
-
-    def __init__(self, resp: httpx.Response, target: str) -> None:
-        self.status = resp.status_code
-        self.headers = [(k.lower(), v) for k, v in resp.headers.raw]
-        self._resp = resp
-        self._target = target
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            if self._resp.is_stream_consumed:  # a response built from bytes (MockTransport) is read already
-                yield self._resp.content
-                return
-            async for chunk in self._resp.aiter_raw():
-                yield chunk
-        except httpx.TimeoutException:
-            raise broken_stream(self._target, "it stopped sending") from None
-        except httpx.TransportError as exc:
-            raise broken_stream(self._target, str(exc) or type(exc).__name__) from None
-        finally:
-            await self._resp.aclose()
-
-    async def read(self, limit: int | None = None) -> bytes:
-        return await read_whole(self.chunks(), self._target, limit)
-
-    async def aclose(self) -> None:
-        await self._resp.aclose()
-
-
-class HttpxClient:
-    """An httpx client over any httpx transport; the seam tests use with ``httpx.MockTransport``."""
-
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
-
-    async def send(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, *, timeout: float, connect_timeout: float,
-        target: str, connect_to: str | None = None, max_connections: int | None = None,
-    ) -> UpstreamResponse:
-        # (``connect_to`` and ``max_connections`` are not applied: this client is the tests' seam over an httpx transport, which resolves
-        # names itself; the proxy's own client, h1.H1Client, connects to the checked address.)
-        request = self._client.build_request(
-            method, url, headers=headers, content=body or None,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=None),
-        )
-        try:
-            resp = await self._client.send(request, stream=True)
-        except httpx.ConnectTimeout:
-            raise slow(target, url, connect_timeout, "accept a connection") from None
-        except httpx.TimeoutException:
-            raise slow(target, url, timeout, "answer") from None
-        except httpx.ConnectError as exc:
-            reason = str(exc) or "connection failed"
-            if "refused" in reason.lower():
-                reason = "connection refused"
-            raise unreachable(target, url, reason) from None
-        except httpx.TransportError as exc:
-            raise unreachable(target, url, str(exc) or type(exc).__name__) from None
-        return _HttpxResponse(resp, target)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

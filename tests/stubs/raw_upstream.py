@@ -44,9 +44,12 @@ def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[in
                         break
                     request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
                     stats["requests"] += 1
-                    for piece in handler(request):
-                        conn.sendall(piece)
-                        time.sleep(0.01)
+                    try:
+                        for piece in handler(request):
+                            conn.sendall(piece)
+                            time.sleep(0.01)
+                    except OSError:
+                        return  # the client stopped reading and left
                     if not keep_open:
                         return
 

@@ -1,4 +1,6 @@
-"""The proxy's own HTTP/1.1 upstream client against servers that answer in every way HTTP allows."""
+"""The upstream clients against servers that answer in every way HTTP allows: the proxy's own HTTP/1.1 client
+and the httpx seam, held to the same behaviour by the same tests (what only the pool of the proxy's own
+client does, connection reuse and limits, is tested on it alone)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +17,25 @@ import trustme
 
 from mooltiproxy.errors import UpstreamError, UpstreamTimeout
 from mooltiproxy.upstream.h1 import H1Client
+from mooltiproxy.upstream.httpx_seam import HttpxClient
 
 from .conftest import write_certificates
 from .servers import serve
 from .stubs.raw_upstream import raw_server
 
+Client = H1Client | HttpxClient
+CLIENTS = {"h1": H1Client, "httpx": HttpxClient}
 
-async def fetch(client: H1Client, url: str, body: bytes = b"{}", timeout: float = 5) -> tuple[int, bytes, list[bytes]]:
-    resp = await client.send("POST", url, [("content-type", "application/json")], body, timeout=timeout, connect_timeout=2,
+
+@pytest.fixture(params=list(CLIENTS))
+def make(request: pytest.FixtureRequest) -> Callable[[], Client]:
+    """Each test that takes it runs once with each client."""
+    return CLIENTS[request.param]  # type: ignore[return-value]
+
+
+async def fetch(client: Client, url: str, body: bytes = b"{}", timeout: float = 5, method: str = "POST"
+                ) -> tuple[int, bytes, list[bytes]]:
+    resp = await client.send(method, url, [("content-type", "application/json")], body, timeout=timeout, connect_timeout=2,
                              target="t")
     chunks = [c async for c in resp.chunks()]
     await resp.aclose()
@@ -32,7 +46,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_content_length_chunked_and_close_delimited_answers() -> None:
+def test_content_length_chunked_and_close_delimited_answers(make: Callable[[], Client]) -> None:
     answers = {
         b"/length": [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"],
         b"/chunked": [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", b"2\r\nde\r\n", b"0\r\n\r\n"],
@@ -44,7 +58,7 @@ def test_content_length_chunked_and_close_delimited_answers() -> None:
 
     with raw_server(handler, keep_open=False) as (port, _):
         async def go() -> None:
-            client = H1Client()
+            client = make()
             base = f"http://127.0.0.1:{port}"
             assert (await fetch(client, base + "/length"))[:2] == (200, b"hello")
             assert (await fetch(client, base + "/chunked"))[:2] == (200, b"abcde")
@@ -76,14 +90,14 @@ def test_connections_are_reused_and_a_stale_one_is_replaced() -> None:
         run(go())
 
 
-def test_stream_pieces_arrive_as_they_are_sent() -> None:
+def test_stream_pieces_arrive_as_they_are_sent(make: Callable[[], Client]) -> None:
     def handler(request: bytes) -> list[bytes]:
         head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         return [head, *[b"%x\r\n%s\r\n" % (len(e), e) for e in (b"data: 1\n\n", b"data: 2\n\n")], b"0\r\n\r\n"]
 
     with raw_server(handler) as (port, _):
         async def go() -> None:
-            client = H1Client()
+            client = make()
             status, body, chunks = await fetch(client, f"http://127.0.0.1:{port}/s")
             assert status == 200 and body == b"data: 1\n\ndata: 2\n\n" and len(chunks) == 2  # not held back until the end
             await client.aclose()
@@ -91,7 +105,7 @@ def test_stream_pieces_arrive_as_they_are_sent() -> None:
         run(go())
 
 
-def test_errors_name_what_happened() -> None:
+def test_errors_name_what_happened(make: Callable[[], Client]) -> None:
     def silent(request: bytes) -> list[bytes]:
         time.sleep(1)
         return []
@@ -103,7 +117,7 @@ def test_errors_name_what_happened() -> None:
         return [b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"]
 
     async def go() -> None:
-        client = H1Client()
+        client = make()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             closed_port = s.getsockname()[1]
@@ -147,3 +161,65 @@ def test_tls_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 await fetch(untrusted, f"https://127.0.0.1:{upstream.port}/")
 
         run(go())
+
+
+def test_head_answers_have_no_body_whatever_they_announce(make: Callable[[], Client]) -> None:
+    def handler(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n"]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = make()
+            started = time.monotonic()
+            status, body, _ = await fetch(client, f"http://127.0.0.1:{port}/v1/models", b"", method="HEAD")
+            assert (status, body) == (200, b"") and time.monotonic() - started < 2
+            assert (await fetch(client, f"http://127.0.0.1:{port}/v1/models", b"", method="HEAD"))[0] == 200  # and again
+            await client.aclose()
+
+        run(go())
+
+
+def test_encoded_paths_and_queries_go_as_given(make: Callable[[], Client]) -> None:
+    lines: list[bytes] = []
+
+    def handler(request: bytes) -> list[bytes]:
+        lines.append(request.split(b"\r\n", 1)[0])
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = make()
+            for path in ("/v1/files/a%20b%3Fc%23d?x=%2F&y=1", "/v1/files/%E2%82%AC", "/v1/%2e%2e/x"):
+                assert (await fetch(client, f"http://127.0.0.1:{port}{path}"))[0] == 200
+            await client.aclose()
+
+        run(go())
+    assert lines == [b"POST /v1/files/a%20b%3Fc%23d?x=%2F&y=1 HTTP/1.1", b"POST /v1/files/%E2%82%AC HTTP/1.1",
+                     b"POST /v1/%2e%2e/x HTTP/1.1"]
+
+
+def test_large_bodies_both_ways(make: Callable[[], Client]) -> None:
+    sizes: list[int] = []
+    answer = b"z" * (12 * 1024 * 1024)
+
+    def handler(request: bytes) -> list[bytes]:
+        sizes.append(len(request.partition(b"\r\n\r\n")[2]))
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer)
+        return [head, *[answer[i : i + 1024 * 1024] for i in range(0, len(answer), 1024 * 1024)]]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = make()
+            body = b"q" * (9 * 1024 * 1024)
+            status, got, _ = await fetch(client, f"http://127.0.0.1:{port}/big", body, timeout=30)
+            assert status == 200 and got == answer
+            with pytest.raises(UpstreamError, match="more than 1048576 bytes"):
+                resp = await client.send("POST", f"http://127.0.0.1:{port}/big", [], body, timeout=30, connect_timeout=2, target="t")
+                try:
+                    await resp.read(1024 * 1024)
+                finally:
+                    await resp.aclose()
+            await client.aclose()
+
+        run(go())
+    assert sizes[0] == 9 * 1024 * 1024
