@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("messages", type=Path, help="a JSON file: a list of messages, or a whole request body")
     render.set_defaults(run=_render)
 
+    migrate = sub.add_parser("migrate", help="write the equivalent of an original mooltiproxy config.yaml (system:, cerbere:, "
+                             "mapping:) and list what is left to do by hand")
+    migrate.add_argument("old", type=Path, help="the original config file")
+    migrate.add_argument("new", type=Path, help="where to write the new one")
+    migrate.add_argument("--force", action="store_true", help="replace NEW if it exists")
+    migrate.set_defaults(run=_migrate)
+
     keygen = sub.add_parser("keygen", help="print a strong random key for MOOLTIPROXY_KEY (or a named key)")
     keygen.set_defaults(run=_keygen)
 
@@ -204,6 +211,38 @@ def _quick_config(args: argparse.Namespace, spec: dict[str, Any]) -> Config:
     if args.workers > 1:
         raise ConfigError(["--workers: needs a config file for its workers to read; write one with: mooltiproxy init --target URL"])
     return quickstart.one_target(spec)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..config import legacy
+    from ..config.load import read
+
+    data, _ = read(args.old)
+    if not legacy.looks_legacy(data):
+        print(f"{args.old} is not a config of the original mooltiproxy (no system:, cerbere: or mapping:); "
+              f"`mooltiproxy check --config {args.old}` checks it as it is.", file=sys.stderr)
+        return 1
+    if args.new.exists() and not args.force:
+        print(f"{args.new} exists; pass --force to replace it.", file=sys.stderr)
+        return 1
+    converted, notes = legacy.migrate(data)
+    class Dumper(yaml.SafeDumper):
+        """Strings with line breaks (a template's layout) as literal blocks, which read as they render."""
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    header = f"# Written by `mooltiproxy migrate` from {args.old.name}; every key and its default: config.template.yaml\n"
+    args.new.write_text(header + yaml.dump(converted, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120),
+                        encoding="utf-8")
+    print(f"{args.new}: written. Left to do by hand:")
+    for note in notes:
+        print(f"  - {note}")
+    print(f"Then: mooltiproxy check --config {args.new}")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import voluptuous as vol
 import yaml
 
 from ..errors import ConfigError
+from . import legacy
 from .model import (
     AuthConfig,
     Config,
@@ -99,6 +100,9 @@ def validate(data: Any, *, base_dir: Path | None = None, source: Path | None = N
     """Already-loaded YAML data checked against the schema, every section on its own so that one does not hide
     another's problems: the config (with defaults where a section failed), the problems found, and the
     environment variables read (which no message about the config may repeat: ``without_secrets``)."""
+    if legacy.looks_legacy(data):  # the original mooltiproxy's file: said once, with the way to convert it
+        defaults, _, nothing = validate({}, base_dir=base_dir, source=source, environ=environ)
+        return defaults, [legacy.problem(str(source or "config.yaml"))], nothing
     env = dict(os.environ if environ is None else environ)
     used: dict[str, str] = {}
     data, problems = interpolate(data, env, used=used)
