@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from starlette.types import Scope
@@ -29,14 +28,13 @@ log = logging.getLogger("mooltiproxy")
 CHAT, COMPLETION = "/v1/chat/completions", "/v1/completions"  # the OpenAI routes recorded (besides the dialects')
 
 
-@dataclass(frozen=True, slots=True)
-class Asked:
+class Asked(NamedTuple):
     """What a request's headers ask of the proxy (read once, in one pass over them)."""
 
-    target: str | None = None  # the `target` header
-    character: str | None = None  # x-character
-    record: bool = True  # x-mooltiproxy-record: off opts out
-    length: int | None = None  # content-length
+    target: str | None  # the `target` header
+    character: str | None  # x-character
+    record: bool  # x-mooltiproxy-record: off opts out
+    length: int | None  # content-length
 
     @classmethod
     def of(cls, scope: Scope) -> Asked:
@@ -54,8 +52,9 @@ class Asked:
         return cls(target, character, record, length)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+# A NamedTuple: immutable as a frozen dataclass, built per request at a tuple's cost (a frozen dataclass sets
+# each field through object.__setattr__, a measurable part of a request on S2's near-free upstream).
+class Plan(NamedTuple):
     settings: Settings
     target: Target  # the one chosen; the first of the candidates
     route: Route
@@ -65,10 +64,10 @@ class Plan:
     json: Any  # the request parsed, in the OpenAI shape once a front has translated it
     stream: bool
     character: Card | None
-    connect_to: str | None = None  # a dynamic host's checked address, connected to in place of its name
-    front_state: Mapping[str, Any] = field(default_factory=dict)  # what the front's request mapper noted for its answer mapper
-    recorded_as: str | None = None  # the endpoint its record is made as; None: not recorded
-    dialect: Dialect | None = None  # how its relayed bytes are read for the record, in another API than OpenAI's
+    connect_to: str | None  # a dynamic host's checked address, connected to in place of its name
+    front_state: Mapping[str, Any]  # what the front's request mapper noted for its answer mapper
+    recorded_as: str | None  # the endpoint its record is made as; None: not recorded
+    dialect: Dialect | None  # how its relayed bytes are read for the record, in another API than OpenAI's
 
     def mapped(self, route: Route) -> bool:
         """Whether anything translates on this route: a mapper, or the front it came through."""
@@ -118,9 +117,8 @@ async def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked
         front_state = ctx.state
     dialect = settings.dialects.get(route.inbound)
     recorded = recording and asked.record and (route.inbound in (CHAT, COMPLETION) or dialect is not None)
-    return Plan(settings=settings, target=target, route=route, front=front, candidates=_candidates(settings, info, target, route),
-                body=body, json=parsed, stream=stream, character=character, connect_to=connect_to, front_state=front_state,
-                recorded_as=route.inbound if recorded else None, dialect=dialect)
+    return Plan(settings, target, route, front, _candidates(settings, info, target, route), body, parsed, stream, character,
+                connect_to, front_state, route.inbound if recorded else None, dialect)
 
 
 def _route(settings: Settings, target: Target, path: str, method: str) -> tuple[Route, FrontRoute | None]:

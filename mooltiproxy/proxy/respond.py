@@ -45,22 +45,30 @@ class Responder:
         self.max_answer = max_answer
 
     async def answer(self, plan: Plan, ex: Exchange, outcome: Answer | Spread, send: Send) -> None:
-        try:
-            if isinstance(outcome, Spread):
+        if isinstance(outcome, Spread):
+            try:
                 await self._spread(plan, ex, outcome, send)
+            finally:
+                ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
+                for resp in outcome.responses:
+                    await resp.aclose()
+            return
+        resp, route, ctx = outcome.resp, outcome.route, outcome.ctx
+        try:
+            if ctx is not None:
+                ex.prompt = ctx.prompt
+            if resp.status >= 400:
+                await self._error(plan, ex, resp, route, ctx, send)
+            elif plan.front is None and ctx is None:
+                await self._relay(ex, resp, send)  # nothing translates: the common case, straight
             else:
-                if outcome.ctx is not None:
-                    ex.prompt = outcome.ctx.prompt
-                await self._one(plan, ex, outcome.resp, outcome.route, outcome.ctx, send)
+                await self._mapped(plan, ex, resp, route, ctx, send)
         finally:
             ex.info.upstream_ms = (time.perf_counter() - ex.t_sent) * 1000
-            for resp in outcome.responses if isinstance(outcome, Spread) else (outcome.resp,):
-                await resp.aclose()
+            await resp.aclose()
 
-    async def _one(self, plan: Plan, ex: Exchange, resp: UpstreamResponse, route: Route, ctx: MapContext | None, send: Send) -> None:
-        if resp.status >= 400:
-            await self._error(plan, ex, resp, route, ctx, send)
-            return
+    async def _mapped(self, plan: Plan, ex: Exchange, resp: UpstreamResponse, route: Route, ctx: MapContext | None,
+                      send: Send) -> None:
         stream = is_stream(resp)
         if plan.front is None and (route.stream if stream else route.answer) is None:
             if stream and route.answer is not None:
