@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from . import litellm, nginx, report
+from . import ab, litellm, nginx, report
 from .harness import Harness, Result, Settings
 from .procs import LOAD_CORE, Procs, pinned
 from .scenarios import ORDER, runners
@@ -140,11 +140,24 @@ def main() -> None:
     r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
     r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
     r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")
+    compare = sub.add_parser("ab", help="this checkout against another revision, side by side, alternating (requests per second)")
+    compare.add_argument("rev", help="the git revision to compare with (a worktree of it is made and removed)")
+    compare.add_argument("--kind", default="passthrough", choices=["passthrough", "tgi"])
+    compare.add_argument("--recording", choices=["on", "off"], default="on")
+    compare.add_argument("--connections", type=int, default=8)
+    compare.add_argument("--seconds", type=int, default=4)
+    compare.add_argument("--rounds", type=int, default=6)
     s = sub.add_parser("litellm-setup", help="create bench/.litellm-venv with the pinned LiteLLM proxy")
     s.add_argument("--pin", default=litellm.PIN)
     args = p.parse_args()
     if args.command == "litellm-setup":
         sys.exit(litellm.setup(args.pin))
+    if args.command == "ab":
+        refusal = preflight()
+        if refusal is not None:
+            raise SystemExit(refusal)
+        sys.exit(ab.run(args.rev, kind=args.kind, recording=args.recording == "on", connections=args.connections,
+                        seconds=args.seconds, rounds=args.rounds))
     if args.rounds is not None and args.rounds < 3:
         p.error("--rounds must be at least 3")
     sys.exit(run(args))

@@ -55,69 +55,65 @@ class Attempts:
         self.max_fanout = max_fanout
 
     async def run(self, plan: Plan, ex: Exchange) -> Answer | Spread:
+        """Each candidate in turn (the planned target, then its fallbacks), each with its retries. One loop in one
+        coroutine: every await of a coroutine of its own costs each request again."""
         candidates = plan.candidates
+        final = len(candidates) - 1
         for i, (target, route) in enumerate(candidates):
-            last = i == len(candidates) - 1
             left = self.cooldowns.cooling(target.name)
-            if left and not last:
+            if left and i != final:
                 ex.tried.append(f"{target.name} (cooling down, {left:.0f} s left)")
                 continue
-            outcome = await self._on(plan, ex, target, route, last)
-            if outcome is None:
-                continue  # on to the next target
-            if ex.tried:
-                log.info("request %s answered by target %s after: %s", ex.info.id, target.name, ", ".join(ex.tried))
-            return outcome
+            tc = target.config
+            retries = tc.retries if tc is not None else 0
+            attempt = 0
+            while True:
+                ex.info.target = target.name
+                ctx = plan.context(ex.info, target, route, ex.scope["path"]) if plan.mapped(route) else None
+                bodies, headers = await self._prepare(plan, ex, route, ctx)
+                if len(bodies) > self.max_fanout:
+                    raise BadRequest(
+                        f"This request needs {len(bodies)} calls to target '{target.name}', which answers one prompt and one "
+                        f"choice per call (a list of prompts times n), and the proxy makes at most {self.max_fanout} for one "
+                        f"request (server.max_fanout). Send fewer prompts or a smaller n per request.",
+                        code="too_many_upstream_calls")
+                if len(bodies) > 1:
+                    assert ctx is not None
+                    return await self._spread(plan, ex, target, route, ctx, bodies, headers)  # several calls at once: no retry
+                resp: UpstreamResponse | None = None
+                failure: UpstreamError | None = None
+                try:
+                    resp = await self._send(plan, ex, target, route, ctx, bodies[0], headers)
+                except UpstreamError as exc:
+                    failure = exc
+                if resp is not None and resp.status < 500 and resp.status != 429:
+                    self.cooldowns.succeeded(target.name)
+                    if ex.tried:
+                        log.info("request %s answered by target %s after: %s", ex.info.id, target.name, ", ".join(ex.tried))
+                    return Answer(resp, target, route, ctx)
+                wait = _retry_after(resp) if resp is not None else None
+                if wait is None:
+                    wait = (tc.retry_backoff if tc is not None else 0.5) * 2 ** attempt
+                again = attempt < retries and wait <= MAX_RETRY_WAIT
+                self.metrics.failed(target.name)
+                if tc is not None:
+                    self.cooldowns.failed(target.name, after=tc.cooldown_after, cooldown=tc.cooldown)
+                if not again and i == final:
+                    if failure is not None:  # nothing left to try: this failure is the answer
+                        raise failure
+                    assert resp is not None
+                    return Answer(resp, target, route, ctx)
+                what = failure.code if failure is not None else str(resp.status if resp is not None else "?")
+                ex.tried.append(f"{target.name} ({what})")
+                log.warning("request %s: target %s failed (%s); %s", ex.info.id, target.name, what,
+                            f"trying again in {wait:g} s" if again else "trying the next target")
+                if resp is not None:
+                    await resp.aclose()
+                if not again:
+                    break  # on to the next target
+                await asyncio.sleep(wait)
+                attempt += 1
         raise AssertionError("the last candidate answers or raises")
-
-    async def _on(self, plan: Plan, ex: Exchange, target: Target, route: Route, last: bool) -> Answer | Spread | None:
-        """One target, with its retries: what to answer with, or None to move on to the next target."""
-        tc = target.config
-        retries = tc.retries if tc is not None else 0
-        attempt = 0
-        while True:
-            ex.info.target = target.name
-            ctx = plan.context(ex.info, target, route, ex.scope["path"]) if plan.mapped(route) else None
-            bodies, headers = await self._prepare(plan, ex, route, ctx)
-            if len(bodies) > self.max_fanout:
-                raise BadRequest(
-                    f"This request needs {len(bodies)} calls to target '{target.name}', which answers one prompt and one choice "
-                    f"per call (a list of prompts times n), and the proxy makes at most {self.max_fanout} for one request "
-                    f"(server.max_fanout). Send fewer prompts or a smaller n per request.", code="too_many_upstream_calls")
-            if len(bodies) > 1:
-                assert ctx is not None
-                return await self._spread(plan, ex, target, route, ctx, bodies, headers)  # several calls at once are not retried
-            resp: UpstreamResponse | None = None
-            failure: UpstreamError | None = None
-            try:
-                resp = await self._send(plan, ex, target, route, ctx, bodies[0], headers)
-            except UpstreamError as exc:
-                failure = exc
-            if resp is not None and resp.status < 500 and resp.status != 429:
-                self.cooldowns.succeeded(target.name)
-                return Answer(resp, target, route, ctx)
-            wait = _retry_after(resp) if resp is not None else None
-            if wait is None:
-                wait = (tc.retry_backoff if tc is not None else 0.5) * 2 ** attempt
-            again = attempt < retries and wait <= MAX_RETRY_WAIT
-            self.metrics.failed(target.name)
-            if tc is not None:
-                self.cooldowns.failed(target.name, after=tc.cooldown_after, cooldown=tc.cooldown)
-            if not again and last:
-                if failure is not None:  # nothing left to try: this failure is the answer
-                    raise failure
-                assert resp is not None
-                return Answer(resp, target, route, ctx)
-            what = failure.code if failure is not None else str(resp.status if resp is not None else "?")
-            ex.tried.append(f"{target.name} ({what})")
-            log.warning("request %s: target %s failed (%s); %s", ex.info.id, target.name, what,
-                        f"trying again in {wait:g} s" if again else "trying the next target")
-            if resp is not None:
-                await resp.aclose()
-            if not again:
-                return None
-            await asyncio.sleep(wait)
-            attempt += 1
 
     async def _prepare(self, plan: Plan, ex: Exchange, route: Route, ctx: MapContext | None) -> tuple[list[bytes], list[tuple[str, str]]]:
         """The upstream bodies (several when a mapper fans out) and headers for one attempt."""
@@ -141,13 +137,14 @@ class Attempts:
             route.stream_path if plan.stream and route.stream_path else route.path)
         qs = ex.scope.get("query_string")
         url = target.url + upstream_path + ("?" + qs.decode("latin-1") if qs else "")
-        ex.sent(time.perf_counter())
+        if not ex.t_sent:
+            ex.t_sent = time.perf_counter()
         pinned = {"connect_to": plan.connect_to} if plan.connect_to else {}
         resp = await self.client().send(
             ex.scope["method"], url, headers, body, timeout=target.timeout, connect_timeout=target.connect_timeout,
             target=target.name, max_connections=target.max_connections, **pinned,
         )
-        ex.ready()
+        ex.t_ready = time.perf_counter()
         # The upstream's time starts when the request's last byte left (the client knows it), not before
         # the proxy had built and written it.
         ex.t_sent = getattr(resp, "written_at", 0.0) or ex.t_sent

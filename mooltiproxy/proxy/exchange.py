@@ -25,13 +25,6 @@ class Exchange:
         self.tried: list[str] = []  # targets that failed before the one answering, for the log and the record
         self.prompt: str | None = None  # the prompt the answering attempt rendered, for the record
 
-    def sent(self, at: float) -> None:
-        if not self.t_sent:
-            self.t_sent = at
-
-    def ready(self) -> None:
-        self.t_ready = time.perf_counter()
-
     def overhead_ms(self) -> bytes:
         """Time spent in the proxy so far, the upstream's own time taken out."""
         now = time.perf_counter()

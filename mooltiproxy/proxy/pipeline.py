@@ -63,8 +63,9 @@ class Pipeline:
                 return
             planning.may_use(info, chosen)
         body = await read_body(receive, self.max_body, asked.length)
-        plan = await planning.make(settings, info, scope, asked, body, parse_json(body) if body else None,
-                                   recording=self.recorder is not None)
+        plan = planning.make(settings, info, scope, asked, body, parse_json(body) if body else None, recording=self.recorder is not None)
+        if plan.pending:
+            plan = await planning.complete(plan, info, path)
         tape = Tape(plan.recorded_as, self.max_text, plan.dialect) if plan.recorded_as else None
         await self._guarded(plan, Exchange(info, scope, tape), receive, send)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from starlette.types import Scope
 
 from ..backends.spec import Dialect
+from ..config.model import DynamicHost
 from ..errors import BadRequest, Forbidden, MethodNotAllowed
 from ..http.context import RequestInfo
 from ..routing.fronts import FrontRoute
@@ -68,6 +70,12 @@ class Plan(NamedTuple):
     front_state: Mapping[str, Any]  # what the front's request mapper noted for its answer mapper
     recorded_as: str | None  # the endpoint its record is made as; None: not recorded
     dialect: Dialect | None  # how its relayed bytes are read for the record, in another API than OpenAI's
+    dynamic_host: DynamicHost | None  # the dynamic: host it goes to, whose address ``complete`` checks
+
+    @property
+    def pending(self) -> bool:
+        """Whether ``complete`` has something to do (a front to apply, an address to check)."""
+        return self.front is not None or self.dynamic_host is not None
 
     def mapped(self, route: Route) -> bool:
         """Whether anything translates on this route: a mapper, or the front it came through."""
@@ -82,19 +90,18 @@ class Plan(NamedTuple):
                           state=dict(self.front_state))
 
 
-async def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked, body: bytes, parsed: Any, *,
-               recording: bool) -> Plan:
-    """The plan for a request whose body has arrived (``parsed``: its JSON, if any)."""
+def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked, body: bytes, parsed: Any, *, recording: bool) -> Plan:
+    """The plan for a request whose body has arrived (``parsed``: its JSON, if any). What needs waiting for (a
+    front's translation of the request, a dynamic host's address) is ``complete``'s: ``Plan.pending`` says
+    whether there is any, and the common request, which has none, takes no coroutine for it."""
     path, method = scope["path"], scope["method"]
     dynamic = settings.dynamic
     destination = dynamic.match(path, method, scope.get("raw_path")) if dynamic.claims(path) else None
     front = None
-    connect_to = None
     if destination is not None:  # POST /{host}/{path}: a host from the dynamic: list, relayed as it is
         target, route = destination.target, destination.route
         info.target = target.name
         may_use(info, target)
-        connect_to = await dynamic.address(destination.host)
     else:
         model = parsed.get("model") if isinstance(parsed, dict) else None
         target, alias = settings.router.pick(asked.target, model if isinstance(model, str) else None, info.key_targets)
@@ -105,20 +112,30 @@ async def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked
             parsed["model"] = alias.model
             body = orjson.dumps(parsed)
     info.route = route.inbound
-    character = target.pick_character(asked.character)
-    stream = isinstance(parsed, dict) and parsed.get("stream") is True
-    front_state: dict[str, Any] = {}
-    if front is not None:  # the front's request in the OpenAI shape, once, whichever target ends up answering
-        ctx = MapContext(target=target, path=path, model=parsed.get("model") if isinstance(parsed, dict) else None,
-                         request_id=info.id, stream=stream, prompter=target.prompter, character=character, request=parsed)
-        parsed = await call_mapper(front.request, parsed, ctx)
-        stream = isinstance(parsed, dict) and parsed.get("stream") is True
-        body = orjson.dumps(parsed)
-        front_state = ctx.state
     dialect = settings.dialects.get(route.inbound)
     recorded = recording and asked.record and (route.inbound in (CHAT, COMPLETION) or dialect is not None)
-    return Plan(settings, target, route, front, _candidates(settings, info, target, route), body, parsed, stream, character,
-                connect_to, front_state, route.inbound if recorded else None, dialect)
+    return Plan(settings, target, route, front, _candidates(settings, info, target, route), body, parsed,
+                isinstance(parsed, dict) and parsed.get("stream") is True, target.pick_character(asked.character), None, _NOTHING,
+                route.inbound if recorded else None, dialect, destination.host if destination is not None else None)
+
+
+async def complete(plan: Plan, info: RequestInfo, path: str) -> Plan:
+    """The plan with what had to be waited for: the front's request in the OpenAI shape (once, whichever target ends
+    up answering), and a dynamic host's checked address."""
+    if plan.dynamic_host is not None:
+        plan = plan._replace(connect_to=await plan.settings.dynamic.address(plan.dynamic_host))
+    if plan.front is not None:
+        parsed = plan.json
+        ctx = MapContext(target=plan.target, path=path, model=parsed.get("model") if isinstance(parsed, dict) else None,
+                         request_id=info.id, stream=plan.stream, prompter=plan.target.prompter, character=plan.character,
+                         request=parsed)
+        parsed = await call_mapper(plan.front.request, parsed, ctx)
+        plan = plan._replace(json=parsed, body=orjson.dumps(parsed), stream=isinstance(parsed, dict) and parsed.get("stream") is True,
+                             front_state=ctx.state)
+    return plan
+
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
 def _route(settings: Settings, target: Target, path: str, method: str) -> tuple[Route, FrontRoute | None]:

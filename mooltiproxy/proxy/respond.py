@@ -113,7 +113,7 @@ class Responder:
 
     async def _answer(self, ex: Exchange, resp: UpstreamResponse, route: Route, ctx: MapContext | None) -> Any:
         data = await resp.read(self.max_answer)
-        ex.ready()
+        ex.t_ready = time.perf_counter()
         parsed = upstream_json(data, ex.info.target or "?")
         if route.answer is not None:
             assert ctx is not None
@@ -125,7 +125,7 @@ class Responder:
         headers = response_headers(resp.headers, keep_length=True)
         chunks = resp.chunks()
         first = await anext(chunks, b"")
-        ex.ready()
+        ex.t_ready = time.perf_counter()
         headers.append((b"x-mooltiproxy-overhead-ms", ex.overhead_ms()))
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         stream = is_stream(resp)
@@ -191,7 +191,7 @@ class Responder:
         try:
             async for event in events:
                 if not started:
-                    ex.ready()
+                    ex.t_ready = time.perf_counter()
                     await self._start_stream(ex, send)
                     started = True
                 await send({"type": "http.response.body", "body": frame(event), "more_body": True})
@@ -224,7 +224,7 @@ class Responder:
         """The upstream's own error: its status kept, its message carried through (translated where a
         route or front speaks another API)."""
         data = await resp.read(MAX_ERROR_BODY)
-        ex.ready()
+        ex.t_ready = time.perf_counter()
         if ex.tape is not None:
             ex.tape.error = data.decode("utf-8", "replace")[:2000]
         front = plan.front
