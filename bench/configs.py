@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Variant:
-    kind: str  # passthrough | tgi
+    kind: str  # passthrough | tgi | llamacpp
     recording: bool
 
     @property
@@ -56,6 +56,9 @@ def config(variant: Variant, upstream: str, dataset_dir: Path, recording: Record
         target: dict[str, Any] = {"url": upstream}
     elif variant.kind == "tgi":
         target = {"type": "tgi", "url": upstream, "prompter": "llama2-chat"}
+    elif variant.kind == "llamacpp":
+        # llama-server's /completion, the chat rendered by the prompter the tiny model's own template matches
+        target = {"type": "llamacpp", "url": upstream, "prompter": "chatml"}
     else:
         raise ValueError(f"unknown variant kind {variant.kind!r}")
     doc: dict[str, Any] = {"server": {"host": "127.0.0.1"}, "targets": {"default": "up", "up": target}}

@@ -162,9 +162,9 @@ class Harness:
 
     # -------------------------------------------------------------------- loads
 
-    def load(self, spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-        """One ``bench.load`` run on the load core; its JSON result."""
-        proc = self.procs.start(f"load-{spec['mode']}", [sys.executable, "-m", "bench.load", json.dumps(spec)], core=LOAD_CORE,
+    def load(self, spec: dict[str, Any], timeout: float = 600.0, *, core: int = LOAD_CORE) -> dict[str, Any]:
+        """One ``bench.load`` run on the load core (or ``core``); its JSON result."""
+        proc = self.procs.start(f"load-{spec['mode']}", [sys.executable, "-m", "bench.load", json.dumps(spec)], core=core,
                                 cwd=configs.ROOT, stdout=subprocess.PIPE)
         assert proc.popen.stdout is not None
         out = proc.popen.stdout.read()
@@ -183,9 +183,9 @@ class Harness:
                           "duration": duration, "capture": capture})
 
     def sse(self, url: str, key: str, concurrency: int, duration: float, *, expect_done: bool = True,
-            body: str = STREAM_BODY) -> dict[str, Any]:
+            body: str = STREAM_BODY, core: int = LOAD_CORE) -> dict[str, Any]:
         return self.load({"mode": "sse", "url": url, "body": body, "headers": configs.auth_headers(key),
-                          "concurrency": concurrency, "duration": duration, "expect_done": expect_done})
+                          "concurrency": concurrency, "duration": duration, "expect_done": expect_done}, core=core)
 
     # ------------------------------------------------------------------ rounds
 

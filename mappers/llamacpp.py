@@ -4,7 +4,8 @@ Chats are rendered by the target's prompter; the server adds a BOS to a string p
 template's leading BOS is dropped. Sampling fields keep llama.cpp's names (``n_predict``,
 ``repeat_penalty``, ``min_p``…); ``cache_prompt`` comes from the target option. llama.cpp leaves stop
 words out of ``content`` and holds back a possible stop word while streaming, so nothing is cut here.
-``stop_type`` gives the finish reason, ``tokens_evaluated`` / ``tokens_predicted`` the usage. Its SSE
+``stop_type`` gives the finish reason, ``tokens_evaluated`` / ``tokens_predicted`` the usage, ``n_probs``
+the logprobs (``completion_probabilities``, on each stream event for its tokens). Its SSE
 stream ends with an event whose ``stop`` is true; an error inside it is ``data: {"error": {...}}``.
 """
 
@@ -33,7 +34,7 @@ EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/completion`` with the prompt rendered by the target's prompter."""
     prompt, _ = oa.chat_prompt(body, ctx)
-    return _completion([prompt], body, ctx)
+    return _completion([prompt], body, ctx, oa.CHAT)
 
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
@@ -43,17 +44,19 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
     if body.get("echo"):
         raise MappingError("'echo' is not supported by llama.cpp's /completion.", param="echo")
     prompts, _ = oa.completion_prompts(body, ctx)
-    return _completion(prompts, body, ctx)
+    return _completion(prompts, body, ctx, oa.COMPLETION)
 
 
-def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="seed", seed_max=SEED_MAX)
+def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
+    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx, kind), seed_key="seed", seed_max=SEED_MAX)
 
 
-def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
-    if body.get("logprobs"):
-        raise MappingError("'logprobs' cannot be translated for llama.cpp's /completion.", param="logprobs")
+def _params(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
     params: dict[str, Any] = {"stream": ctx.stream, "cache_prompt": bool(ctx.target.options.get("cache_prompt", True))}
+    top = oa.logprobs_asked(body, kind)
+    if top is not None:
+        # n_probs gives each token's own logprob beside its n best alternatives; asked for none, one is the least.
+        params["n_probs"] = max(top, 1)
     max_tokens = oa.max_tokens_of(body)
     if max_tokens is not None:
         params["n_predict"] = max_tokens
@@ -105,7 +108,13 @@ def completion_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
 def _answer(body: Any, ctx: MapContext, kind: str) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("content"), str):
         raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered without 'content': is it llama.cpp's llama-server?")
-    return oa.answer(ctx, kind, [(body["content"], _finish(body))], _usage(body))
+    return oa.answer(ctx, kind, [(body["content"], _finish(body))], _usage(body), [_tokens(body, ctx, kind)])
+
+
+def _tokens(event: dict[str, Any], ctx: MapContext, kind: str) -> list[dict[str, Any]] | None:
+    """The event's ``completion_probabilities`` in the common form, when the client asked for logprobs."""
+    top = oa.logprobs_asked(ctx.request, kind)
+    return None if top is None else oa.logprob_tokens(event.get("completion_probabilities"), top)
 
 
 def _finish(event: dict[str, Any]) -> str:
@@ -145,7 +154,7 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
             started = True
         text = event.get("content")
         if isinstance(text, str) and text:
-            yield chunks.text(text)
+            yield chunks.text(text, tokens=_tokens(event, ctx, kind))
         if event.get("stop") is True:
             yield chunks.finish(_finish(event))
             use = chunks.usage(_usage(event))
@@ -189,6 +198,10 @@ BACKEND = Backend(
         "/v1/completions": RouteSpec("/completion", request=completion_request, answer=completion_answer, stream=completion_stream,
                                      error=error),
         "/completion": RouteSpec(),
+        # The server's own tokenizer, for counting a prompt's tokens as the model will.
+        "/tokenize": RouteSpec(),
+        "/detokenize": RouteSpec(),
+        "/apply-template": RouteSpec(),
         "/props": RouteSpec.get(),
     },
     options={

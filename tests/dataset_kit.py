@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 
 from mooltiproxy.dataset.records import CHAT, COMPLETION, Capture, build
+from mooltiproxy.dataset.sinks import read_jsonl
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC).timestamp()
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "Weather in a city",
@@ -118,3 +120,13 @@ def start_review_proxy(stack: Any, tmp_path: Path, monkeypatch: Any, config: dic
     loaded = load(path)
     app = create_app(loaded)
     return stack.enter_context(serve(app, config=uvicorn_config(app, loaded.server, host="127.0.0.1", log_level="warning")))
+
+
+def records(folder: Path, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The records the proxy has written to ``folder`` so far, oldest first, once there are (at least) ``n``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for f in sorted(folder.glob("*.jsonl")) for r in read_jsonl(f)]
+        if len(found) >= n or time.monotonic() > deadline:
+            return sorted(found, key=lambda r: r["meta"]["created"])
+        time.sleep(0.05)

@@ -117,3 +117,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def read_answer(sock: socket.socket, timeout: float = 5.0, got: bytes = b"") -> bytes:
+    """One whole HTTP/1.1 answer from a raw socket: the head, then as many body bytes as it announces.
+
+    A single ``recv`` may hold only the head (the server sends head and body in two writes), so tests that
+    speak raw HTTP read through this instead of trusting one call; ``got`` is what they already read.
+    """
+    sock.settimeout(timeout)
+    while b"\r\n\r\n" not in got:
+        part = sock.recv(65536)
+        if not part:
+            return got
+        got += part
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        part = sock.recv(65536)
+        if not part:
+            break
+        body += part
+    return head + b"\r\n\r\n" + body

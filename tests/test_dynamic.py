@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import openai
@@ -17,9 +16,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mooltiproxy.dataset.sinks import read_jsonl
-
 from .conftest import KEY, ProxyFactory, http
+from .dataset_kit import records
 from .servers import serve
 from .stubs.anthropic_upstream import AnthropicStub
 from .stubs.openai_upstream import OpenAIStub
@@ -31,14 +29,6 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 def hostport(url: str) -> str:
     return url.split("://", 1)[1]
 
-
-def records(folder: Path, n: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    found: list[dict[str, Any]] = []
-    while len(found) < n and time.monotonic() < deadline:
-        found = [r for f in folder.glob("*.jsonl") for r in read_jsonl(f)]
-        time.sleep(0.05)
-    return sorted(found, key=lambda r: r["meta"]["created"])
 
 
 @pytest.fixture

@@ -76,3 +76,21 @@ def test_the_sub_packages_follow_the_request() -> None:
     assert found == sorted(["http", "guard", "routing", "backends", "translate", "proxy", "upstream", "dataset", "review", "state",
                             "ops", "config", "cli"])
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "__main__.py", "app.py", "errors.py"]
+
+
+def test_ci_runs_the_readmes_test_command_with_every_debian_package_the_tests_name() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    intro = readme.index("Install what the tests need and run them")
+    command = readme[readme.index("```sh\n", intro) + 6:readme.index("\n```", intro)]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert command in ci.splitlines()
+    installed = set(ci.split("packages=(", 1)[1].split(")", 1)[0].split())
+    named = set()
+    for test in (ROOT / "tests").rglob("*.py"):
+        for call in ast.walk(ast.parse(test.read_text(encoding="utf-8"))):
+            # program("wrk", "wrk"), missing("chromium", "chromium"): the package is the second argument.
+            if (isinstance(call, ast.Call) and getattr(call.func, "id", getattr(call.func, "attr", "")) in ("program", "missing")
+                    and len(call.args) > 1 and isinstance(call.args[1], ast.Constant)):
+                named.add(call.args[1].value)
+    assert named and named <= installed, named - installed
+    assert {"cmake", "make", "g++"} <= installed  # llama-server's build (tests/backends/llama_server.py)

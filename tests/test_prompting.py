@@ -12,6 +12,8 @@ import pytest
 from mooltiproxy.errors import MappingError
 from mooltiproxy.translate.prompting import Limits, Prompter, PrompterError, load_prompter, preset_names
 
+from .transformers_kit import transformers_render
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE: dict[str, dict[str, str]] = json.loads((FIXTURES / "chat_template_renders.json").read_text(encoding="utf-8"))
 
@@ -486,22 +488,6 @@ def test_a_template_error_from_the_messages_shape_is_a_mapping_error() -> None:
 # The same renders as transformers' own renderer
 
 
-def _transformers_render(template: str, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-    utils = pytest.importorskip("transformers.utils.chat_template_utils")
-    continuing = messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls")
-    try:
-        rendered, _ = utils.render_jinja_template(
-            conversations=[messages],
-            chat_template=template,
-            add_generation_prompt=not continuing,
-            continue_final_message=continuing,
-            **kwargs,
-        )
-    except Exception as exc:  # transformers raises jinja's TemplateError, or ValueError for an impossible continuation
-        return f"RAISES {type(exc).__name__}"
-    return str(rendered[0])
-
-
 COMPARED = {"example": EXAMPLE, "no system": EXAMPLE[1:], **AWKWARD}
 
 
@@ -510,7 +496,7 @@ COMPARED = {"example": EXAMPLE, "no system": EXAMPLE[1:], **AWKWARD}
 def test_renders_match_transformers(key: str, history: str) -> None:
     ref = REFERENCE[key]
     messages = COMPARED[history]
-    expected = _transformers_render(ref["template"], copy.deepcopy(messages), bos_token=ref["bos"], eos_token=ref["eos"])
+    expected = transformers_render(ref["template"], copy.deepcopy(messages), bos_token=ref["bos"], eos_token=ref["eos"])
     got = outcome(inline(ref["template"], bos_token=ref["bos"], eos_token=ref["eos"]), messages)
     if expected.startswith("RAISES"):
         assert got.startswith("RAISES")
@@ -522,7 +508,7 @@ def test_renders_match_transformers(key: str, history: str) -> None:
 def test_plain_preset_matches_transformers(history: str) -> None:
     text = (Path(__file__).resolve().parent.parent / "prompters" / "plain.jinja").read_text(encoding="utf-8")
     messages = COMPARED[history]
-    expected = _transformers_render(text, copy.deepcopy(messages), user="Alice")
+    expected = transformers_render(text, copy.deepcopy(messages), user="Alice")
     got = outcome(load("plain"), messages, variables={"user": "Alice"})
     assert got.startswith("RAISES") if expected.startswith("RAISES") else got == expected
 
@@ -534,5 +520,5 @@ def test_tool_use_render_matches_transformers() -> None:
     messages[2]["content"] = ""
     hf_messages = copy.deepcopy(messages)
     hf_messages[2]["tool_calls"][0]["function"]["arguments"] = {"city": "Zürich"}
-    expected = _transformers_render(template, hf_messages, tools=[WEATHER_TOOL], bos_token="<|begin_of_text|>", eos_token="<|im_end|>")
+    expected = transformers_render(template, hf_messages, tools=[WEATHER_TOOL], bos_token="<|begin_of_text|>", eos_token="<|im_end|>")
     assert load("tokenizer_named/tokenizer_config.json").render(messages, tools=[WEATHER_TOOL]) == expected

@@ -24,20 +24,12 @@ from mooltiproxy.dataset.records import Capture
 from mooltiproxy.dataset.sinks import JsonlSink, SqliteSink, read_jsonl
 
 from .conftest import KEY, ProxyFactory, http
+from .dataset_kit import records
 from .servers import free_port
 from .stubs.openai_upstream import OpenAIStub
 
 Stub = tuple[OpenAIStub, str]
 
-
-def records(folder: Path, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The records written so far, once there are (at least) ``n`` of them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [r for f in sorted(folder.glob("*.jsonl")) for r in read_jsonl(f)]
-        if len(found) >= n or time.monotonic() > deadline:
-            return sorted(found, key=lambda r: r["meta"]["created"])
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -24,20 +23,13 @@ import yaml
 from mooltiproxy.dataset.sinks import read_jsonl
 
 from .conftest import AUTH, KEY, ProxyFactory, http, proxy_process
-from .servers import free_port
+from .dataset_kit import records
+from .servers import free_port, read_answer
 from .stubs.openai_upstream import OpenAIStub
 
 Stub = tuple[OpenAIStub, str]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
-
-def records(folder: Path, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [r for f in folder.glob("*.jsonl") for r in read_jsonl(f)]
-        if len(found) >= n or time.monotonic() > deadline:
-            return sorted(found, key=lambda r: r["meta"]["created"])
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ fallbacks, retries
@@ -164,7 +156,7 @@ def test_a_request_runs_on_the_config_it_arrived_with_even_if_a_reload_comes_mea
             {"targets": {"default": "a", "a": {"url": openai_stub[1], "fallbacks": ["spare"]}, "spare": {"url": openai_stub2[1]}}}))
         assert http.post(server.url + "/admin/reload").status_code == 200
         sock.sendall(body[5:])
-        answer = sock.recv(65536).decode()
+        answer = read_answer(sock).decode()
     # Its fallback was the old config's (alpha, failing too), not the new one's (beta).
     assert answer.startswith("HTTP/1.1 500") and "alpha is down" in answer and beta.seen == []
     assert http.post(server.url + "/v1/chat/completions", json=BODY).json()["choices"][0]["message"]["content"] == "beta says: hi"

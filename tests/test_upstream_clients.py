@@ -90,6 +90,26 @@ def test_connections_are_reused_and_a_stale_one_is_replaced() -> None:
         run(go())
 
 
+def test_a_request_that_meets_a_closing_pooled_connection_is_retried_on_a_fresh_one() -> None:
+    """llama-server closes its connection after each stream, and the close can cross the next request: every
+    pooled connection may be stale at once, so the one retry goes out on a new connection, never another pooled one."""
+    def handler(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+
+    with raw_server(handler, answers_per_connection=1) as (port, stats):
+        async def go() -> None:
+            client = H1Client()
+            url = f"http://127.0.0.1:{port}/x"
+            # Three at once leave three pooled connections, each of which will close on its next request.
+            assert [r[:2] for r in await asyncio.gather(*(fetch(client, url) for _ in range(3)))] == [(200, b"ok")] * 3
+            assert len(client._idle[("http", "127.0.0.1", port)]) == 3
+            assert (await fetch(client, url))[:2] == (200, b"ok")
+            assert stats["unanswered"] == 1 and stats["connections"] == 4
+            await client.aclose()
+
+        run(go())
+
+
 def test_stream_pieces_arrive_as_they_are_sent(make: Callable[[], Client]) -> None:
     def handler(request: bytes) -> list[bytes]:
         head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"

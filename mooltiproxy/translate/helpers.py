@@ -166,16 +166,26 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 # ------------------------------------------------------------------------------------ building answers
 
 
-def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: dict[str, int] | None) -> dict[str, Any]:
-    """A whole ``chat.completion`` or ``text_completion`` from (text, finish_reason) per choice."""
+def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: dict[str, int] | None,
+           logprobs: Sequence[list[dict[str, Any]] | None] | None = None) -> dict[str, Any]:
+    """A whole ``chat.completion`` or ``text_completion`` from (text, finish_reason) per choice; ``logprobs``, per
+    choice, the tokens in chat form (see ``logprob_tokens``) when the client asked for them."""
+    asked = logprobs_asked(ctx.request, kind)
+    per_choice = list(logprobs or ())
+
+    def probs(i: int) -> dict[str, Any] | None:
+        tokens = per_choice[i] if i < len(per_choice) else None
+        return None if asked is None or tokens is None else logprobs_object(kind, tokens, asked)
+
     if kind == CHAT:
         out_choices: list[dict[str, Any]] = [
-            {"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}
+            {"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": probs(i), "finish_reason": finish}
             for i, (text, finish) in enumerate(choices)
         ]
         head = {"id": new_id("chatcmpl"), "object": "chat.completion"}
     else:
-        out_choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": finish} for i, (text, finish) in enumerate(choices)]
+        out_choices = [{"index": i, "text": text, "logprobs": probs(i), "finish_reason": finish}
+                       for i, (text, finish) in enumerate(choices)]
         head = {"id": new_id("cmpl"), "object": "text_completion"}
     result: dict[str, Any] = {**head, "created": int(time.time()), "model": model_of(ctx), "choices": out_choices}
     if use is not None:
@@ -186,7 +196,7 @@ def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: 
 class Chunks:
     """Builds the chunks of one streamed answer: same id, created and model on each, as OpenAI sends them."""
 
-    __slots__ = ("_base", "_kind", "_usage_field")
+    __slots__ = ("_base", "_kind", "_offsets", "_top", "_usage_field")
 
     def __init__(self, ctx: MapContext, kind: str) -> None:
         self._kind = kind
@@ -194,6 +204,8 @@ class Chunks:
         self._base = {"id": new_id(prefix), "object": obj, "created": int(time.time()), "model": model_of(ctx)}
         # With include_usage, every chunk carries "usage": null and one last chunk the totals.
         self._usage_field = include_usage(ctx.request)
+        self._top = logprobs_asked(ctx.request, kind)
+        self._offsets: dict[int, int] = {}  # completions' text_offset runs on across the chunks of a choice
 
     def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
         chunk = {**self._base, "choices": [choice]}
@@ -206,10 +218,16 @@ class Chunks:
             return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
         return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": None})
 
-    def text(self, text: str, index: int = 0) -> dict[str, Any]:
+    def text(self, text: str, index: int = 0, tokens: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A piece of the answer; ``tokens``, its tokens in chat form, become its logprobs when they were asked for."""
+        probs = None
+        if self._top is not None and tokens is not None:
+            offset = self._offsets.get(index, 0)
+            probs = logprobs_object(self._kind, tokens, self._top, offset)
+            self._offsets[index] = offset + sum(len(t["token"]) for t in tokens)
         if self._kind == CHAT:
-            return self._chunk({"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
-        return self._chunk({"index": index, "text": text, "logprobs": None, "finish_reason": None})
+            return self._chunk({"index": index, "delta": {"content": text}, "logprobs": probs, "finish_reason": None})
+        return self._chunk({"index": index, "text": text, "logprobs": probs, "finish_reason": None})
 
     def delta(self, delta: dict[str, Any], index: int = 0) -> dict[str, Any]:
         """A chat chunk carrying any delta: reasoning_content, tool_calls fragments."""
@@ -225,6 +243,77 @@ class Chunks:
         if not self._usage_field:
             return None
         return {**self._base, "choices": [], "usage": use}
+
+
+# ------------------------------------------------------------------------------------------- logprobs
+
+CHAT_TOP_LOGPROBS = 20  # OpenAI's bounds: chat's top_logprobs 0–20, completions' logprobs 0–5
+COMPLETION_LOGPROBS = 5
+
+
+def logprobs_asked(body: Any, kind: str) -> int | None:
+    """How many alternatives per token the client asked for, or None when it asked for no logprobs at all.
+
+    Chat asks with ``logprobs: true`` and ``top_logprobs: 0–20``; completions with ``logprobs: 0–5``
+    (0 still gives each chosen token's own logprob). Values OpenAI refuses are refused the same way."""
+    if not isinstance(body, dict):
+        return None
+    if kind == CHAT:
+        top = body.get("top_logprobs")
+        if not body.get("logprobs"):
+            if top not in (None, 0):
+                raise MappingError("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+            return None
+        if top is None:
+            return 0
+        if not _is_int(top) or not 0 <= top <= CHAT_TOP_LOGPROBS:
+            raise MappingError(f"'top_logprobs' must be an integer from 0 to {CHAT_TOP_LOGPROBS}.", param="top_logprobs")
+        return int(top)
+    value = body.get("logprobs")
+    if value is None or value is False:
+        return None
+    if not _is_int(value) or not 0 <= value <= COMPLETION_LOGPROBS:
+        raise MappingError(f"'logprobs' must be an integer from 0 to {COMPLETION_LOGPROBS} for completions.", param="logprobs")
+    return int(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def logprob_tokens(entries: Any, top: int) -> list[dict[str, Any]]:
+    """A backend's per-token list of ``{token, logprob, bytes?, top_logprobs: [{token, logprob, bytes?}]}``
+    (llama.cpp's ``completion_probabilities``; other servers' lists once renamed) → OpenAI chat's form,
+    with ``top`` alternatives each: the common form the answer and the chunks are built from."""
+    out: list[dict[str, Any]] = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            continue
+        alternatives = [_token(alt) for alt in entry.get("top_logprobs") or ()
+                        if isinstance(alt, dict) and isinstance(alt.get("token"), str)]
+        out.append({**_token(entry), "top_logprobs": alternatives[:top]})
+    return out
+
+
+def _token(entry: dict[str, Any]) -> dict[str, Any]:
+    token: str = entry["token"]
+    raw = entry.get("bytes")
+    logprob = entry.get("logprob")
+    return {"token": token, "logprob": float(logprob) if isinstance(logprob, int | float) else None,
+            "bytes": list(raw) if isinstance(raw, list) else list(token.encode())}
+
+
+def logprobs_object(kind: str, tokens: list[dict[str, Any]], top: int, offset: int = 0) -> dict[str, Any]:
+    """The ``logprobs`` of a choice: chat's ``{content, refusal}``, or completions' parallel lists with
+    ``top_logprobs`` as {token: logprob} and ``text_offset`` counted from ``offset``."""
+    if kind == CHAT:
+        return {"content": tokens, "refusal": None}
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t["token"])
+    return {"tokens": [t["token"] for t in tokens], "token_logprobs": [t["logprob"] for t in tokens],
+            "top_logprobs": [{a["token"]: a["logprob"] for a in t["top_logprobs"][:top]} for t in tokens], "text_offset": offsets}
 
 
 # ------------------------------------------------------------------------------------- stop strings
@@ -363,10 +452,13 @@ def stream_of(answer: dict[str, Any], kind: str, request: Any) -> list[dict[str,
             if calls:
                 deltas.append({"tool_calls": [{"index": i, "id": c.get("id"), "type": "function", "function": c.get("function") or {}}
                                               for i, c in enumerate(calls)]})
-            chunks += [chunk({"index": index, "delta": d, "logprobs": None, "finish_reason": None}) for d in deltas]
+            # The logprobs, when there are any, go with the text they are about.
+            chunks += [chunk({"index": index, "delta": d, "logprobs": choice.get("logprobs") if d.get("content") else None,
+                              "finish_reason": None}) for d in deltas]
             chunks.append(chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}))
         else:
-            chunks.append(chunk({"index": index, "text": choice.get("text") or "", "logprobs": None, "finish_reason": None}))
+            text = {"index": index, "text": choice.get("text") or "", "logprobs": choice.get("logprobs"), "finish_reason": None}
+            chunks.append(chunk(text))
             chunks.append(chunk({"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}))
     if with_usage and isinstance(answer.get("usage"), dict):
         chunks.append({**base, "choices": [], "usage": answer["usage"]})

@@ -289,7 +289,9 @@ class H1Client:
         for attempt in (1, 2):
             await self._slot(key, max_connections, connect_timeout, target, url)
             try:
-                conn, reused = await self._connection(key, url, connect_timeout, target, connect_to)
+                # A retry never takes another pooled connection: the upstream may have closed them all (llama-server
+                # closes its connection after each stream), and the retry is the last chance the request gets.
+                conn, reused = await self._connection(key, url, connect_timeout, target, connect_to, pooled=attempt == 1)
             except BaseException:
                 self._free(key)
                 raise
@@ -358,8 +360,8 @@ class H1Client:
             conn._close()
 
     async def _connection(self, key: Key, url: str, connect_timeout: float, target: str,
-                          connect_to: str | None = None) -> tuple[_Connection, bool]:
-        idle = self._idle.get(key)
+                          connect_to: str | None = None, pooled: bool = True) -> tuple[_Connection, bool]:
+        idle = self._idle.get(key) if pooled else None
         now = time.monotonic()
         while idle:
             conn = idle.pop()

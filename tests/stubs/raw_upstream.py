@@ -13,8 +13,13 @@ Handler = Callable[[bytes], list[bytes]]
 
 
 @contextmanager
-def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[int, dict[str, int]]]:
-    """A TCP server that answers each request with the byte pieces ``handler`` gives (sent one by one)."""
+def raw_server(handler: Handler, *, keep_open: bool = True,
+               answers_per_connection: int | None = None) -> Iterator[tuple[int, dict[str, int]]]:
+    """A TCP server that answers each request with the byte pieces ``handler`` gives (sent one by one).
+
+    With ``answers_per_connection``, a connection that has given that many answers meets the next request by
+    closing without a word, as a keep-alive server does when its close crosses the client's next request.
+    """
     stats = {"connections": 0, "requests": 0}
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -24,6 +29,7 @@ def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[in
 
     def serve_one(conn: socket.socket) -> None:
         stats["connections"] += 1
+        answered = 0
         buf = b""
         with conn:
             while not stop.is_set():
@@ -43,6 +49,10 @@ def raw_server(handler: Handler, *, keep_open: bool = True) -> Iterator[tuple[in
                     if len(rest) < length:
                         break
                     request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                    if answers_per_connection is not None and answered >= answers_per_connection:
+                        stats["unanswered"] = stats.get("unanswered", 0) + 1
+                        return
+                    answered += 1
                     stats["requests"] += 1
                     try:
                         for piece in handler(request):
