@@ -16,7 +16,8 @@ from typing import Any
 
 from mooltiproxy import Fanout, MapContext, MappingError, UpstreamError, UpstreamStatus
 from mooltiproxy import helpers as oa
-from mooltiproxy.backends import Backend, Front, Option, RouteSpec, integer
+from mooltiproxy.backends import Backend, Dialect, Front, Option, RouteSpec, integer
+from mooltiproxy.dataset.reassembly import GenerateReassembler
 from mooltiproxy.errors import ProxyError
 from mooltiproxy.translate import sse
 
@@ -309,6 +310,47 @@ def front_error(body: Any, ctx: MapContext) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- the declaration
 
 
+# ---------------------------------------------------------------------- TGI's API relayed, read for the record
+
+
+def native_request(body: Any) -> dict[str, Any]:
+    """A ``/generate`` request relayed to a TGI target, as the OpenAI completions request a record is made from."""
+    body = body if isinstance(body, dict) else {}
+    params: dict[str, Any] = body["parameters"] if isinstance(body.get("parameters"), dict) else {}
+    out: dict[str, Any] = {"prompt": body.get("inputs") if isinstance(body.get("inputs"), str) else ""}
+    for ours, theirs in (("max_tokens", "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                         ("seed", "seed"), ("stop", "stop"), ("repetition_penalty", "repetition_penalty")):
+        if params.get(theirs) is not None:
+            out[ours] = params[theirs]
+    if params.get("do_sample") is False:
+        out["temperature"] = 0
+    if body.get("stream") is True:
+        out["stream"] = True
+    return out
+
+
+def native_answer(body: Any) -> dict[str, Any]:
+    """TGI's answer (``{generated_text, details}``, or a list of them from the compat route) as an OpenAI completion."""
+    head = body[0] if isinstance(body, list) and body else body
+    first: dict[str, Any] = head if isinstance(head, dict) else {}
+    details: dict[str, Any] = first["details"] if isinstance(first.get("details"), dict) else {}
+    choices = [{"index": 0, "text": str(first.get("generated_text") or ""), "logprobs": None,
+                "finish_reason": FINISH.get(details.get("finish_reason") or "", "stop")}]
+    for i, extra in enumerate(details.get("best_of_sequences") or (), 1):
+        if isinstance(extra, dict):
+            choices.append({"index": i, "text": str(extra.get("generated_text") or ""), "logprobs": None,
+                            "finish_reason": FINISH.get(extra.get("finish_reason") or "", "stop")})
+    out: dict[str, Any] = {"object": "text_completion", "choices": choices}
+    if isinstance(details.get("generated_tokens"), int):
+        # TGI gives the prompt's length only in the stream's details (input_length) or with decoder_input_details.
+        prompt = details.get("input_length")
+        if not isinstance(prompt, int) and isinstance(details.get("prefill"), list) and details["prefill"]:
+            prompt = len(details["prefill"])
+        out["usage"] = oa.usage(prompt, details["generated_tokens"]) if isinstance(prompt, int) else {
+            "completion_tokens": details["generated_tokens"]}
+    return out
+
+
 def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
     """The proxy's own error as TGI writes one."""
     return {"error": exc.full_message() if full else exc.message, "error_type": exc.code or exc.type}
@@ -335,4 +377,8 @@ BACKEND = Backend(
     fronts=(Front(paths=("/generate", "/generate_stream", "/"),  # "/": the compat route the text-generation client posts to
                   base="/v1/completions", request=front_request, answer=front_answer, stream=front_stream, error=front_error,
                   frame=sse.frame_tgi, done=b"", error_body=_error_body),),
+    # TGI's own API relayed to a TGI target is recorded as the completion it is ("/": the compat route, no dynamic suffix).
+    dialects=tuple(Dialect(path=path, suffix=suffix, request=native_request, answer=native_answer, reassembler=GenerateReassembler,
+                           kind="completion")
+                   for path, suffix in (("/generate", "/generate"), ("/generate_stream", "/generate_stream"), ("/", ""))),
 )

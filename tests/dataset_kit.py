@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from mooltiproxy.dataset.records import CHAT, COMPLETION, Capture, build
+from mooltiproxy.dataset.linking import Linker
+from mooltiproxy.dataset.records import CHAT, COMPLETION, Capture, build_with_keys
 from mooltiproxy.dataset.sinks import read_jsonl
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC).timestamp()
@@ -23,13 +24,20 @@ def call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
 
 
 class Recording:
-    """A dataset folder being filled with exchanges, one second apart, as the JSONL sink writes them."""
+    """A dataset folder being filled with exchanges, one second apart, linked and written as the recorder does
+    (one client, so the same conversation sent again soon is its regeneration)."""
 
     def __init__(self, folder: Path, session: str = "s1") -> None:
         self.folder = folder
         self.session = session
         self.clock = T0
+        self.linker = Linker()
         folder.mkdir(parents=True, exist_ok=True)
+
+    def _build(self, capture: Capture, session: str) -> list[dict[str, Any]]:
+        records, continues = build_with_keys(capture, session)
+        self.linker.link(capture, records, continues)
+        return records
 
     def _write(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with (self.folder / f"{records[0]['session']}.jsonl").open("ab") as f:
@@ -50,13 +58,13 @@ class Recording:
                    for i, a in enumerate(answers)]
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         answer = {"model": "m", "choices": choices, "usage": usage} if answers else None
-        return self._write(build(self._capture(CHAT, request, answer, status=status, **options), session or self.session))
+        return self._write(self._build(self._capture(CHAT, request, answer, status=status, **options), session or self.session))
 
     def completion(self, prompt: str, text: str, *, session: str | None = None, **options: Any) -> dict[str, Any]:
         answer = {"model": "m", "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
                   "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}
         capture = self._capture(COMPLETION, {"model": "m", "prompt": prompt}, answer, **options)
-        return self._write(build(capture, session or self.session))[0]
+        return self._write(self._build(capture, session or self.session))[0]
 
 
 SYSTEM = {"role": "system", "content": "Be nice."}

@@ -149,7 +149,10 @@ def recorded(folder: Path) -> dict[str, Row]:
 
 
 def export(folder: Path, fmt: str, **options: Any) -> tuple[list[Row], exports.Report]:
+    """An export of the folder; a row per record unless ``every_turn=False`` says otherwise (the formats are checked on
+    every record; which records a default export takes is tested apart)."""
     where = options.pop("where", Filter())
+    options.setdefault("every_turn", True)
     return exports.export(Store(folder), Reviews.beside(folder), fmt, Selection(where=where, **options))
 
 
@@ -286,7 +289,7 @@ def test_an_edited_answer_replaces_the_recorded_one_and_the_capture_is_untouched
     assert {p.name: p.read_bytes() for p in folder.glob("*.jsonl")} == before
 
 
-def test_options_sessions_targets_dates_accepted_dedupe_cut_short(folder: Path, recorded: dict[str, Row]) -> None:
+def test_options_sessions_targets_dates_accepted_paths_cut_short(folder: Path, recorded: dict[str, Row]) -> None:
     def ids(fmt: str = "sharegpt", **options: Any) -> set[str]:
         return {r["id"] for r in export(folder, fmt, **options)[0]}
 
@@ -301,13 +304,14 @@ def test_options_sessions_targets_dates_accepted_dedupe_cut_short(folder: Path, 
     reviews.set_status(recorded["p1"]["id"], "rejected")
     assert ids(accepted_only=True) == {recorded["a2"]["id"], recorded["a3"]["id"]}
     assert recorded["p1"]["id"] not in ids()  # a rejected record is never exported
-    # Dedupe: one record per thread, the longest; the first turn's regeneration belongs to the same thread.
-    deduped = ids(dedupe=True)
-    assert deduped - {recorded["n1"]["id"], recorded["n2"]["id"]} == {recorded[k]["id"] for k in ("a3", "t2", "st", "pre")}  # p1: rejected
-    assert len(deduped & {recorded["n1"]["id"], recorded["n2"]["id"]}) == 1  # two choices of one request: equally long
-    assert ids(dedupe=True, accepted_only=True) == {recorded["a3"]["id"]}
-    _, report = export(folder, "sharegpt", dedupe=True)
-    assert report.skipped[exports.SHORTER] == 6  # a1 a2 a2b a1b t1 n2
+    # By default a row per conversation path: no earlier turn, and of the alternatives of a turn the one the chat went
+    # on with (a2 over a2b, a1 over a1b), else one of them (the two choices of n1/n2).
+    paths = ids(every_turn=False)
+    assert paths - {recorded["n1"]["id"], recorded["n2"]["id"]} == {recorded[k]["id"] for k in ("a3", "t2", "st", "pre")}  # p1: rejected
+    assert len(paths & {recorded["n1"]["id"], recorded["n2"]["id"]}) == 1
+    assert ids(every_turn=False, accepted_only=True) == {recorded["a3"]["id"]}
+    _, report = export(folder, "sharegpt", every_turn=False)
+    assert report.skipped[exports.PREFIX] == 3 and report.skipped[exports.ALTERNATIVE] == 3  # a1 a2 t1; a2b a1b n2
 
 
 def test_records_of_the_sqlite_sink_are_exported_too(folder: Path) -> None:
@@ -320,7 +324,7 @@ def test_records_of_the_sqlite_sink_are_exported_too(folder: Path) -> None:
     sink.open()
     sink.write(sink.encode([{**r, "meta": {**r["meta"], "thread": r["id"]}} for r in first + second]))
     sink.close()
-    selection = Selection(where=Filter(sessions=("db-session",)), dedupe=True)
+    selection = Selection(where=Filter(sessions=("db-session",)))
     out, _ = exports.export(Store(folder), Reviews.beside(folder), "sharegpt", selection)
     assert [r["id"] for r in out] == [second[0]["id"]] and len(out[0]["conversations"]) == 4
 
@@ -408,14 +412,26 @@ def test_the_dataset_command_exports_and_counts(folder: Path, recorded: dict[str
     out_file = tmp_path / "out" / "train.jsonl"
     out_file.parent.mkdir()
     code, out, err = run_dataset(capsys, "export", "--config", str(config), "--format", "sharegpt", "--out", str(out_file),
-                                 "--session", "s1", "--dedupe")
+                                 "--session", "s1", "--left-out", str(tmp_path / "out" / "left.jsonl"))
     assert code == 0, err
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert {r["id"] for r in rows} == {recorded["a3"]["id"], recorded["t2"]["id"]}
     assert f"2 rows in sharegpt format, written to {out_file}." in err
-    assert "Skipped — cut short: 1; error answer: 1; shorter branch of a thread (dedupe): 5." in err
+    assert ("Skipped — alternative answer the conversation did not go on with: 2; cut short: 1; earlier turn of a longer "
+            "conversation (in its row): 3; error answer: 1.") in err
     assert "(Add --include-cut-short to keep records cut short.)" in err
+    # What was not exported, with why: not the earlier turns (they are in the rows), everything else.
+    left = [json.loads(line) for line in (tmp_path / "out" / "left.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["reason"] for r in left} == {
+        recorded["a2b"]["id"]: exports.ALTERNATIVE, recorded["a1b"]["id"]: exports.ALTERNATIVE,
+        recorded["cut"]["id"]: exports.CUT_SHORT, recorded["err"]["id"]: exports.ERROR}
+    assert all(r["record"]["id"] == r["id"] for r in left)
+    assert f"4 record(s) not exported, each with the reason, written to {tmp_path / 'out' / 'left.jsonl'}." in err
     code, out, err = run_dataset(capsys, "export", "--dir", str(folder), "--format", "alpaca", "--out", "-", "--target", "other")
+    # n=2 gave two alternatives of one turn: a row for one of them (both with --every-turn)
+    assert code == 0 and [json.loads(line)["output"] for line in out.splitlines()] == [" a time", "Seven."]
+    code, out, err = run_dataset(capsys, "export", "--dir", str(folder), "--format", "alpaca", "--out", "-", "--target", "other",
+                                 "--every-turn")
     assert code == 0 and [json.loads(line)["output"] for line in out.splitlines()] == [" a time", "Seven.", "Three."]
     code, out, err = run_dataset(capsys, "stats", "--dir", str(folder), "--since", "2026-11-21", "--json")
     assert code == 0 and json.loads(out)["records"] == 15
@@ -453,7 +469,7 @@ def test_exchanges_recorded_through_the_proxy_export_and_load(openai_stub: tuple
     deadline = time.monotonic() + 5
     while sum(1 for f in folder.glob("*.jsonl") for _ in read_jsonl(f)) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
-    out, report = export(folder, "sharegpt", dedupe=True)
+    out, report = export(folder, "sharegpt", every_turn=False)
     assert report.left_out == []
     rows = sorted(out, key=lambda r: len(r["conversations"]))
     assert [len(r["conversations"]) for r in rows] == [2, 2, 7]

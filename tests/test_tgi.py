@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
 from .conftest import AUTH, KEY, ROOT, ProxyFactory, http
+from .dataset_kit import records
 from .servers import serve
 from .stubs.openai_upstream import OpenAIStub
 from .stubs.tgi_upstream import TGIStub
@@ -135,6 +137,40 @@ def test_stream_include_usage(tgi: tuple[TGIStub, str], client: openai.OpenAI) -
     assert last.choices == [] and last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (7, 6)
     assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_a_stream_without_usage_asked_is_recorded_with_tgis_counts(tgi: tuple[TGIStub, str], client: openai.OpenAI,
+                                                                    tmp_path: Path) -> None:
+    """The client did not ask for usage, so none is sent; the record still has the counts TGI reported."""
+    _, chunks = stream_text(client)
+    _, merged = stream_text(client, n=2)
+    assert all(c.usage is None and c.choices for c in [*chunks, *merged])
+    one, first, second = records(tmp_path / "datasets", 3)
+    assert one["meta"]["usage"] == {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}
+    assert first["meta"]["usage"] == second["meta"]["usage"] == {"prompt_tokens": 7, "completion_tokens": 12, "total_tokens": 19}
+
+
+def test_tgis_own_api_relayed_to_a_tgi_target_is_recorded(tgi: tuple[TGIStub, str], proxy: str, tmp_path: Path) -> None:
+    """/generate, /generate_stream and the compat route (the text-generation client's) pass through untouched, and
+    each exchange is recorded as the completion it is: the prompt, the text, TGI's counts."""
+    text_generation = pytest.importorskip("text_generation")
+    tg = text_generation.Client(proxy, headers=AUTH, timeout=10)  # posts to "/", stream or not
+    assert tg.generate("Hello", max_new_tokens=5).generated_text == "Hello there, friend."
+    assert "".join(t.token.text for t in tg.generate_stream("Hey", max_new_tokens=5) if not t.token.special) == "Hello there, friend."
+    assert http.post(proxy + "/generate", json={"inputs": "Plain", "parameters": {"details": True}}).status_code == 200
+    with http.stream("POST", proxy + "/generate_stream", json={"inputs": "Streamed", "parameters": {"details": True}}) as r:
+        assert r.status_code == 200 and sum(1 for line in r.iter_lines() if line.startswith("data:")) > 1
+    assert tgi[0].paths == ["/", "/", "/generate", "/generate_stream"]
+    found = records(tmp_path / "datasets", 4)
+    assert [(r["meta"]["endpoint"], r["meta"]["stream"]) for r in found] == [
+        ("/", False), ("/", True), ("/generate", False), ("/generate_stream", False)]
+    assert [r["conversations"] for r in found] == [[{"from": "human", "value": q}, {"from": "gpt", "value": "Hello there, friend."}]
+                                                   for q in ("Hello", "Hey", "Plain", "Streamed")]
+    # /generate tells the prompt's length only with its prefill (decoder_input_details); the stream's details always do.
+    assert [(r["meta"]["cut_short"], r["meta"]["finish_reason"], r["meta"]["usage"]) for r in found] == [
+        (False, "length", {"completion_tokens": 5}), (False, "length", {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}),
+        (False, "stop", {"completion_tokens": 6}), (False, "stop", {"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7})]
+    assert found[0]["meta"]["params"]["max_tokens"] == 5
 
 
 def test_n_by_best_of_and_by_several_calls(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:

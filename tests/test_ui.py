@@ -302,6 +302,8 @@ def test_exporting_accepted_answers(browser: httpx.Client, dataset: dict[str, Ro
     rows = [json.loads(line) for line in download.text.splitlines()]
     assert [r["id"] for r in rows] == [dataset["a3"]["id"]] and download.headers["x-mooltiproxy-rows"] == "1"
     check_sharegpt(rows[0])
-    everything = browser.get("/ui/export/download", params={"format": "openai", "dedupe": "on"})
-    assert len(everything.text.splitlines()) == 6  # one per thread; the broken one left out
+    everything = browser.get("/ui/export/download", params={"format": "openai"})
+    assert len(everything.text.splitlines()) == 6  # one per conversation; the broken one left out
+    every_turn = browser.get("/ui/export/download", params={"format": "openai", "every_turn": "on"})
+    assert len(every_turn.text.splitlines()) == 12  # every answer but the cut, the error and the broken one
     assert browser.get("/ui/export", params={"since": "soon", "check": "1"}).status_code == 400

@@ -67,10 +67,9 @@ def test_log_in_accept_a_conversation_and_export_it(page: Any, stack: ExitStack,
     page.wait_for_load_state()
     assert page.locator(".answer.accepted").count() == 3
 
-    # Export what was accepted, one row per thread, and check the downloaded file.
+    # Export what was accepted (a row per conversation, the default), and check the downloaded file.
     page.click("nav >> text=Export")
-    assert page.is_checked("input[name=accepted_only]")
-    page.check("input[name=dedupe]")
+    assert page.is_checked("input[name=accepted_only]") and not page.is_checked("input[name=every_turn]")
     page.click("button[name=check]")
     assert "1 row in sharegpt format." in page.inner_text("#report")
     with page.expect_download() as info:

@@ -73,10 +73,11 @@ class Dialect:
     Anthropic target): its request and answer in the OpenAI shape records are made from."""
 
     path: str  # the inbound path, e.g. /v1/messages
-    suffix: str  # a dynamic host's path ending in this speaks the API too, e.g. /messages
+    suffix: str  # a dynamic host's path ending in this speaks the API too, e.g. /messages ("": no dynamic path does)
     request: Callable[[Any], dict[str, Any]]
     answer: Callable[[Any], dict[str, Any]]
     reassembler: Callable[[int | None], StreamReassembler]  # puts its stream back together, text capped at the limit
+    kind: str = "chat"  # what its exchanges are recorded as: a chat, or a completion (a prompt and its text)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         help="sharegpt (LLaMA-Factory/axolotl), openai (fine-tuning messages), alpaca, dpo (ranked alternatives)")
     export.add_argument("--out", "-o", required=True, help="the file to write ('-' for standard output)")
     export.add_argument("--accepted-only", action="store_true", help="only records a reviewer accepted (dpo: pairs whose better answer is)")
-    export.add_argument("--dedupe", action="store_true", help="keep only the longest branch of each thread")
+    export.add_argument("--every-turn", action="store_true",
+                        help="a row per recorded answer, each earlier turn and every alternative included (by default: a row per "
+                             "conversation path)")
+    export.add_argument("--dedupe", action="store_true", help=argparse.SUPPRESS)  # what the default does now
     export.add_argument("--include-cut-short", action="store_true", help="keep records whose stream was cut short (left out by default)")
+    export.add_argument("--left-out", metavar="FILE",
+                        help="also write every record not exported, with the reason, as JSON Lines: {id, reason, record}")
     export.set_defaults(run=_export)
 
 
@@ -94,17 +99,22 @@ def _export(args: argparse.Namespace) -> int:
     if found is None:
         return 1
     store, reviews = found
-    if args.dedupe and args.format == "dpo":
-        print("--dedupe has no effect on dpo: pairs come from alternatives of one turn.", file=sys.stderr)
-    selection = exports.Selection(where=_where(args), accepted_only=args.accepted_only, dedupe=args.dedupe,
+    if args.dedupe:
+        print("--dedupe is what an export does by default now (a row per conversation path); it can be left out.", file=sys.stderr)
+    selection = exports.Selection(where=_where(args), accepted_only=args.accepted_only, every_turn=args.every_turn,
                                   include_cut_short=args.include_cut_short)
     rows, report = exports.export(store, reviews, args.format, selection)
     if not _write(args.out, rows):
+        return 1
+    left = exports.set_aside_rows(store, report, selection) if args.left_out else []
+    if args.left_out and not _write(args.left_out, left):
         return 1
     lines = report.lines()
     lines[0] = lines[0].rstrip(".") + f", written to {'standard output' if args.out == '-' else args.out}."
     if report.skipped.get(exports.CUT_SHORT):
         lines.append("(Add --include-cut-short to keep records cut short.)")
+    if args.left_out:
+        lines.append(f"{len(left)} record(s) not exported, each with the reason, written to {args.left_out}.")
     print("\n".join(lines), file=sys.stderr)
     return 0
 

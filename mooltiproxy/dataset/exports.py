@@ -1,16 +1,23 @@
 """Which recorded exchanges go into an export and in what format, and what a dataset holds (stats).
 
-Records come from ``Store`` (both sinks, threads relinked from content) with their reviews. A record is
-skipped by policy (an error answer, cut short unless asked for, rejected by a reviewer, not accepted
-with ``accepted_only``, a shorter branch with ``dedupe``) and counted as such; a record that would break
-the format is left out and reported with its id and the reason (``formats.Unfit``). Nothing broken is
+Records come from ``Store`` (both sinks, threads made whole) with their reviews. By default an export has
+one row per distinct conversation path: the records nothing continues (each holds its whole history), never
+their prefixes; of the alternatives of one turn (regenerations, the n choices of a request) the one the
+conversation went on with, else the latest, else any a reviewer accepted; no row written twice.
+``every_turn`` writes every record instead. Reviews reach every row whose history holds the reviewed answer:
+an edited answer reads as edited there too, and a rejected one cuts the conversation before it (the row
+becomes the conversation up to the answer before, unless a longer row already holds that).
+
+A record is skipped by policy (an error answer, cut short unless asked for, rejected, not accepted with
+``accepted_only``, an alternative not gone on with, a prefix of a longer path) and counted as such; a record
+that would break the format is left out with its id and the reason (``formats.Unfit``). Every record not
+written is in ``Report.set_aside`` with its reason, for an export of what was left out. Nothing broken is
 ever written. Rows are JSON Lines, every field with one type on every row, so
 ``datasets.load_dataset("json", data_files=...)`` loads them.
 
-A thread here is every record linked by ``meta.parent`` or sharing a ``meta.turn`` (alternatives of one
-turn: regenerations and the n choices of a request; so a regenerated first message, which the capture
-starts a new ``meta.thread`` for, belongs to the same thread). ``dedupe`` keeps one record per thread:
-the longest (each record holds its whole history, so the longest one is the branch).
+A thread here is every record linked by ``meta.parent`` or ``meta.alternative_of``, or named as one
+conversation by its client (records of an older version, without ``alternative_of``, are linked by a shared
+``meta.turn`` within one key, as they were then).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import Any
 import orjson
 
 from . import formats
-from .formats import Unfit
+from .formats import Unfit, answer_start
+from .records import scope_of
 from .reviews import Review, Reviews
 from .store import Filter, Store
 
@@ -38,7 +46,11 @@ ERROR = "error answer"
 CUT_SHORT = "cut short"
 REJECTED = "rejected by a reviewer"
 NOT_ACCEPTED = "not accepted by a reviewer"
-SHORTER = "shorter branch of a thread (dedupe)"
+PREFIX = "earlier turn of a longer conversation (in its row)"
+ALTERNATIVE = "alternative answer the conversation did not go on with"
+AFTER_REJECTED = "conversation going on after an answer a reviewer rejected (cut before it)"
+IDENTICAL = "same row as another"
+UNFIT = "would break the format"
 UNRANKED = "turn whose alternatives no reviewer put in order"
 CHOSEN_NOT_ACCEPTED = "pair whose better answer is not accepted"
 
@@ -47,7 +59,7 @@ CHOSEN_NOT_ACCEPTED = "pair whose better answer is not accepted"
 class Selection:
     where: Filter = field(default_factory=Filter)
     accepted_only: bool = False
-    dedupe: bool = False
+    every_turn: bool = False  # a row per record, prefixes and alternatives included (the default: one per path)
     include_cut_short: bool = False
 
 
@@ -58,6 +70,11 @@ class Report:
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (record id, why it would break the format)
     skipped: Counter[str] = field(default_factory=Counter)  # policy reason → how many
     notes: Counter[str] = field(default_factory=Counter)  # what was merged to fit → how many rows
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (record id, why it is not in the export), every one
+
+    def skip(self, record_id: str, why: str) -> None:
+        self.skipped[why] += 1
+        self.set_aside.append((record_id, why))
 
     def lines(self, limit: int = 50) -> list[str]:
         unit = "pair" if self.format == "dpo" else "row"
@@ -97,14 +114,16 @@ def threads(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
     for r in records:
         root[r["id"]] = r["id"]
-    first_of_turn: dict[str, str] = {}
+    first_of: dict[str, str] = {}
     for r in records:
         meta = r.get("meta") or {}
-        if meta.get("parent") in root:
-            union(meta["parent"], r["id"])
-        turn = meta.get("turn")
-        if turn:  # alternatives of one turn: the same history, sent with the same key (strangers' turns stay apart)
-            union(first_of_turn.setdefault(f"{meta.get('key_name') or ''}\x00{turn}", r["id"]), r["id"])
+        for link in ("parent", "alternative_of"):
+            if meta.get(link) in root:
+                union(meta[link], r["id"])
+        if meta.get("conversation"):  # the client named it: one conversation, however its history was edited
+            union(first_of.setdefault("c" + scope_of(meta.get("key_name"), meta.get("user"), meta["conversation"]), r["id"]), r["id"])
+        if "alternative_of" not in meta and meta.get("turn"):  # a record of an older version: alternatives by content
+            union(first_of.setdefault(f"t{meta.get('key_name') or ''}\x00{meta['turn']}", r["id"]), r["id"])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[find(r["id"])].append(r)
@@ -123,16 +142,22 @@ def longest(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- selecting
 
 
-def _ok(record: dict[str, Any], selection: Selection, report: Report) -> bool:
+def _usable(record: dict[str, Any], selection: Selection) -> str | None:
+    """Why a record cannot be a row at all (an error, cut short), or None."""
     meta = record.get("meta") or {}
     status = meta.get("status")
     if not isinstance(status, int) or not 200 <= status < 300:
-        report.skipped[ERROR] += 1
-        return False
+        return ERROR
     if meta.get("cut_short") and not selection.include_cut_short:
-        report.skipped[CUT_SHORT] += 1
-        return False
-    return True
+        return CUT_SHORT
+    return None
+
+
+def _ok(record: dict[str, Any], selection: Selection, report: Report) -> bool:
+    why = _usable(record, selection)
+    if why is not None:
+        report.skip(record["id"], why)
+    return why is None
 
 
 def rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], fmt: str,
@@ -148,38 +173,159 @@ def rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], fmt: str,
 
 def _rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], convert: Converter, selection: Selection,
           report: Report) -> list[dict[str, Any]]:
-    kept = []
+    by_id = {r["id"]: r for r in records}
+    usable = {r["id"] for r in records if _usable(r, selection) is None}
+    children: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        parent = (r.get("meta") or {}).get("parent")
+        if r["id"] in usable and isinstance(parent, str) and parent in by_id:
+            children[parent].append(r["id"])
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)  # alternatives of one turn, by their first answer
+    for r in records:
+        if r["id"] in usable:
+            groups[_group(r)].append(r)
+    chosen: dict[str, str] = {}  # record to export → the record it stands for (itself, or a leaf cut before a rejection)
     for record in records:
-        review = reviews.get(record["id"])
+        rid = record["id"]
         if not _ok(record, selection, report):
             continue
+        review = reviews.get(rid)
         if review is not None and review.rejected:
-            report.skipped[REJECTED] += 1
-        elif selection.accepted_only and (review is None or not review.accepted):
-            report.skipped[NOT_ACCEPTED] += 1
+            report.skip(rid, REJECTED)
+            continue
+        if not selection.every_turn:
+            if children.get(rid):
+                report.skip(rid, PREFIX)
+                continue
+            if not _kept_alternative(record, groups[_group(record)], children, reviews):
+                report.skip(rid, ALTERNATIVE)
+                continue
+        # A rejected answer earlier in the history cuts the conversation before it.
+        at = _rejected_ancestor(record, by_id, reviews)
+        while at is not None:
+            report.skip(rid, AFTER_REJECTED)
+            parent = (by_id[at].get("meta") or {}).get("parent")
+            if parent not in by_id or parent not in usable:
+                break
+            rid = parent
+            at = _rejected_ancestor(by_id[rid], by_id, reviews)
         else:
-            kept.append(record)
-    if selection.dedupe:
-        kept_ids = {r["id"] for r in kept}
-        best = set()
-        for members in threads(records).values():  # all records: a skipped one still links its neighbours
-            candidates = [r for r in members if r["id"] in kept_ids]
-            if candidates:
-                best.add(longest(candidates)["id"])
-        report.skipped[SHORTER] += len(kept) - len(best)
-        kept = [r for r in kept if r["id"] in best]
-        if not report.skipped[SHORTER]:
-            del report.skipped[SHORTER]
+            chosen.setdefault(rid, record["id"])
+    if not selection.every_turn:
+        # A conversation cut short of a rejected answer may be the beginning of a row already written.
+        ancestors = {a for rid in chosen for a in _ancestors(by_id[rid], by_id)}
+        for rid in [r for r in chosen if r in ancestors]:
+            del chosen[rid]
     out = []
-    for record in kept:
+    seen: set[bytes] = set()
+    for rid in chosen:
+        record = by_id[rid]
+        review = reviews.get(rid)
+        if selection.accepted_only and (review is None or not review.accepted):
+            report.skip(rid, NOT_ACCEPTED)
+            continue
         notes: set[str] = set()
         try:
-            out.append(convert(record, reviews.get(record["id"]), notes))
+            row = convert(_with_history_reviewed(record, by_id, reviews), review, notes)
         except Unfit as exc:
-            report.left_out.append((record["id"], str(exc)))
+            report.left_out.append((rid, str(exc)))
+            report.set_aside.append((rid, f"{UNFIT}: {exc}"))
             continue
+        same = orjson.dumps({k: v for k, v in row.items() if k != "id"}, option=orjson.OPT_SORT_KEYS)
+        if same in seen:
+            report.skip(rid, IDENTICAL)
+            continue
+        seen.add(same)
+        out.append(row)
         report.notes.update(notes)
     return out
+
+
+def _ancestors(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]]) -> list[str]:
+    """The ids of the records ``record`` continues, nearest first."""
+    out: list[str] = []
+    parent = (record.get("meta") or {}).get("parent")
+    while isinstance(parent, str) and parent in by_id and parent not in out:
+        out.append(parent)
+        parent = (by_id[parent].get("meta") or {}).get("parent")
+    return out
+
+
+def _rejected_ancestor(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]], reviews: Mapping[str, Review]) -> str | None:
+    """The earliest answer in the record's history a reviewer rejected, if any."""
+    rejected = [a for a in _ancestors(record, by_id) if (r := reviews.get(a)) is not None and r.rejected]
+    return rejected[-1] if rejected else None
+
+
+def _group(record: dict[str, Any]) -> str:
+    meta = record.get("meta") or {}
+    return str(meta.get("alternative_of") or record["id"])
+
+
+def _kept_alternative(record: dict[str, Any], members: list[dict[str, Any]], children: Mapping[str, list[str]],
+                      reviews: Mapping[str, Review]) -> bool:
+    """Whether a record nothing continues is the answer its turn kept: of its alternatives (``members``), the one the
+    conversation went on with, else the latest; one a reviewer accepted always is. (An alternative not kept feeds
+    preference pairs.)"""
+    if len(members) < 2:
+        return True
+    review = reviews.get(record["id"])
+    if review is not None and review.accepted:
+        return True
+    if any(children.get(m["id"]) for m in members):
+        return False
+    return record is max(members, key=lambda r: str((r.get("meta") or {}).get("created") or ""))
+
+
+def _with_history_reviewed(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]], reviews: Mapping[str, Review]) -> dict[str, Any]:
+    """The record as its row tells it: the whole conversation (where the client slid its window and sent only the
+    latest turns, the turns it dropped are taken from the records before), every edited answer of its history reading
+    as edited (the client sent the answer as recorded)."""
+    turns, start = _whole(record, by_id, set())
+    end = start
+    for ancestor in _ancestors(record, by_id):
+        review = reviews.get(ancestor)
+        if review is None or review.answer is None:
+            continue
+        original = (by_id[ancestor].get("conversations") or [])[answer_start(by_id[ancestor]):]
+        at = _find(turns[:end], original)
+        if at is not None:
+            turns[at : at + len(original)] = [dict(t) for t in review.answer]
+            end += len(review.answer) - len(original)
+    if turns == record.get("conversations"):
+        return record
+    return {**record, "conversations": turns, "answer_turns": len(turns) - end}
+
+
+def _whole(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]], seen: set[str]) -> tuple[list[dict[str, Any]], int]:
+    """The record's conversation with what a sliding window dropped put back, and where its answer starts."""
+    turns = list(record.get("conversations") or [])
+    start = answer_start(record)
+    parent_id = (record.get("meta") or {}).get("parent")
+    if not isinstance(parent_id, str) or parent_id not in by_id or parent_id in seen:
+        return turns, start
+    parent = by_id[parent_id]
+    before = list(parent.get("conversations") or [])
+    if turns[: len(before)] == before:
+        return turns, start  # the history holds the parent's whole conversation: nothing was dropped
+    answer = before[answer_start(parent):]
+    at = _find(turns[:start], answer)
+    if at is None:
+        return turns, start
+    whole, _ = _whole(parent, by_id, seen | {record["id"]})
+    new = turns[at + len(answer):]
+    return whole + new, len(whole) + (start - at - len(answer))
+
+
+def _find(turns: list[dict[str, Any]], part: list[dict[str, Any]]) -> int | None:
+    """Where ``part`` last appears in ``turns`` (values compared without the spaces clients trim), or None."""
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return a.get("from") == b.get("from") and str(a.get("value", "")).strip() == str(b.get("value", "")).strip()
+
+    for i in range(len(turns) - len(part), -1, -1):
+        if part and all(same(turns[i + k], part[k]) for k in range(len(part))):
+            return i
+    return None
 
 
 def above(a: Review | None, b: Review | None) -> bool:
@@ -195,9 +341,11 @@ def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], selecti
     """Preference pairs: every two alternatives of one turn that a reviewer put in order."""
     by_turn: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        turn = (record.get("meta") or {}).get("turn")
-        if turn and _ok(record, selection, report):
-            by_turn[turn].append(record)
+        meta = record.get("meta") or {}
+        # alternatives of one turn: by their first answer; records of an older version by content, within one key
+        group = _group(record) if "alternative_of" in meta else f"{meta.get('key_name') or ''}\x00{meta.get('turn')}"
+        if _ok(record, selection, report):
+            by_turn[group].append(record)
     out = []
     for alternatives in by_turn.values():
         if len(alternatives) < 2:
@@ -223,6 +371,16 @@ def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], selecti
 def export(store: Store, reviews: Reviews, fmt: str, selection: Selection) -> tuple[list[dict[str, Any]], Report]:
     records = store.linked(selection.where)
     return rows(records, reviews.all(), fmt, selection)
+
+
+def set_aside_rows(store: Store, report: Report, selection: Selection) -> list[dict[str, Any]]:
+    """The records an export did not write, each as ``{id, reason, record}`` (a record set aside for several reasons
+    gives one row with the first)."""
+    why: dict[str, str] = {}
+    for rid, reason in report.set_aside:
+        if reason not in (PREFIX, IDENTICAL):  # their text is in the export, in a longer or an equal row
+            why.setdefault(rid, reason)
+    return [{"id": r["id"], "reason": why[r["id"]], "record": r} for r in store.records(selection.where) if r["id"] in why]
 
 
 def dump(out: Iterable[dict[str, Any]]) -> bytes:

@@ -62,6 +62,9 @@ def answer_start(record: dict[str, Any]) -> int:
     end of the conversation sent; the record's ``turn`` fingerprint tells which."""
     conversation = record.get("conversations") or []
     n = len(conversation)
+    answer_turns = record.get("answer_turns")
+    if isinstance(answer_turns, int):  # an export's working copy says it (its history was made whole)
+        return max(n - answer_turns, 0)
     if n >= 2 and conversation[-1].get("from") == "function_call" and conversation[-2].get("from") == "gpt":
         turn = (record.get("meta") or {}).get("turn")
         if turn and fingerprint(sent_messages({"conversations": conversation[: n - 1]})) == turn:

@@ -253,3 +253,46 @@ class MessagesReassembler:
             content.append(block)
         return {**self.head, "type": "message", "role": "assistant", "content": content, "stop_reason": self._stop_reason,
                 "usage": self._usage}
+
+
+class GenerateReassembler:
+    """The same for TGI's ``/generate_stream`` (relayed to a client of a TGI target): the tokens' text put back
+    together into the ``/generate`` answer they add up to, ``{generated_text, details}``, in TGI's own shape."""
+
+    __slots__ = ("_budget", "_parser", "_text", "details", "done", "error")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._budget = _Budget(limit)
+        self._parser = SSEParser(limit)
+        self._text: list[str] = []
+        self.details: dict[str, Any] = {}
+        self.done = False  # the last event (the one carrying generated_text) seen
+        self.error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done
+
+    @property
+    def truncated(self) -> bool:
+        return self._budget.truncated or self._parser.overflowed
+
+    def feed(self, data: bytes) -> None:
+        for event in _json_events(self._parser, data):
+            if event is not _DONE:
+                self.add(event)
+
+    def add(self, event: dict[str, Any]) -> None:
+        if "error" in event:
+            self.error = str(event.get("error") or "error event")
+            return
+        token = event.get("token")
+        if isinstance(token, dict) and not token.get("special") and isinstance(token.get("text"), str):
+            self._budget.append(self._text, token["text"])
+        if event.get("generated_text") is not None:
+            self.done = True
+            details = event.get("details")
+            self.details = details if isinstance(details, dict) else {}
+
+    def answer(self) -> dict[str, Any]:
+        return {"generated_text": "".join(self._text), "details": self.details}

@@ -10,8 +10,13 @@ of the same turn, as a regeneration is. Every field keeps one type on every reco
 a string), so Arrow-based readers such as ``datasets`` load the file without guessing.
 
 Threads: ``meta.turn`` fingerprints the conversation sent (what a regeneration repeats), ``meta.key``
-the conversation with its answer (what the next turn of the chat starts with). A request whose
-messages begin with an earlier record's ``key`` continues it (``meta.parent``).
+the conversation with its answer (what the next turn of the chat starts with), ``meta.tail`` the system
+prompt with the last user turn and the answer (what a frontend that slides its window keeps). A request
+whose messages begin with an earlier record's ``key`` continues it (``meta.parent``). Conversations are
+only ever linked within one scope: the same API key, the same OpenAI ``user`` and the same conversation
+name (``x-mooltiproxy-conversation``, or ``metadata.conversation_id`` in the body) when the client gives
+one (``meta.conversation``). ``meta.alternative_of`` names the first answer of the turn an answer is an
+alternative to (another of the n choices, or a regeneration); how the recorder decides is in its module.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Capture:
     error: str | None = None
     tried: list[str] = field(default_factory=list)  # targets that failed before the one that answered
     dialect: Any = None  # the API it spoke, when relayed in another than OpenAI's (a backends.Dialect)
+    conversation: str | None = None  # the conversation the client named (x-mooltiproxy-conversation)
+    client: str = ""  # the client's address: only to tell a regeneration from a stranger's same opening; never recorded
 
 
 def text_of(content: Any) -> str:
@@ -138,6 +145,46 @@ def _fingerprints(sent: Sequence[dict[str, Any]]) -> tuple[bytes, str, list[str]
     return joined, _digest(joined), keys[::-1]
 
 
+def tail_lookup(sent: Sequence[dict[str, Any]]) -> str | None:
+    """The ``tail`` of the record this request would continue if its client kept only the system prompt and the
+    latest turns: the leading system messages, then the last assistant message and the turn before it."""
+    start = 0
+    while start < len(sent) and _SAME_ROLE.get(str(sent[start].get("role")), sent[start].get("role")) == "system":
+        start += 1
+    last = max((i for i, m in enumerate(sent) if m.get("role") == "assistant"), default=-1)
+    if last - 1 < start:
+        return None
+    return _digest(b"".join(_canon(m) + b"\n" for m in (*sent[:start], sent[last - 1], sent[last])))
+
+
+def _tail(sent: Sequence[dict[str, Any]], answer: dict[str, Any]) -> str | None:
+    """A record's ``tail``: its leading system messages, its last turn sent and its answer."""
+    start = 0
+    while start < len(sent) and _SAME_ROLE.get(str(sent[start].get("role")), sent[start].get("role")) == "system":
+        start += 1
+    if start >= len(sent):
+        return None
+    return _digest(b"".join(_canon(m) + b"\n" for m in (*sent[:start], sent[-1], answer)))
+
+
+def conversation_named(request: Any, header: str | None) -> str | None:
+    """The conversation a client named: the header, else ``metadata.conversation_id`` (or ``conversation``) in the body."""
+    if header:
+        return header[:200]
+    metadata = request.get("metadata") if isinstance(request, dict) else None
+    if isinstance(metadata, dict):
+        for name in ("conversation_id", "conversation"):
+            value = metadata.get(name)
+            if isinstance(value, str) and value:
+                return value[:200]
+    return None
+
+
+def scope_of(key_name: Any, user: Any, conversation: Any) -> str:
+    """What two records must share to be linked at all: the API key, the OpenAI ``user`` and the named conversation."""
+    return f"{key_name or ''}\x00{user or ''}\x00{conversation or ''}"
+
+
 def continuation_keys(messages: Sequence[dict[str, Any]]) -> list[str]:
     """Fingerprints of every beginning of ``messages`` that ends with an assistant message, longest first:
     the ``key`` of the record this request would continue."""
@@ -165,13 +212,15 @@ def build(capture: Capture, session: str) -> list[dict[str, Any]]:
 
 
 def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records, and the fingerprints (longest first) of the earlier exchanges this one may continue."""
+    """The records, and the fingerprints (longest first) of the earlier exchanges this one may continue (the
+    ``tail_lookup`` of the request is the recorder's to work out, when none of these is found)."""
     request = capture.request if isinstance(capture.request, dict) else {}
     answer = capture.answer if isinstance(capture.answer, dict) else {}
     choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
     params = {k: v for k, v in request.items() if k in PARAMS}
     stamp = _second(int(capture.created)) + f".{int(capture.created * 1000) % 1000:03d}Z"
-    if capture.endpoint == COMPLETION:
+    completion = capture.endpoint == COMPLETION or getattr(capture.dialect, "kind", "chat") == "completion"
+    if completion:
         prompt = request.get("prompt")
         head = [{"from": "human", "value": prompt if isinstance(prompt, str) else text_of(prompt)}]
         sent: list[dict[str, Any]] = [{"role": "user", "content": head[0]["value"]}]
@@ -181,10 +230,12 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
     tools = request.get("tools")
     tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
     running, turn, continues = _fingerprints(sent)
+    user = request.get("user") if isinstance(request.get("user"), str) and request.get("user") else None
+    conversation = conversation_named(request, capture.conversation)
     records = []
     for choice in choices:
         message: dict[str, Any] = {"role": "assistant", "content": ""}
-        if capture.endpoint == COMPLETION:
+        if completion:
             message["content"] = choice.get("text", "")
         elif isinstance(choice.get("message"), dict):
             message = choice["message"]
@@ -212,8 +263,12 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "reasoning": message.get("reasoning_content") or message.get("reasoning"),
             "turn": turn,
             "key": _extended(running, message),
+            "tail": None if completion else _tail(sent, message),
+            "conversation": conversation,
+            "user": user,
             "parent": None,
             "thread": None,
+            "alternative_of": None,
         }
         records.append({
             "id": new_id(),
@@ -222,7 +277,7 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "tools": tools_field,
             "meta": meta,
         })
-    return records, continues if capture.endpoint != COMPLETION else []
+    return records, continues if not completion else []
 
 
 @functools.lru_cache(maxsize=4)
@@ -264,7 +319,7 @@ def redact(record: dict[str, Any], patterns: Sequence[re.Pattern[str]]) -> dict[
 
     def clean(value: Any, key: str = "") -> Any:
         if isinstance(value, str):
-            if key in ("id", "session", "turn", "key", "parent", "thread", "request_id"):
+            if key in ("id", "session", "turn", "key", "tail", "parent", "thread", "alternative_of", "request_id"):
                 return value
             for p in patterns:
                 value = p.sub(_REDACTED, value)

@@ -134,12 +134,21 @@ class Reviews:
 
     # ---------------------------------------------------------------------------------- writing
 
-    def set_status(self, record_ids: str | Iterable[str], status: str) -> None:
+    def set_status(self, record_ids: str | Iterable[str], status: str, *, bulk: bool = False) -> int:
+        """Set the status of each record; how many changed. A ``bulk`` change (a whole branch, a filter) never
+        overturns a judgment made one record at a time: it accepts nothing rejected and rejects nothing accepted
+        (clearing still clears)."""
         if status not in STATUSES:
             raise ValueError(f"a review status is one of {', '.join(STATUSES)}, not {status!r}")
         ids = [record_ids] if isinstance(record_ids, str) else list(record_ids)
+        guard = ""
+        if bulk and status != "none":
+            guard = f" WHERE reviews.status IN ('none', '{status}')"
+            before = {i: r.status for i, r in self.all(ids).items()}
+            ids = [i for i in ids if before.get(i, "none") in ("none", status)]
         self._write("INSERT INTO reviews (record, status, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
-                    " SET status = excluded.status, updated = excluded.updated", [(i, status, _now()) for i in ids])
+                    " SET status = excluded.status, updated = excluded.updated" + guard, [(i, status, _now()) for i in ids])
+        return len(ids)
 
     def set_answer(self, record_id: str, turns: Iterable[dict[str, Any]] | None) -> None:
         """Replace the record's answer in exports by ``turns``; None goes back to the recorded answer."""

@@ -57,6 +57,7 @@ class JsonlSink:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fence(self._fd, self.path)
 
     def encode(self, records: list[dict[str, Any]]) -> bytes:
         return b"".join(orjson.dumps(r) + b"\n" for r in records)
@@ -148,6 +149,21 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("CREATE INDEX IF NOT EXISTS records_session ON records (session, created)")
     db.execute("CREATE INDEX IF NOT EXISTS records_thread ON records (thread)")
     return db
+
+
+def fence(fd: int, path: Path) -> None:
+    """A file a crash left in the middle of a line gets the line ended, so the next record starts on a line of its own
+    (the torn one stays, and readers skip it with a warning)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+    os.write(fd, b"\n")
+    log.warning("%s ended in the middle of a record (the proxy was killed while writing it?); that line is fenced off and "
+                "skipped by every reader, and recording goes on after it", path)
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .records import continuation_keys, sent_messages
+from .records import continuation_keys, scope_of, sent_messages
 from .sinks import DB_NAME, read_jsonl
 
 
@@ -88,21 +88,33 @@ class Store:
 
 
 def link(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records in time order, each with ``meta.parent`` and ``meta.thread`` (re)computed from content:
-    a record continues the latest earlier record whose conversation its own begins with."""
+    """Records in time order, each with ``meta.parent`` and ``meta.thread`` made whole: the links the recorder made
+    are kept; a record it could not link (another worker's index, an evicted entry, a record of an older version)
+    continues the latest earlier record of its scope (key, user, named conversation) whose conversation its own
+    begins with. Threads follow parents and alternatives, so a relinked record brings its descendants along."""
     ordered = sorted(records, key=lambda r: str((r.get("meta") or {}).get("created") or ""))
+    present = {r.get("id") for r in ordered}
     by_key: dict[str, dict[str, Any]] = {}
+    thread_of: dict[str, str] = {}
     for record in ordered:
         meta = record.setdefault("meta", {})
-        messages = sent_messages(record)
-        parent = None
-        if meta.get("endpoint") != "/v1/completions" and messages:
+        scope = scope_of(meta.get("key_name"), meta.get("user"), meta.get("conversation"))
+        parent = meta.get("parent") if meta.get("parent") in present else None
+        if parent is None and meta.get("endpoint") not in _PROMPTS:
+            messages = sent_messages(record)
             for key in continuation_keys(messages[:-1]):  # the record's own answer is not a beginning it continues
-                parent = by_key.get(key)
-                if parent is not None:
+                found = by_key.get(scope + key)
+                if found is not None:
+                    parent = found["id"]
                     break
-        meta["parent"] = parent["id"] if parent is not None else None
-        meta["thread"] = parent["meta"]["thread"] if parent is not None else meta.get("thread") or record.get("id")
+        meta["parent"] = parent
+        alternative = meta.get("alternative_of")
+        meta["thread"] = (thread_of.get(parent) if parent is not None else None) or thread_of.get(alternative) \
+            or meta.get("thread") or record.get("id")
+        thread_of[record["id"]] = meta["thread"]
         if meta.get("key"):
-            by_key[meta["key"]] = record
+            by_key[scope + meta["key"]] = record
     return ordered
+
+
+_PROMPTS = ("/v1/completions", "/generate", "/generate_stream", "/")  # records of a prompt, which continue nothing

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProxyError
+from ..translate.helpers import RecordOnly
 from .reassembly import Reassembler, StreamReassembler
 from .records import COMPLETION, Capture
 
@@ -20,24 +21,32 @@ if TYPE_CHECKING:
 # bytes, 6 KiB more per stream than now (bench/RESULTS.md, S4).
 _PARSE_AT = 2 * 1024
 
+CLIENT_LEFT = "the client disconnected"
+
 
 class PendingStream:
     """A stream's answer as the recorder finishes it: the bytes not parsed yet, then the reassembly."""
 
-    __slots__ = ("assembler", "rest", "why_cut")
+    __slots__ = ("assembler", "delivered", "rest", "why_cut")
 
     @property
     def truncated(self) -> bool:
         return self.assembler.truncated
 
-    def __init__(self, assembler: StreamReassembler, rest: bytes, why_cut: str | None) -> None:
-        self.assembler, self.rest, self.why_cut = assembler, rest, why_cut
+    def __init__(self, assembler: StreamReassembler, rest: bytes, why_cut: str | None, delivered: bool = False) -> None:
+        self.assembler, self.rest, self.why_cut, self.delivered = assembler, rest, why_cut, delivered
 
     def resolve(self) -> tuple[dict[str, Any], str | None]:
-        """The whole answer, and why the stream was cut short (None when it ended properly)."""
+        """The whole answer, and why the stream was cut short (None when it ended properly).
+
+        A client that leaves once its stream's end marker was sent to it (``[DONE]``, Anthropic's ``message_stop``)
+        had the whole answer: SDKs close as soon as they read the marker, often before the chunked body's last
+        bytes, and that is no cut."""
         if self.rest:
             self.assembler.feed(self.rest)
         why = self.why_cut
+        if why == CLIENT_LEFT and (self.delivered or self.assembler.done):
+            why = None
         if why is None and not (self.assembler.done or self.assembler.finished):
             why = self.assembler.error or "the stream ended before its last event"
         return self.assembler.answer(), why
@@ -47,8 +56,8 @@ class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
-    __slots__ = ("answer", "dialect", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size", "status",
-                 "streamed", "why_cut")
+    __slots__ = ("answer", "delivered", "dialect", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size",
+                 "status", "streamed", "why_cut")
 
     def __init__(self, endpoint: str, limit: int | None = None, dialect: Dialect | None = None) -> None:
         self.endpoint = endpoint
@@ -62,6 +71,7 @@ class Tape:
         self.status = 0
         self.why_cut: str | None = None
         self.streamed = False
+        self.delivered = False  # the proxy sent the stream's end marker: the client had the whole answer
 
     def _assembler(self) -> StreamReassembler:
         if self.reassembler is None:
@@ -88,10 +98,13 @@ class Tape:
         self.streamed = self.streamed or stream
 
     async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        """The events, each added to the reassembly on its way; a ``RecordOnly`` one stops here."""
         assembler = self._assembler()
         async for event in events:
             if isinstance(event, dict):
                 assembler.add(event)
+                if event.__class__ is RecordOnly:
+                    continue
             yield event
 
     def cut(self, why: str) -> None:
@@ -102,11 +115,11 @@ class Tape:
         self.error = exc.message
 
     def capture(self, *, request_id: str, target: str, request: Any, status: int, key: str | None, stream: bool,
-                prompt: str | None, started: float, tried: list[str]) -> Capture:
+                prompt: str | None, started: float, tried: list[str], conversation: str | None = None, client: str = "") -> Capture:
         answer: Any = self.answer
         truncated = False
         if self.reassembler is not None or self.streamed:
-            answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut)
+            answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut, self.delivered)
         elif answer is None and self.relayed_body:
             truncated = self.limit is not None and self.relayed_size > self.limit
             answer = None if truncated else b"".join(self.relayed_body)
@@ -114,4 +127,5 @@ class Tape:
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
             cut_reason=self.why_cut, truncated=truncated, error=self.error, tried=tried, dialect=self.dialect,
+            conversation=conversation, client=client,
         )

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from ..translate.helpers import RecordOnly
+
 _END = object()
 
 
@@ -43,6 +45,7 @@ async def merge_streams(streams: Sequence[AsyncIterator[dict[str, Any]]], distin
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     head: dict[str, Any] | None = None
     usages: list[tuple[int, dict[str, Any]]] = []
+    unasked = False  # the usage chunks were for the record only (the client did not ask for usage)
     open_streams = len(tasks)
     try:
         while open_streams:
@@ -56,6 +59,7 @@ async def merge_streams(streams: Sequence[AsyncIterator[dict[str, Any]]], distin
                 head = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
             if not event.get("choices") and isinstance(event.get("usage"), dict):
                 usages.append((i, event["usage"]))
+                unasked = event.__class__ is RecordOnly
                 continue
             out = {**event, **head}
             out["choices"] = [{**c, "index": i} for c in event.get("choices") or []]
@@ -65,8 +69,9 @@ async def merge_streams(streams: Sequence[AsyncIterator[dict[str, Any]]], distin
             per_prompt = max(1, len(streams) // max(1, distinct_prompts))
             prompt = sum(u.get("prompt_tokens", 0) for i, u in usages if i % per_prompt == 0)
             completion = sum(u.get("completion_tokens", 0) for _, u in usages)
-            yield {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                                    "total_tokens": prompt + completion}}
+            total = {**head, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                                      "total_tokens": prompt + completion}}
+            yield RecordOnly(total) if unasked else total
     finally:
         for task in tasks:
             task.cancel()

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config.model import ServerConfig
 from ..dataset.recorder import Recorder
-from ..dataset.tape import Tape
+from ..dataset.tape import CLIENT_LEFT, Tape
 from ..errors import MethodNotAllowed, ProxyError
 from ..http.bodies import parse_json, read_body
 from ..http.context import RequestInfo
@@ -99,7 +99,7 @@ class Pipeline:
             log.info("request %s: the client went away; upstream request cancelled", ex.info.id)
             ex.info.status = ex.info.status or 499
             if ex.tape is not None:
-                ex.tape.cut("the client disconnected")
+                ex.tape.cut(CLIENT_LEFT)
         except ProxyError as exc:
             if ex.tape is not None:
                 ex.tape.failed(exc)
@@ -121,4 +121,5 @@ class Pipeline:
         self.recorder.submit(tape.capture(
             request_id=ex.info.id, target=ex.info.target or plan.target.name, request=plan.json, status=status,
             key=ex.info.key_name, stream=plan.stream, prompt=ex.prompt, started=ex.info.start, tried=ex.tried,
+            conversation=plan.conversation, client=ex.info.client,
         ))

@@ -37,10 +37,11 @@ class Asked(NamedTuple):
     character: str | None  # x-character
     record: bool  # x-mooltiproxy-record: off opts out
     length: int | None  # content-length
+    conversation: str | None  # x-mooltiproxy-conversation: the client's name for the conversation, for the record
 
     @classmethod
     def of(cls, scope: Scope) -> Asked:
-        target = character = length = None
+        target = character = length = conversation = None
         record = True
         for name, value in scope["headers"]:
             if name == b"target":
@@ -51,7 +52,9 @@ class Asked(NamedTuple):
                 character = value.decode("latin-1").strip()
             elif name == b"x-mooltiproxy-record":
                 record = value.strip().lower() not in (b"off", b"0", b"false", b"no")
-        return cls(target, character, record, length)
+            elif name == b"x-mooltiproxy-conversation":
+                conversation = value.decode("latin-1").strip() or None
+        return cls(target, character, record, length, conversation)
 
 
 # A NamedTuple: immutable as a frozen dataclass, built per request at a tuple's cost (a frozen dataclass sets
@@ -71,6 +74,7 @@ class Plan(NamedTuple):
     recorded_as: str | None  # the endpoint its record is made as; None: not recorded
     dialect: Dialect | None  # how its relayed bytes are read for the record, in another API than OpenAI's
     dynamic_host: DynamicHost | None  # the dynamic: host it goes to, whose address ``complete`` checks
+    conversation: str | None  # the conversation the client named, for the record
 
     @property
     def pending(self) -> bool:
@@ -116,7 +120,7 @@ def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked, body
     recorded = recording and asked.record and (route.inbound in (CHAT, COMPLETION) or dialect is not None)
     return Plan(settings, target, route, front, _candidates(settings, info, target, route), body, parsed,
                 isinstance(parsed, dict) and parsed.get("stream") is True, target.pick_character(asked.character), None, _NOTHING,
-                route.inbound if recorded else None, dialect, destination.host if destination is not None else None)
+                route.inbound if recorded else None, dialect, destination.host if destination is not None else None, asked.conversation)
 
 
 async def complete(plan: Plan, info: RequestInfo, path: str) -> Plan:

@@ -19,7 +19,7 @@ from ..http.bodies import upstream_json
 from ..ops.metrics import Metrics
 from ..routing.targets import Route
 from ..translate import sse
-from ..translate.helpers import stream_of
+from ..translate.helpers import RecordOnly, stream_of
 from ..translate.mapping import MapContext, call_mapper, run_stream_mapper
 from ..upstream.client import UpstreamResponse, response_headers
 from .attempts import Answer, Spread
@@ -190,6 +190,8 @@ class Responder:
         self.metrics.streams += 1
         try:
             async for event in events:
+                if event.__class__ is RecordOnly:
+                    continue  # for the record, which is not being kept: nobody else reads it
                 if not started:
                     ex.t_ready = time.perf_counter()
                     await self._start_stream(ex, send)
@@ -200,6 +202,8 @@ class Responder:
                 started = True
             if done:
                 await send({"type": "http.response.body", "body": done, "more_body": True})
+            if ex.tape is not None:
+                ex.tape.delivered = True
         except ProxyError as exc:
             if not started:
                 raise

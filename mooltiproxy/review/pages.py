@@ -15,6 +15,7 @@ import hmac
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -290,7 +291,8 @@ class ReviewSite:
         snapshot = await self._snapshot()
         tid = self._thread_id(snapshot, request.path_params["record_id"])
         view = await run_in_threadpool(threadview.layout, snapshot, tid, form.get("leaf"))
-        await run_in_threadpool(self.reviews.set_status, [r["id"] for r in view.path], _status(form))
+        # A whole branch at once: answers judged one by one keep their judgment.
+        await run_in_threadpool(partial(self.reviews.set_status, [r["id"] for r in view.path], _status(form), bulk=True))
         return RedirectResponse(f"/ui/threads/{tid}?" + urlencode({"leaf": view.leaf["id"]}), status_code=303)
 
     async def record_answer(self, request: Request) -> Response:
@@ -355,7 +357,7 @@ class ReviewSite:
             moments[name] = value or None
         where = Filter(sessions=tuple(s for s in q.getlist("session") if s), targets=tuple(t for t in q.getlist("target") if t),
                        since=moments["since"], until=moments["until"])
-        return fmt, exports.Selection(where=where, accepted_only=q.get("accepted_only") == "on", dedupe=q.get("dedupe") == "on",
+        return fmt, exports.Selection(where=where, accepted_only=q.get("accepted_only") == "on", every_turn=q.get("every_turn") == "on",
                                       include_cut_short=q.get("include_cut_short") == "on")
 
     async def export_form(self, request: Request) -> Response:
@@ -374,7 +376,7 @@ class ReviewSite:
                                    "since": q.get("since", ""), "until": q.get("until", ""),
                                    # A fresh form exports what reviewers accepted: that is what the page is for.
                                    "accepted_only": q.get("accepted_only") == "on" or not q,
-                                   "dedupe": q.get("dedupe") == "on", "include_cut_short": q.get("include_cut_short") == "on"},
+                                   "every_turn": q.get("every_turn") == "on", "include_cut_short": q.get("include_cut_short") == "on"},
                            download="/ui/export/download?" + urlencode(params) if report is not None else None)
 
     async def download(self, request: Request) -> Response:

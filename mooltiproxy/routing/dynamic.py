@@ -51,7 +51,7 @@ def endpoint(path: str, dialects: Mapping[str, Dialect] = {}) -> str:
     """The inbound endpoint a dynamic path speaks, for recording and metrics: ``other`` if none. (Any client may
     send any path; labelled by their paths, the metrics would grow a series per path without end.)"""
     for inbound, dialect in dialects.items():
-        if path.endswith(dialect.suffix):
+        if dialect.suffix and path.endswith(dialect.suffix):
             return inbound
     if path.endswith("/chat/completions"):
         return CHAT

@@ -193,6 +193,13 @@ def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: 
     return result
 
 
+class RecordOnly(dict[str, Any]):
+    """A chunk for the dataset's record and not for the client: the stream's usage when the client did not ask for
+    it (``stream_options.include_usage``). The recorder reads it; the proxy never sends it."""
+
+    __slots__ = ()
+
+
 class Chunks:
     """Builds the chunks of one streamed answer: same id, created and model on each, as OpenAI sends them."""
 
@@ -239,10 +246,10 @@ class Chunks:
         return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
 
     def usage(self, use: dict[str, int]) -> dict[str, Any] | None:
-        """The closing usage chunk, or None when the client did not ask for one."""
-        if not self._usage_field:
-            return None
-        return {**self._base, "choices": [], "usage": use}
+        """The closing usage chunk. When the client did not ask for one it is a ``RecordOnly`` chunk: yielded like any
+        other, it reaches the dataset's record with the backend's counts and never the client."""
+        chunk = {**self._base, "choices": [], "usage": use}
+        return chunk if self._usage_field else RecordOnly(chunk)
 
 
 # ------------------------------------------------------------------------------------------- logprobs

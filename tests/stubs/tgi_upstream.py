@@ -46,7 +46,22 @@ class TGIStub:
             Route("/generate", self.generate, methods=["POST"]),
             Route("/generate_stream", self.generate_stream, methods=["POST"]),
             Route("/info", self.info, methods=["GET"]),
+            Route("/", self.compat, methods=["POST"]),
         ])
+
+    async def compat(self, request: Request) -> Response:
+        """TGI's compat route (what the text-generation client posts to): ``stream`` picks the answer's kind; a
+        plain answer comes as a list of one."""
+        try:
+            stream = json.loads(await request.body()).get("stream") is True
+        except (ValueError, AttributeError):
+            stream = False
+        if stream:
+            return await self.generate_stream(request)
+        answer = await self.generate(request)
+        if answer.status_code != 200:
+            return answer
+        return JSONResponse([json.loads(bytes(answer.body))], headers={k: v for k, v in answer.headers.items() if k.startswith("x-")})
 
     async def info(self, request: Request) -> Response:
         return JSONResponse({"model_id": "stub/llama", "max_concurrent_requests": 128, "max_best_of": self.max_best_of,
