@@ -34,11 +34,27 @@ def _proxy(procs: Procs, tree: Path, name: str, config: Path) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def _own_plugins(tree: Path) -> None:
+    """Make REV's tree import its own mappers and prompters. They install as ``mooltiproxy.mappers`` and
+    ``mooltiproxy.prompters`` from top-level folders; with this checkout installed in editable mode, its finder would
+    otherwise hand REV's proxy this checkout's mappers (found when a mapper imported a name REV lacks)."""
+    for name in ("mappers", "prompters"):
+        link = tree / "mooltiproxy" / name
+        if not link.exists():
+            link.symlink_to(tree / name, target_is_directory=True)
+    probe = "import mooltiproxy.mappers.openai as m, mooltiproxy.prompters as p; print(m.__file__); print(p.__path__[0])"
+    found = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True,
+                           check=True).stdout.split()
+    if not all(Path(f).resolve().is_relative_to(tree.resolve()) for f in found):
+        raise SystemExit(f"REV's proxy would import mappers or prompters from outside its tree: {found}")
+
+
 def run(rev: str, *, kind: str, recording: bool, connections: int, seconds: int, rounds: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mooltiproxy-ab-"))
     tree = workdir / "rev"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
     try:
+        _own_plugins(tree)
         with pinned(LOAD_CORE), Procs(workdir / "logs") as procs:
             _, upstream = nginx.start(procs, workdir)
             urls = {}

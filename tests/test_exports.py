@@ -99,7 +99,21 @@ def check_dpo(row: Row) -> None:
     assert row["chosen"] != row["rejected"]
 
 
-CHECKS = {"sharegpt": check_sharegpt, "openai": check_openai, "alpaca": check_alpaca, "dpo": check_dpo}
+def check_trl(row: Row) -> None:
+    assert set(row) == {"messages", "tools"} and isinstance(json.loads(row["tools"]), list)
+    check_openai({"messages": row["messages"]})
+
+
+def check_trl_dpo(row: Row) -> None:
+    assert set(row) == {"prompt", "chosen", "rejected", "tools", "chosen_id", "rejected_id"}
+    assert row["prompt"][-1]["role"] in ("user", "tool") and isinstance(json.loads(row["tools"]), list)
+    for side in ("chosen", "rejected"):
+        assert row[side] and all(m["role"] == "assistant" for m in row[side])
+    assert row["chosen"] != row["rejected"]
+
+
+CHECKS = {"sharegpt": check_sharegpt, "openai": check_openai, "trl": check_trl, "alpaca": check_alpaca, "dpo": check_dpo,
+          "trl-dpo": check_trl_dpo}
 
 
 def shape(value: Any) -> Any:
@@ -177,11 +191,12 @@ def test_every_format_follows_its_rules_and_loads_with_datasets(fmt: str, folder
     path = tmp_path / f"{fmt}.jsonl"
     exports.write(path, out)
     assert [json.loads(line) for line in path.read_text().splitlines()] == out
-    if fmt != "dpo":
+    if fmt not in exports.PAIRS:
         assert report.skipped[exports.ERROR] == 1 and report.skipped[exports.CUT_SHORT] == 1
     loaded = load_with_datasets(path, tmp_path / "hf-cache")
     assert loaded.num_rows == len(out)
-    assert {"sharegpt": "conversations", "openai": "messages", "alpaca": "instruction", "dpo": "chosen"}[fmt] in loaded.column_names
+    assert {"sharegpt": "conversations", "openai": "messages", "trl": "messages", "alpaca": "instruction", "dpo": "chosen",
+            "trl-dpo": "prompt"}[fmt] in loaded.column_names
 
 
 def test_sharegpt_merges_what_its_alternation_cannot_hold(folder: Path, recorded: dict[str, Row]) -> None:

@@ -28,7 +28,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     export = sub.add_parser("export", help="write the dataset as JSON Lines in a training format")
     _common(export)
     export.add_argument("--format", "-f", required=True, choices=exports.FORMATS,
-                        help="sharegpt (LLaMA-Factory/axolotl), openai (fine-tuning messages), alpaca, dpo (ranked alternatives)")
+                        help="sharegpt (LLaMA-Factory), openai (OpenAI fine-tuning), trl (TRL's SFT, axolotl's chat_template), "
+                             "alpaca, dpo (LLaMA-Factory's pairs of ranked alternatives), trl-dpo (TRL's DPO)")
     export.add_argument("--out", "-o", required=True, help="the file to write ('-' for standard output)")
     export.add_argument("--accepted-only", action="store_true", help="only records a reviewer accepted (dpo: pairs whose better answer is)")
     export.add_argument("--every-turn", action="store_true",

@@ -38,8 +38,10 @@ from .reviews import Review, Reviews
 from .store import Filter, Store
 
 Converter = Callable[[dict[str, Any], Review | None, set[str]], dict[str, Any]]
-CONVERTERS: dict[str, Converter] = {"sharegpt": formats.sharegpt, "openai": formats.openai, "alpaca": formats.alpaca}
-FORMATS = (*CONVERTERS, "dpo")
+CONVERTERS: dict[str, Converter] = {"sharegpt": formats.sharegpt, "openai": formats.openai, "trl": formats.trl,
+                                    "alpaca": formats.alpaca}
+PAIRS = {"dpo": formats.dpo, "trl-dpo": formats.trl_dpo}
+FORMATS = (*CONVERTERS, *PAIRS)
 
 # Why rows were skipped, as the report counts them.
 ERROR = "error answer"
@@ -77,11 +79,11 @@ class Report:
         self.set_aside.append((record_id, why))
 
     def lines(self, limit: int = 50) -> list[str]:
-        unit = "pair" if self.format == "dpo" else "row"
+        unit = "pair" if self.format in PAIRS else "row"
         out = [f"{self.written} {unit}{'' if self.written == 1 else 's'} in {self.format} format."]
         if self.left_out:
             n = len(self.left_out)
-            out.append(f"Left out {n} {'pair' if self.format == 'dpo' else 'record'}{'' if n == 1 else 's'} that would break the "
+            out.append(f"Left out {n} {'pair' if self.format in PAIRS else 'record'}{'' if n == 1 else 's'} that would break the "
                        f"{self.format} format:")
             out += [f"  {rid}: {why}" for rid, why in self.left_out[:limit]]
             if len(self.left_out) > limit:
@@ -166,7 +168,8 @@ def rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], fmt: str,
     if fmt not in FORMATS:
         raise ValueError(f"no export format named {fmt!r}; formats: {', '.join(FORMATS)}")
     report = Report(fmt)
-    out = _pairs(records, reviews, selection, report) if fmt == "dpo" else _rows(records, reviews, CONVERTERS[fmt], selection, report)
+    out = _pairs(records, reviews, PAIRS[fmt], selection, report) if fmt in PAIRS \
+        else _rows(records, reviews, CONVERTERS[fmt], selection, report)
     report.written = len(out)
     return out, report
 
@@ -337,7 +340,8 @@ def above(a: Review | None, b: Review | None) -> bool:
     return a.accepted and b.rejected
 
 
-def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], selection: Selection, report: Report) -> list[dict[str, Any]]:
+def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], pair: Callable[..., dict[str, Any]], selection: Selection,
+           report: Report) -> list[dict[str, Any]]:
     """Preference pairs: every two alternatives of one turn that a reviewer put in order."""
     by_turn: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -360,7 +364,7 @@ def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], selecti
                 continue
             notes: set[str] = set()
             try:
-                out.append(formats.dpo((better, chosen), (worse, rejected), notes))
+                out.append(pair((better, chosen), (worse, rejected), notes))
             except Unfit as exc:
                 report.left_out.append((f"{better['id']} over {worse['id']}", str(exc)))
                 continue

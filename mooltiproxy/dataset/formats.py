@@ -245,6 +245,74 @@ def openai(record: dict[str, Any], review: Review | None, notes: set[str]) -> di
     """``{"messages": [...], "tools": [...]}`` as OpenAI fine-tuning reads it: tool calls with ids and JSON-string
     arguments, each tool result carrying the id of the call it answers (ids are made up: records keep none)."""
     conversation, start = reviewed(record, review)
+    row: dict[str, Any] = {"messages": _messages(conversation, start, notes)}
+    tools = _tools(record)
+    if tools:
+        row["tools"] = [{"type": "function", "function": function} for function in tools]
+    return row
+
+
+def trl(record: dict[str, Any], review: Review | None, notes: set[str]) -> dict[str, Any]:
+    """TRL's conversational SFT row (and axolotl's ``chat_template`` one): ``{"messages": [...], "tools": "<JSON>"}``, the
+    messages as in ``openai``; the tools as JSON text, which TRL's trainers decode, so rows whose tool schemas differ
+    still load in ``datasets`` (as objects, Arrow would merge the schemas or refuse them)."""
+    conversation, start = reviewed(record, review)
+    return {"messages": _messages(conversation, start, notes), "tools": _tools_text(record)}
+
+
+def _tools_text(record: dict[str, Any]) -> str:
+    return orjson.dumps([{"type": "function", "function": function} for function in _tools(record)]).decode()
+
+
+def _tidy(conversation: list[Turn], start: int, notes: set[str]) -> tuple[list[Turn], int]:
+    """The turns the message formats cannot carry as they are, merged as the module's rules say (leading system
+    messages into one, a system message inside the chat into the user turn beside it, consecutive user turns into
+    one, an empty user turn before an opening assistant message); the rest, text beside a tool call included, as
+    recorded. And where the answer now starts."""
+    out: list[Turn] = []
+    answer_at = start
+    carry: list[str] = []
+    n = len(conversation)
+    for j, turn in enumerate(conversation):
+        role, value = turn["from"], turn["value"]
+        if j == start:
+            answer_at = len(out)
+        if role == "system":
+            if out and all(t["from"] == "system" for t in out) and not carry:
+                out[0] = {"from": "system", "value": out[0]["value"] + "\n\n" + value}
+                continue
+            if not out:
+                out.append({"from": "system", "value": value})
+                continue
+            following = conversation[j + 1]["from"] if j + 1 < n else None
+            if following in ("system", "human") and j + 1 < start:
+                carry.append(value)
+            elif out[-1]["from"] == "human":
+                out[-1] = {"from": "human", "value": "\n\n".join([out[-1]["value"], *carry, value])}
+                carry = []
+            else:
+                raise Unfit(f"the system message at turn {j + 1} has no user turn beside it to join")
+            notes.add(MOVED_SYSTEM)
+            continue
+        if role == "human":
+            value = "\n\n".join([*carry, value])
+            carry = []
+            if out and out[-1]["from"] == "human":
+                out[-1] = {"from": "human", "value": out[-1]["value"] + "\n\n" + value}
+                notes.add(JOINED_USERS)
+                continue
+        elif role in ("gpt", "function_call") and all(t["from"] == "system" for t in out):
+            out.append({"from": "human", "value": ""})
+            notes.add(EMPTY_OPENING)
+            if j == start:
+                answer_at = len(out)
+        out.append({"from": role, "value": value})
+    return out, answer_at
+
+
+def _messages(conversation: list[Turn], start: int, notes: set[str] | None = None) -> list[dict[str, Any]]:
+    """The conversation as OpenAI messages; the answer (from ``start``) continues an assistant message sent last."""
+    conversation, start = _tidy(conversation, start, notes if notes is not None else set())
     messages: list[dict[str, Any]] = []
     pending: list[str] = []  # ids of the calls still waiting for their result
     called_at = 0
@@ -273,10 +341,9 @@ def openai(record: dict[str, Any], review: Review | None, notes: set[str]) -> di
                 calls.append({"id": f"call_{made}", "type": "function", "function": {"name": call["name"], "arguments": arguments}})
             if j and conversation[j - 1]["from"] == "gpt" and last is not None and last["role"] == "assistant" and "tool_calls" not in last:
                 last["tool_calls"] = calls  # the text said alongside the call: one assistant message
-                if not last["content"]:
-                    del last["content"]
             else:
-                messages.append({"role": "assistant", "tool_calls": calls})
+                # content "" rather than none at all: LLaMA-Factory's openai loader reads every message's content
+                messages.append({"role": "assistant", "content": "", "tool_calls": calls})
             pending = [c["id"] for c in calls]
             called_at = j + 1
         elif role == "observation":
@@ -285,11 +352,7 @@ def openai(record: dict[str, Any], review: Review | None, notes: set[str]) -> di
             messages.append({"role": "tool", "tool_call_id": pending.pop(0), "content": value})
         else:
             raise Unfit(f"turn {j + 1} has the role {role!r}, which no export format knows")
-    row: dict[str, Any] = {"messages": messages}
-    tools = _tools(record)
-    if tools:
-        row["tools"] = [{"type": "function", "function": function} for function in tools]
-    return row
+    return messages
 
 
 def dpo(chosen: tuple[dict[str, Any], Review | None], rejected: tuple[dict[str, Any], Review | None], notes: set[str]) -> dict[str, Any]:
@@ -302,6 +365,21 @@ def dpo(chosen: tuple[dict[str, Any], Review | None], rejected: tuple[dict[str, 
     if better == worse:
         raise Unfit(f"its answer reads the same as that of {rejected[0]['id']}")
     return {"conversations": _with_system(prompt), "chosen": better, "rejected": worse, "tools": tools_string(chosen[0]),
+            "chosen_id": chosen[0]["id"], "rejected_id": rejected[0]["id"]}
+
+
+def trl_dpo(chosen: tuple[dict[str, Any], Review | None], rejected: tuple[dict[str, Any], Review | None],
+            notes: set[str]) -> dict[str, Any]:
+    """TRL's conversational preference row: ``{"prompt": [messages], "chosen": [messages], "rejected": [messages],
+    "tools": "<JSON>", "chosen_id", "rejected_id"}``, from two alternatives of one turn."""
+    conversation, start = reviewed(*chosen)
+    other, other_start = reviewed(*rejected)
+    align(conversation[:start], None, notes)  # the prompt must end on the user's side, as for dpo
+    prompt = _messages(conversation[:start], start)
+    better, worse = _messages(conversation, start)[len(prompt):], _messages(other, other_start)[len(prompt):]
+    if better == worse:
+        raise Unfit(f"its answer reads the same as that of {rejected[0]['id']}")
+    return {"prompt": prompt, "chosen": better, "rejected": worse, "tools": _tools_text(chosen[0]),
             "chosen_id": chosen[0]["id"], "rejected_id": rejected[0]["id"]}
 
 

@@ -79,23 +79,27 @@ class Linker:
             alternative_of, thread = prior.first, prior.thread
         first = records[0]["id"]
         thread = thread or first
+        remember = self._remember
         for record in records:
             meta = record["meta"]
             meta["parent"], meta["thread"] = parent, thread
             meta["alternative_of"] = alternative_of or (first if record is not records[0] else None)
             linked = (record["id"], thread)
-            self._remember(f"{scope}\x00\x00{meta['key']}", linked)
+            key = meta["key"]
+            remember(f"{scope}\x00\x00{key}", linked)
             if client:
-                self._remember(f"{scope}\x00{client}\x00{meta['key']}", linked)
+                remember(f"{scope}\x00{client}\x00{key}", linked)
             if meta["tail"]:
-                self._remember(f"{scope}\x01{meta['tail']}", linked)
+                remember(f"{scope}\x01{meta['tail']}", linked)
         if head["conversation"]:
-            self._remember(f"{scope}\x02", (first, thread))
-        self._remember(turn_key, _Turn(alternative_of or first, thread, parent, client, capture.created))
+            remember(f"{scope}\x02", (first, thread))
+        remember(turn_key, _Turn(alternative_of or first, thread, parent, client, capture.created))
 
     def _remember(self, key: str, value: Any) -> None:
-        self._index[key] = value
-        self._index.move_to_end(key)
-        if len(self._index) > self.size:
-            self._index.popitem(last=False)
+        index = self._index
+        if key in index:
+            index.move_to_end(key)  # a new key goes to the end by itself
+        index[key] = value
+        if len(index) > self.size:
+            index.popitem(last=False)
 

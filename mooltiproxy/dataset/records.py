@@ -135,36 +135,35 @@ def fingerprint(messages: Iterable[dict[str, Any]]) -> str:
     return h.hexdigest()[:32]
 
 
-def _fingerprints(sent: Sequence[dict[str, Any]]) -> tuple[bytes, str, list[str]]:
+def _fingerprints(sent: Sequence[dict[str, Any]]) -> tuple[bytes, str, list[str], bytes | None]:
     """One pass over a conversation: its canonical bytes (to extend with each answer), its turn
-    fingerprint, and the fingerprints of its beginnings that end with an assistant message, longest first.
+    fingerprint, the fingerprints of its beginnings that end with an assistant message, longest first, and the
+    beginning of its records' tail (the leading system messages and the last message; None when it is all system).
     The same values ``fingerprint`` gives, in as few hash calls as there are fingerprints."""
     canons = [_canon(m) + b"\n" for m in sent]
     joined = b"".join(canons)
     keys = [_digest(b"".join(canons[: i + 1])) for i, m in enumerate(sent) if m.get("role") == "assistant"]
-    return joined, _digest(joined), keys[::-1]
+    system = _system_count(sent)
+    tail = b"".join(canons[:system]) + canons[-1] if system < len(sent) else None
+    return joined, _digest(joined), keys[::-1], tail
+
+
+def _system_count(sent: Sequence[dict[str, Any]]) -> int:
+    """How many system messages the conversation opens with."""
+    start = 0
+    while start < len(sent) and _SAME_ROLE.get(str(sent[start].get("role")), sent[start].get("role")) == "system":
+        start += 1
+    return start
 
 
 def tail_lookup(sent: Sequence[dict[str, Any]]) -> str | None:
     """The ``tail`` of the record this request would continue if its client kept only the system prompt and the
     latest turns: the leading system messages, then the last assistant message and the turn before it."""
-    start = 0
-    while start < len(sent) and _SAME_ROLE.get(str(sent[start].get("role")), sent[start].get("role")) == "system":
-        start += 1
+    start = _system_count(sent)
     last = max((i for i, m in enumerate(sent) if m.get("role") == "assistant"), default=-1)
     if last - 1 < start:
         return None
     return _digest(b"".join(_canon(m) + b"\n" for m in (*sent[:start], sent[last - 1], sent[last])))
-
-
-def _tail(sent: Sequence[dict[str, Any]], answer: dict[str, Any]) -> str | None:
-    """A record's ``tail``: its leading system messages, its last turn sent and its answer."""
-    start = 0
-    while start < len(sent) and _SAME_ROLE.get(str(sent[start].get("role")), sent[start].get("role")) == "system":
-        start += 1
-    if start >= len(sent):
-        return None
-    return _digest(b"".join(_canon(m) + b"\n" for m in (*sent[:start], sent[-1], answer)))
 
 
 def conversation_named(request: Any, header: str | None) -> str | None:
@@ -229,7 +228,7 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
         head = [t for m in sent for t in turns_of(m)]
     tools = request.get("tools")
     tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
-    running, turn, continues = _fingerprints(sent)
+    running, turn, continues, tail = _fingerprints(sent)
     user = request.get("user") if isinstance(request.get("user"), str) and request.get("user") else None
     conversation = conversation_named(request, capture.conversation)
     records = []
@@ -239,6 +238,7 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             message["content"] = choice.get("text", "")
         elif isinstance(choice.get("message"), dict):
             message = choice["message"]
+        answered = _canon(message) + b"\n"
         meta = {
             "target": capture.target,
             "model": request.get("model") or answer.get("model"),
@@ -262,8 +262,8 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "finish_reason": choice.get("finish_reason"),
             "reasoning": message.get("reasoning_content") or message.get("reasoning"),
             "turn": turn,
-            "key": _extended(running, message),
-            "tail": None if completion else _tail(sent, message),
+            "key": _digest(running + answered),
+            "tail": None if completion or tail is None else _digest(tail + answered),
             "conversation": conversation,
             "user": user,
             "parent": None,
@@ -284,10 +284,6 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
 def _second(seconds: int) -> str:
     """An ISO time to the second: the same for every record of that second, so formatted once."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def _extended(joined: bytes, message: dict[str, Any]) -> str:
-    return _digest(joined + _canon(message) + b"\n")
 
 
 def sent_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
