@@ -307,3 +307,67 @@ def test_exporting_accepted_answers(browser: httpx.Client, dataset: dict[str, Ro
     every_turn = browser.get("/ui/export/download", params={"format": "openai", "every_turn": "on"})
     assert len(every_turn.text.splitlines()) == 12  # every answer but the cut, the error and the broken one
     assert browser.get("/ui/export", params={"since": "soon", "check": "1"}).status_code == 400
+
+
+# ------------------------------------------------------------------------------------- at scale
+
+
+def test_a_hundred_thousand_records_page_by_page(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100,000 recorded exchanges (33,334 three-turn chats): the page lists them without holding their text (the
+    process grows by less than 100 MB), its first load comes in under a second once the proxy has read the folder in
+    the background, opening a thread reads only that thread back, and a record appended later shows at once."""
+    import gc
+    import threading
+    import time
+
+    import orjson
+    import psutil
+
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    lines = []
+    for i in range(100_000):
+        chat, turn = divmod(i, 3)
+        conversation = [{"from": "system", "value": "Be brief."}]
+        for t in range(turn + 1):
+            conversation += [{"from": "human", "value": f"chat {chat} question {t} " + "lorem ipsum " * 8},
+                             {"from": "gpt", "value": f"answer {t} of chat {chat} " + "dolor sit amet " * 8}]
+        parent = f"rec-{i - 1:08d}" if turn else None
+        created = f"2026-11-21T10:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i % 100:03d}Z"
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        lines.append(orjson.dumps({"id": f"rec-{i:08d}", "session": "big", "conversations": conversation, "tools": "[]", "meta": {
+            "target": "a", "key_name": "master", "status": 200, "created": created, "cut_short": False, "turn": f"t{i}",
+            "key": f"k{i}", "tail": None, "conversation": None, "user": None, "parent": parent, "thread": f"rec-{i - turn:08d}",
+            "alternative_of": None, "usage": usage, "request_id": f"r{i}"}}))
+    (folder / "big.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    del lines
+    gc.collect()
+    process = psutil.Process()
+    before = process.memory_info().rss
+    url = start_review_proxy(stack, tmp_path, monkeypatch).url
+    with httpx.Client(base_url=url, timeout=30) as client:
+        log_in(client)
+        for t in threading.enumerate():
+            if t.name == "mooltiproxy-catalog":
+                t.join(30)  # the read the proxy started in the background (about a second for this folder)
+        started = time.monotonic()
+        first = client.get("/ui/threads")
+        took = time.monotonic() - started
+        assert first.status_code == 200 and "33334 threads" in first.text
+        assert took < 1.0, f"the first list took {took:.2f} s"
+        assert client.get("/ui").status_code == 200 and "100000 records in 33334 threads" in client.get("/ui").text
+        page = client.get("/ui/threads/rec-00000000")
+        assert page.status_code == 200 and "answer 2 of chat 0" in page.text
+        found = client.get("/ui/threads", params={"q": "chat 33333 question 0"})
+        assert "1 thread mentioning" in found.text
+        gc.collect()
+        grew = (process.memory_info().rss - before) / 1e6
+        assert grew < 100, f"the process grew by {grew:.0f} MB"
+        with (folder / "big.jsonl").open("ab") as f:  # a record recorded now
+            f.write(orjson.dumps({"id": "rec-late", "session": "big", "conversations": [
+                {"from": "human", "value": "a late question"}, {"from": "gpt", "value": "a late answer"}],
+                "tools": "[]", "meta": {"target": "a", "status": 200, "created": "2026-11-22T00:00:00.000Z", "parent": None,
+                                        "thread": "rec-late", "alternative_of": None}}) + b"\n")
+        started = time.monotonic()
+        assert "a late question" in client.get("/ui/threads").text
+        assert time.monotonic() - started < 1.0

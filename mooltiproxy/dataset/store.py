@@ -83,6 +83,18 @@ class Store:
 
             yield from (r for r in postgres.records(self.dsn, tuple(where.sessions)) if where.keeps(r))
 
+    def database_records(self) -> Iterator[dict[str, Any]]:
+        """Every record of the SQLite sink and of PostgreSQL (not the JSONL files), oldest first within each."""
+        db = self._db()
+        if db is not None:
+            with sqlite3.connect(db) as conn:
+                for (data,) in conn.execute("SELECT data FROM records ORDER BY created"):
+                    yield orjson.loads(data)
+        if self.dsn is not None:
+            from . import postgres
+
+            yield from postgres.records(self.dsn, ())
+
     def linked(self, where: Filter | None = None) -> list[dict[str, Any]]:
         return link(self.records(where))
 

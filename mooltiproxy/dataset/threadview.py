@@ -1,92 +1,28 @@
-"""The dataset as the review page shows it: a snapshot of the records grouped into threads (rebuilt only
-when a dataset file changed), thread summaries for lists and search, and one thread laid out as a chat.
+"""Threads as the review page shows them: summaries for lists, and one thread laid out as a chat.
 
 A thread is a tree: each record holds the conversation sent plus its answer, and continues its parent.
 The chat shows one branch (by default the longest): the history of its last record, with every answer on
-the branch in place together with the alternatives recorded for the same turn.
+the branch in place together with the alternatives recorded for the same turn. Lists work on the catalog's
+entries; only the thread shown is read back whole.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import exports
+from .catalog import Entry, Snapshot
 from .formats import answer_start
 from .reviews import Review
-from .sinks import DB_NAME
-from .store import Store
+
+TITLE = 100  # characters of a thread's first user turn its summary shows (catalog.first_words' limit)
 
 Record = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    records: list[Record]
-    by_id: dict[str, Record]
-    threads: dict[str, list[Record]]  # thread id (its earliest record's id) → records, time order
-    thread_of: dict[str, str]
-    children: dict[str, list[Record]]
-
-
-def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes when any dataset file does: the recorder appends to JSONL, or writes SQLite's WAL."""
-    if not directory.is_dir():
-        return ()
-    paths = [*sorted(directory.glob("*.jsonl")), directory / DB_NAME, directory / f"{DB_NAME}-wal"]
-    out = []
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        out.append((path.name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-class Catalog:
-    """The snapshot of one dataset folder, cached until a file in it changes."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._cached: tuple[tuple[tuple[str, int, int], ...], Snapshot] | None = None
-
-    def snapshot(self) -> Snapshot:
-        """(Blocking: call it from a worker thread.)"""
-        with self._lock:
-            signature = _signature(self.store.directory)
-            if self._cached is None or self._cached[0] != signature:
-                self._cached = (signature, _build(self.store.linked()))
-            return self._cached[1]
-
-
-def _build(records: list[Record]) -> Snapshot:
-    by_id = {r["id"]: r for r in records}
-    threads = exports.threads(records)
-    thread_of = {r["id"]: tid for tid, members in threads.items() for r in members}
-    children: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        parent = (r.get("meta") or {}).get("parent")
-        if isinstance(parent, str) and parent in by_id:
-            children[parent].append(r)
-    return Snapshot(records, by_id, threads, thread_of, dict(children))
-
-
 # ------------------------------------------------------------------------------------- lists
-
-
-def first_words(record: Record, limit: int = 120) -> str:
-    """What a thread is about: its first user turn's text, shortened."""
-    for turn in record.get("conversations") or ():
-        if turn.get("from") == "human" and str(turn.get("value") or "").strip():
-            text = " ".join(str(turn["value"]).split())
-            return text if len(text) <= limit else text[: limit - 1] + "…"
-    return "(no user text)"
 
 
 @dataclass
@@ -104,30 +40,21 @@ class ThreadSummary:
     match: str | None = None
 
 
-def summarize(tid: str, members: list[Record], reviews: Mapping[str, Review], match: str | None = None) -> ThreadSummary:
-    longest = exports.longest(members)
-    mine = [reviews[r["id"]] for r in members if r["id"] in reviews]
-    metas = [r.get("meta") or {} for r in members]
+def longest(entries: Iterable[Entry]) -> Entry:
+    """The entry holding the longest branch (ties: the latest)."""
+    return max(entries, key=lambda e: (e.length, e.created, e.id))
+
+
+def summarize(tid: str, members: Iterable[Entry], reviews: Mapping[str, Review], match: str | None = None) -> ThreadSummary:
+    members = list(members)
+    top = longest(members)
+    mine = [reviews[e.id] for e in members if e.id in reviews]
     return ThreadSummary(
-        id=tid, title=first_words(longest), records=len(members),
-        turns=sum(1 for t in longest.get("conversations") or () if t.get("from") == "human"),
-        sessions=sorted({str(r.get("session")) for r in members}), targets=sorted({str(m.get("target")) for m in metas}),
-        last=max(str(m.get("created") or "") for m in metas), accepted=sum(r.accepted for r in mine),
-        rejected=sum(r.rejected for r in mine), cut_short=sum(bool(m.get("cut_short")) for m in metas), match=match,
+        id=tid, title=top.title + ("…" if len(top.title) >= TITLE - 1 else ""), records=len(members),
+        turns=top.humans, sessions=sorted({e.session for e in members}),
+        targets=sorted({e.target for e in members}), last=max(e.created for e in members), accepted=sum(r.accepted for r in mine),
+        rejected=sum(r.rejected for r in mine), cut_short=sum(e.cut_short for e in members), match=match,
     )
-
-
-def search(members: list[Record], query: str, width: int = 60) -> str | None:
-    """The first place ``query`` occurs in a thread (case-insensitive), with some text around it; None if nowhere."""
-    needle = query.casefold()
-    for record in members:
-        for turn in record.get("conversations") or ():
-            text = str(turn.get("value") or "")
-            at = text.casefold().find(needle)
-            if at >= 0:
-                start, end = max(at - width, 0), min(at + len(query) + width, len(text))
-                return ("…" if start else "") + " ".join(text[start:end].split()) + ("…" if end < len(text) else "")
-    return None
 
 
 # ------------------------------------------------------------------------------------- one thread
@@ -151,28 +78,34 @@ class Layout:
     other_leaves: list[Record]
 
 
-def deepest(record: Record, children: Mapping[str, list[Record]]) -> Record:
-    """The last record of the longest branch that goes through ``record``."""
-    best = record
-    stack = [record]
+def deepest(entry: Entry, children: Mapping[str, list[Entry]]) -> Entry:
+    """The last entry of the longest branch that goes through ``entry``."""
+    best = entry
+    stack = [entry]
     while stack:
-        r = stack.pop()
-        kids = children.get(r["id"], [])
+        e = stack.pop()
+        kids = children.get(e.id, ())
         stack.extend(kids)
-        if not kids and exports.longest([best, r]) is r:
-            best = r
+        if not kids and longest([best, e]) is e:
+            best = e
     return best
 
 
 def layout(snapshot: Snapshot, tid: str, leaf_id: str | None = None) -> Layout:
-    members = snapshot.threads[tid]
-    ids = {r["id"] for r in members}
-    leaves = [r for r in members if not snapshot.children.get(r["id"])]
-    leaf = snapshot.by_id[leaf_id] if leaf_id in ids and leaf_id is not None else exports.longest(leaves or members)
-    path = [leaf]
-    while isinstance(parent := (path[-1].get("meta") or {}).get("parent"), str) and parent in ids and len(path) <= len(members):
-        path.append(snapshot.by_id[parent])
-    path.reverse()
+    """The thread ``tid`` as a chat along the branch ending at ``leaf_id`` (else the longest); its records read back."""
+    entries = snapshot.threads[tid]
+    ids = {e.id for e in entries}
+    children = snapshot.children(tid)
+    leaves = [e for e in entries if not children.get(e.id)]
+    leaf_entry = snapshot.by_id[leaf_id] if leaf_id in ids and leaf_id is not None else longest(leaves or entries)
+    chain = [leaf_entry]
+    while (parent := chain[-1].parent) is not None and parent in ids and len(chain) <= len(entries):
+        chain.append(snapshot.by_id[parent])
+    chain.reverse()
+    whole = snapshot.load(entries)
+    members = [whole[e.id] for e in entries]
+    path = [whole[e.id] for e in chain]
+    leaf = whole[leaf_entry.id]
     by_turn: dict[str, list[Record]] = defaultdict(list)
     for r in members:
         by_turn[str((r.get("meta") or {}).get("turn"))].append(r)
@@ -185,8 +118,8 @@ def layout(snapshot: Snapshot, tid: str, leaf_id: str | None = None) -> Layout:
         alternatives = by_turn[str((record.get("meta") or {}).get("turn"))]
         answer = Answer(record, alternatives, start)
         for alt in alternatives:
-            if alt is not record and snapshot.children.get(alt["id"]):
-                answer.branches[alt["id"]] = deepest(alt, snapshot.children)["id"]
+            if alt is not record and children.get(alt["id"]):
+                answer.branches[alt["id"]] = deepest(snapshot.by_id[alt["id"]], children).id
         answers[start] = answer
     items: list[tuple[str, Any]] = []
     i = 0
@@ -197,4 +130,4 @@ def layout(snapshot: Snapshot, tid: str, leaf_id: str | None = None) -> Layout:
         else:
             items.append(("turn", conversation[i]))
             i += 1
-    return Layout(leaf, path, items, [r for r in leaves if r is not leaf])
+    return Layout(leaf, path, items, [whole[e.id] for e in leaves if e is not leaf_entry])

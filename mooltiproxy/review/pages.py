@@ -12,7 +12,9 @@ Reading the dataset and the reviews blocks, so it runs in worker threads, off th
 from __future__ import annotations
 
 import hmac
+import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -27,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..dataset import exports, threadview
+from ..dataset import catalog, exports, threadview
 from ..dataset.formats import answer_start
 from ..dataset.reviews import Review, Reviews
 from ..dataset.store import Filter, Store
@@ -53,6 +55,8 @@ _SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
+log = logging.getLogger("mooltiproxy.review")
+
 _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_call": "tool call", "observation": "tool result"}
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -61,7 +65,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger) -> list[BaseRoute]:
     """The review page's routes. ``sessions`` reads the current master key: a reloaded config with another master
     key ends the sessions signed with the old one at once."""
-    site = ReviewSite(sessions, threadview.Catalog(store), reviews, ledger)
+    site = ReviewSite(sessions, catalog.Catalog(store), reviews, ledger)
+    # Read the dataset once now, in the background, so that the page's first load finds it read (100,000 records
+    # take about a second); later loads read only what was appended since.
+    threading.Thread(target=site.warm, name="mooltiproxy-catalog", daemon=True).start()
     return [
         Route("/ui", site.page(site.index), methods=["GET"]),
         Route("/ui/", site.page(site.index), methods=["GET"]),
@@ -94,7 +101,7 @@ def _pretty(value: str) -> str:
 
 
 class ReviewSite:
-    def __init__(self, sessions: Sessions, catalog: threadview.Catalog, reviews: Reviews, ledger: BanLedger) -> None:
+    def __init__(self, sessions: Sessions, catalog: catalog.Catalog, reviews: Reviews, ledger: BanLedger) -> None:
         self.sessions = sessions
         self.catalog = catalog
         self.reviews = reviews
@@ -139,7 +146,13 @@ class ReviewSite:
             raise Forbidden("This form is out of date or came from another site: load the page again and resend it.", code="csrf_failed")
         return form
 
-    async def _snapshot(self) -> threadview.Snapshot:
+    def warm(self) -> None:
+        try:
+            self.catalog.snapshot()
+        except Exception:  # the page reads it again, and says what is wrong, when it is opened
+            log.warning("reading the dataset for the review page failed; it is read again when the page is opened", exc_info=True)
+
+    async def _snapshot(self) -> catalog.Snapshot:
         return await run_in_threadpool(self.catalog.snapshot)
 
     async def _reviews(self, ids: list[str] | None = None) -> dict[str, Review]:
@@ -208,14 +221,14 @@ class ReviewSite:
             return RedirectResponse("/ui/login", status_code=303)
         snapshot = await self._snapshot()
         reviews = await self._reviews()
-        sessions: dict[str, list[dict[str, Any]]] = {}
-        for record in snapshot.records:
-            sessions.setdefault(str(record.get("session")), []).append(record)
+        sessions: dict[str, list[catalog.Entry]] = {}
+        for entry in snapshot.entries:
+            sessions.setdefault(entry.session, []).append(entry)
         rows = []
-        for name, records in sorted(sessions.items(), key=lambda kv: str(kv[1][-1].get("meta", {}).get("created")), reverse=True):
-            numbers = exports.stats(records, reviews)
-            rows.append({"name": name, **numbers})
-        return self.render(request, "index.html", title="Sessions", sessions=rows, total=exports.stats(snapshot.records, reviews))
+        for name, entries in sorted(sessions.items(), key=lambda kv: kv[1][-1].created, reverse=True):
+            rows.append({"name": name, **catalog.stats(entries, reviews)})
+        total = catalog.stats(snapshot.entries, reviews, threads=len(snapshot.threads))
+        return self.render(request, "index.html", title="Sessions", sessions=rows, total=total)
 
     async def thread_list(self, request: Request) -> Response:
         self._master(request)
@@ -229,20 +242,19 @@ class ReviewSite:
         reviews = await self._reviews()
 
         def select() -> list[threadview.ThreadSummary]:
+            matches = snapshot.search(query) if query else {}
             found = []
             for tid, members in snapshot.threads.items():
-                if session and not any(r.get("session") == session for r in members):
+                if query and tid not in matches:
                     continue
-                if target and not any((r.get("meta") or {}).get("target") == target for r in members):
+                if session and not any(e.session == session for e in members):
                     continue
-                summary = threadview.summarize(tid, members, reviews)
+                if target and not any(e.target == target for e in members):
+                    continue
+                summary = threadview.summarize(tid, members, reviews, matches.get(tid))
                 if (status == "accepted" and not summary.accepted) or (status == "rejected" and not summary.rejected) or \
-                        (status == "unreviewed" and not any(r["id"] not in reviews or reviews[r["id"]].status == "none" for r in members)):
+                        (status == "unreviewed" and not any(e.id not in reviews or reviews[e.id].status == "none" for e in members)):
                     continue
-                if query:
-                    summary.match = threadview.search(members, query)
-                    if summary.match is None:
-                        continue
                 found.append(summary)
             found.sort(key=lambda s: s.last, reverse=True)
             return found
@@ -253,8 +265,7 @@ class ReviewSite:
         base = {k: v for k, v in {"q": query, "session": session, "status": status, "target": target}.items() if v}
         return self.render(request, "threads.html", title="Threads", threads=shown, total=len(found), page=page, pages=pages,
                            query=query, session=session, review_status=status, target=target,
-                           sessions=sorted({str(r.get("session")) for r in snapshot.records}),
-                           targets=sorted({str((r.get("meta") or {}).get("target")) for r in snapshot.records}),
+                           sessions=sorted({e.session for e in snapshot.entries}), targets=sorted({e.target for e in snapshot.entries}),
                            page_link=lambda n: "/ui/threads?" + urlencode({**base, "page": n}))
 
     async def thread(self, request: Request) -> Response:
@@ -262,13 +273,13 @@ class ReviewSite:
         snapshot = await self._snapshot()
         tid = self._thread_id(snapshot, request.path_params["record_id"])
         view = await run_in_threadpool(threadview.layout, snapshot, tid, request.query_params.get("leaf"))
-        ids = [r["id"] for r in snapshot.threads[tid]]
+        ids = [e.id for e in snapshot.threads[tid]]
         reviews = await self._reviews(ids)
-        return self.render(request, "thread.html", title=threadview.first_words(view.leaf, 60), tid=tid, view=view, reviews=reviews,
+        return self.render(request, "thread.html", title=catalog.first_words(view.leaf, 60), tid=tid, view=view, reviews=reviews,
                            records=snapshot.threads[tid], answer_turns=_answer_turns, roles=_ROLES)
 
-    def _thread_id(self, snapshot: threadview.Snapshot, record_id: str) -> str:
-        tid = snapshot.thread_of.get(record_id)
+    def _thread_id(self, snapshot: catalog.Snapshot, record_id: str) -> str:
+        tid = snapshot.thread_of(record_id)
         if tid is None:
             raise NotFound(f"No recorded exchange has the id {record_id}.", code="record_not_found")
         return tid
@@ -301,7 +312,7 @@ class ReviewSite:
         snapshot = await self._snapshot()
         record_id = request.path_params["record_id"]
         self._thread_id(snapshot, record_id)
-        record = snapshot.by_id[record_id]
+        record = (await run_in_threadpool(snapshot.load, [snapshot.by_id[record_id]]))[record_id]
         turns: list[dict[str, str]] | None = None
         if form.get("action") != "revert":
             text = form.get("answer", "").replace("\r\n", "\n")  # browsers send a textarea's line ends as CRLF
@@ -323,9 +334,10 @@ class ReviewSite:
         form = await self._form(request)
         snapshot = await self._snapshot()
         record_id = request.path_params["record_id"]
-        self._thread_id(snapshot, record_id)
-        turn = (snapshot.by_id[record_id].get("meta") or {}).get("turn")
-        alternatives = {r["id"] for r in snapshot.records if turn and (r.get("meta") or {}).get("turn") == turn}
+        tid = self._thread_id(snapshot, record_id)
+        thread = await run_in_threadpool(snapshot.load, snapshot.threads[tid])
+        turn = (thread[record_id].get("meta") or {}).get("turn")
+        alternatives = {rid for rid, r in thread.items() if turn and (r.get("meta") or {}).get("turn") == turn}
         ranks: dict[str, int | None] = {}
         for name, value in form.items():
             if not name.startswith("rank."):
@@ -370,8 +382,7 @@ class ReviewSite:
         q = request.query_params
         params = [(k, v) for k, v in q.multi_items() if k != "check"]
         return self.render(request, "export.html", title="Export", report=report, formats=exports.FORMATS,
-                           sessions=sorted({str(r.get("session")) for r in snapshot.records}),
-                           targets=sorted({str((r.get("meta") or {}).get("target")) for r in snapshot.records}),
+                           sessions=sorted({e.session for e in snapshot.entries}), targets=sorted({e.target for e in snapshot.entries}),
                            chosen={"format": q.get("format", "sharegpt"), "session": q.getlist("session"), "target": q.getlist("target"),
                                    "since": q.get("since", ""), "until": q.get("until", ""),
                                    # A fresh form exports what reviewers accepted: that is what the page is for.
