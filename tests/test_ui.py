@@ -214,6 +214,34 @@ def test_recorded_text_is_escaped(browser: httpx.Client, tmp_path: Path) -> None
     assert "<img src=x" not in page
 
 
+def test_long_messages_are_shown_folded(browser: httpx.Client, tmp_path: Path) -> None:
+    long_question = "word " * 1000 + "<b>the end</b>"
+    record, _ = Recording(tmp_path / "datasets", "s3").chat([user(long_question)], "short answer", "y" * 2500)
+    log_in(browser)
+    page = browser.get(f"/ui/threads/{record['id']}").text
+    assert page.count(f"({len(long_question)} characters: show all)") == 1 and "(2500 characters: show all)" in page
+    assert "&lt;b&gt;the end&lt;/b&gt;" in page  # all of it there, folded, and escaped
+    assert "short answer</div>" in page
+
+
+def test_accepting_every_answer_of_the_threads_a_filter_keeps(browser: httpx.Client, dataset: dict[str, Row], tmp_path: Path) -> None:
+    """Bulk over a filter (every page of it): the session s2's answers accepted at once, but the one rejected on its
+    own stays rejected; nothing outside the filter changes."""
+    reviews = Reviews.beside(tmp_path / "datasets")
+    reviews.set_status(dataset["n2"]["id"], "rejected")
+    log_in(browser)
+    token = csrf(browser, "/ui/threads?session=s2")
+    done = browser.post("/ui/threads/status", data={"csrf": token, "session": "s2", "q": "", "status_filter": "", "target": "",
+                                                   "status": "accepted"})
+    assert done.status_code == 303
+    page = browser.get(done.headers["location"]).text
+    assert "5 of 6 answers in 5 threads set to accepted; 1 judged on their own kept their judgment." in page
+    s2 = {r["id"] for r in dataset.values() if r["session"] == "s2"}
+    after = reviews.all()
+    assert {rid for rid, r in after.items() if r.accepted} == s2 - {dataset["n2"]["id"]} and after[dataset["n2"]["id"]].rejected
+    assert browser.post("/ui/threads/status", data={"session": "s2", "status": "accepted"}).status_code == 403  # no CSRF token
+
+
 def test_errors_are_pages(browser: httpx.Client) -> None:
     log_in(browser)
     missing = browser.get("/ui/threads/rec-nope")

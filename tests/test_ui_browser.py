@@ -82,3 +82,9 @@ def test_log_in_accept_a_conversation_and_export_it(page: Any, stack: ExitStack,
     check_sharegpt(rows[0])
     assert rows[0]["conversations"][-1] == {"from": "gpt", "value": "third answer"}
     page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
+
+    # Every answer of one session at once, from the filtered thread list.
+    page.goto(url + "/ui/threads?session=s2")
+    page.click("text=Accept all")
+    page.wait_for_load_state()
+    assert "6 of 6 answers in 5 threads set to accepted" in page.inner_text("main")

@@ -15,7 +15,7 @@ import hmac
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
@@ -56,6 +56,7 @@ _SECURITY_HEADERS = {
 }
 
 log = logging.getLogger("mooltiproxy.review")
+_LONG_TEXT = 2000  # characters: a message longer than this is shown folded, its first 400 characters as the summary
 
 _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_call": "tool call", "observation": "tool result"}
 
@@ -76,6 +77,7 @@ def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger
         Route("/ui/login", site.page(site.login), methods=["POST"]),
         Route("/ui/logout", site.page(site.logout), methods=["POST"]),
         Route("/ui/threads", site.page(site.thread_list), methods=["GET"]),
+        Route("/ui/threads/status", site.page(site.bulk_status), methods=["POST"]),
         Route("/ui/threads/{record_id}", site.page(site.thread), methods=["GET"]),
         Route("/ui/threads/{record_id}/status", site.page(site.branch_status), methods=["POST"]),
         Route("/ui/records/{record_id}/status", site.page(site.record_status), methods=["POST"]),
@@ -230,43 +232,68 @@ class ReviewSite:
         total = catalog.stats(snapshot.entries, reviews, threads=len(snapshot.threads))
         return self.render(request, "index.html", title="Sessions", sessions=rows, total=total)
 
+    @staticmethod
+    def _filters(values: Any) -> dict[str, str]:
+        """The thread list's filters, from a query string or a posted form."""
+        return {"q": str(values.get("q", "")).strip(), "session": str(values.get("session", "")), "status": str(values.get("status", "")),
+                "target": str(values.get("target", ""))}
+
+    @staticmethod
+    def _select(snapshot: catalog.Snapshot, reviews: Mapping[str, Review], filters: dict[str, str]) -> list[threadview.ThreadSummary]:
+        """The threads the filters keep, newest first. (Blocking: a text search reads the files.)"""
+        query, session, status, target = filters["q"], filters["session"], filters["status"], filters["target"]
+        matches = snapshot.search(query) if query else {}
+        found = []
+        for tid, members in snapshot.threads.items():
+            if query and tid not in matches:
+                continue
+            if session and not any(e.session == session for e in members):
+                continue
+            if target and not any(e.target == target for e in members):
+                continue
+            summary = threadview.summarize(tid, members, reviews, matches.get(tid))
+            if (status == "accepted" and not summary.accepted) or (status == "rejected" and not summary.rejected) or \
+                    (status == "unreviewed" and not any(e.id not in reviews or reviews[e.id].status == "none" for e in members)):
+                continue
+            found.append(summary)
+        found.sort(key=lambda s: s.last, reverse=True)
+        return found
+
     async def thread_list(self, request: Request) -> Response:
         self._master(request)
         q = request.query_params
-        query, session, status, target = q.get("q", "").strip(), q.get("session", ""), q.get("status", ""), q.get("target", "")
+        filters = self._filters(q)
         try:
             page = max(int(q.get("page", "1")), 1)
         except ValueError:
             raise BadRequest("page must be a whole number.") from None
         snapshot = await self._snapshot()
         reviews = await self._reviews()
-
-        def select() -> list[threadview.ThreadSummary]:
-            matches = snapshot.search(query) if query else {}
-            found = []
-            for tid, members in snapshot.threads.items():
-                if query and tid not in matches:
-                    continue
-                if session and not any(e.session == session for e in members):
-                    continue
-                if target and not any(e.target == target for e in members):
-                    continue
-                summary = threadview.summarize(tid, members, reviews, matches.get(tid))
-                if (status == "accepted" and not summary.accepted) or (status == "rejected" and not summary.rejected) or \
-                        (status == "unreviewed" and not any(e.id not in reviews or reviews[e.id].status == "none" for e in members)):
-                    continue
-                found.append(summary)
-            found.sort(key=lambda s: s.last, reverse=True)
-            return found
-
-        found = await run_in_threadpool(select)
+        found = await run_in_threadpool(self._select, snapshot, reviews, filters)
         pages = max(math.ceil(len(found) / _PAGE), 1)
         shown = found[(page - 1) * _PAGE : page * _PAGE]
-        base = {k: v for k, v in {"q": query, "session": session, "status": status, "target": target}.items() if v}
+        base = {k: v for k, v in filters.items() if v}
         return self.render(request, "threads.html", title="Threads", threads=shown, total=len(found), page=page, pages=pages,
-                           query=query, session=session, review_status=status, target=target,
+                           query=filters["q"], session=filters["session"], review_status=filters["status"], target=filters["target"],
                            sessions=sorted({e.session for e in snapshot.entries}), targets=sorted({e.target for e in snapshot.entries}),
-                           page_link=lambda n: "/ui/threads?" + urlencode({**base, "page": n}))
+                           page_link=lambda n: "/ui/threads?" + urlencode({**base, "page": n}), done=q.get("done", ""))
+
+    async def bulk_status(self, request: Request) -> Response:
+        """Accept, reject or clear every answer of every thread the posted filters keep (all pages of the list). Like a
+        whole branch, a bulk change never overturns an answer judged on its own."""
+        self._master(request)
+        form = await self._form(request)
+        filters = self._filters({**form, "status": form.get("status_filter", "")})  # "status" is what to set
+        status = _status(form)
+        snapshot = await self._snapshot()
+        reviews = await self._reviews()
+        found = await run_in_threadpool(self._select, snapshot, reviews, filters)
+        ids = [e.id for summary in found for e in snapshot.threads[summary.id]]
+        changed = await run_in_threadpool(partial(self.reviews.set_status, ids, status, bulk=True))
+        done = f"{changed} of {len(ids)} answers in {len(found)} threads set to {status}" + (
+            f"; {len(ids) - changed} judged on their own kept their judgment" if changed < len(ids) else "")
+        base = {k: v for k, v in filters.items() if v}
+        return RedirectResponse("/ui/threads?" + urlencode({**base, "done": done}), status_code=303)
 
     async def thread(self, request: Request) -> Response:
         self._master(request)
@@ -276,7 +303,7 @@ class ReviewSite:
         ids = [e.id for e in snapshot.threads[tid]]
         reviews = await self._reviews(ids)
         return self.render(request, "thread.html", title=catalog.first_words(view.leaf, 60), tid=tid, view=view, reviews=reviews,
-                           records=snapshot.threads[tid], answer_turns=_answer_turns, roles=_ROLES)
+                           records=snapshot.threads[tid], answer_turns=_answer_turns, roles=_ROLES, long_text=_LONG_TEXT)
 
     def _thread_id(self, snapshot: catalog.Snapshot, record_id: str) -> str:
         tid = snapshot.thread_of(record_id)
