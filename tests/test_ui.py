@@ -242,6 +242,51 @@ def test_accepting_every_answer_of_the_threads_a_filter_keeps(browser: httpx.Cli
     assert browser.post("/ui/threads/status", data={"session": "s2", "status": "accepted"}).status_code == 403  # no CSRF token
 
 
+def test_notes_with_tags_and_deleting_over_a_filter(browser: httpx.Client, dataset: dict[str, Row], tmp_path: Path) -> None:
+    """A note's #words are tags the list filters on; deleting over a filter takes records out of the lists and the
+    exports (the file keeps them), and restoring brings them back."""
+    log_in(browser)
+    a3 = dataset["a3"]["id"]
+    token = csrf(browser, f"/ui/threads/{a3}")
+    assert browser.post(f"/ui/records/{a3}/note", data={"csrf": token, "note": "Lovely. #good #Keep"}).status_code == 303
+    page = browser.get(f"/ui/threads/{a3}").text
+    assert "Lovely. #good #Keep" in page and "#good</span>" in page and "#keep</span>" in page
+    tagged = browser.get("/ui/threads", params={"tag": "#keep"}).text
+    assert "1 thread." in tagged and f"/ui/threads/{dataset['a1']['id']}" in tagged
+    assert browser.post(f"/ui/records/{a3}/note", data={"csrf": token, "note": "x" * 4001}).status_code == 400
+
+    files = {p.name: p.read_bytes() for p in (tmp_path / "datasets").glob("*.jsonl")}
+    done = browser.post("/ui/threads/status", data={"csrf": csrf(browser, "/ui/threads"), "session": "s2", "status": "delete"})
+    assert "6 records in 5 threads deleted" in browser.get(done.headers["location"]).text
+    assert "session=s2" in done.headers["location"] and "0 threads." in browser.get("/ui/threads?session=s2").text
+    assert "5 threads." in browser.get("/ui/threads", params={"session": "s2", "status": "deleted"}).text
+    reviews = Reviews.beside(tmp_path / "datasets")
+    from mooltiproxy.dataset import exports
+    from mooltiproxy.dataset.exports import Selection
+    from mooltiproxy.dataset.store import Filter, Store
+    out, report = exports.export(Store(tmp_path / "datasets"), reviews, "sharegpt", Selection(where=Filter(sessions=("s2",))))
+    assert out == [] and report.skipped[exports.DELETED] == 6
+    assert {p.name: p.read_bytes() for p in (tmp_path / "datasets").glob("*.jsonl")} == files  # the recorded files untouched
+    again = browser.post("/ui/threads/status", data={"csrf": csrf(browser, "/ui/threads"), "session": "s2", "status_filter": "deleted",
+                                                     "status": "restore"})
+    assert "6 records in 5 threads restored" in browser.get(again.headers["location"]).text
+    assert "5 threads." in browser.get("/ui/threads?session=s2").text
+
+
+def test_a_reviews_file_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "reviews.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE reviews (record TEXT PRIMARY KEY, status TEXT NOT NULL DEFAULT 'none' CHECK (status IN "
+                   "('accepted', 'rejected', 'none')), answer TEXT, rank INTEGER CHECK (rank IS NULL OR rank >= 1), updated TEXT NOT NULL)")
+        db.execute("INSERT INTO reviews (record, status, updated) VALUES ('rec-1', 'accepted', '2026-11-21T10:00:00Z')")
+    reviews = Reviews(path)
+    assert reviews.get("rec-1").accepted and reviews.get("rec-1").note is None
+    reviews.set_note("rec-1", "#fine")
+    assert reviews.get("rec-1").tags == ["fine"] and reviews.get("rec-1").accepted
+
+
 def test_errors_are_pages(browser: httpx.Client) -> None:
     log_in(browser)
     missing = browser.get("/ui/threads/rec-nope")

@@ -47,6 +47,7 @@ FORMATS = (*CONVERTERS, *PAIRS)
 ERROR = "error answer"
 CUT_SHORT = "cut short"
 REJECTED = "rejected by a reviewer"
+DELETED = "deleted by a reviewer"
 NOT_ACCEPTED = "not accepted by a reviewer"
 PREFIX = "earlier turn of a longer conversation (in its row)"
 ALTERNATIVE = "alternative answer the conversation did not go on with"
@@ -155,8 +156,11 @@ def _usable(record: dict[str, Any], selection: Selection) -> str | None:
     return None
 
 
-def _ok(record: dict[str, Any], selection: Selection, report: Report) -> bool:
+def _ok(record: dict[str, Any], selection: Selection, report: Report, reviews: Mapping[str, Review] | None = None) -> bool:
     why = _usable(record, selection)
+    review = reviews.get(record["id"]) if reviews is not None else None
+    if why is None and review is not None and review.deleted:
+        why = DELETED
     if why is not None:
         report.skip(record["id"], why)
     return why is None
@@ -177,7 +181,7 @@ def rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], fmt: str,
 def _rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], convert: Converter, selection: Selection,
           report: Report) -> list[dict[str, Any]]:
     by_id = {r["id"]: r for r in records}
-    usable = {r["id"] for r in records if _usable(r, selection) is None}
+    usable = {r["id"] for r in records if _usable(r, selection) is None and not ((v := reviews.get(r["id"])) and v.deleted)}
     children: dict[str, list[str]] = defaultdict(list)
     for r in records:
         parent = (r.get("meta") or {}).get("parent")
@@ -190,7 +194,7 @@ def _rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], convert:
     chosen: dict[str, str] = {}  # record to export → the record it stands for (itself, or a leaf cut before a rejection)
     for record in records:
         rid = record["id"]
-        if not _ok(record, selection, report):
+        if not _ok(record, selection, report, reviews):
             continue
         review = reviews.get(rid)
         if review is not None and review.rejected:
@@ -255,8 +259,8 @@ def _ancestors(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]]) -> l
 
 
 def _rejected_ancestor(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]], reviews: Mapping[str, Review]) -> str | None:
-    """The earliest answer in the record's history a reviewer rejected, if any."""
-    rejected = [a for a in _ancestors(record, by_id) if (r := reviews.get(a)) is not None and r.rejected]
+    """The earliest answer in the record's history a reviewer rejected (or deleted), if any."""
+    rejected = [a for a in _ancestors(record, by_id) if (r := reviews.get(a)) is not None and (r.rejected or r.deleted)]
     return rejected[-1] if rejected else None
 
 
@@ -348,7 +352,7 @@ def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], pair: C
         meta = record.get("meta") or {}
         # alternatives of one turn: by their first answer; records of an older version by content, within one key
         group = _group(record) if "alternative_of" in meta else f"{meta.get('key_name') or ''}\x00{meta.get('turn')}"
-        if _ok(record, selection, report):
+        if _ok(record, selection, report, reviews):
             by_turn[group].append(record)
     out = []
     for alternatives in by_turn.values():

@@ -20,6 +20,7 @@ import psycopg
 
 from ..config.validators import redacted
 from .reviews import _SCHEMA as REVIEWS_SCHEMA
+from .reviews import ADDED as REVIEWS_ADDED
 from .reviews import Reviews
 from .sinks import RowSink
 
@@ -33,6 +34,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS records_session ON records (session, created)",
     "CREATE INDEX IF NOT EXISTS records_thread ON records (thread)",
     REVIEWS_SCHEMA,  # the same table as SQLite's reviews.db
+    *(f"ALTER TABLE reviews ADD COLUMN IF NOT EXISTS {name} {definition}" for name, definition in REVIEWS_ADDED),
 )
 _INSERT = ("INSERT INTO records (id, session, created, target, thread, parent, turn, key, data)"
            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING")

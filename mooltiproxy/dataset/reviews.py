@@ -10,6 +10,7 @@ call opens its own connection, in WAL mode with a busy timeout, and each change 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -29,8 +30,13 @@ ANSWER_ROLES = ("gpt", "function_call")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS reviews (record TEXT PRIMARY KEY,"
     " status TEXT NOT NULL DEFAULT 'none' CHECK (status IN ('accepted', 'rejected', 'none')),"
-    " answer TEXT, rank INTEGER CHECK (rank IS NULL OR rank >= 1), updated TEXT NOT NULL)"
+    " answer TEXT, rank INTEGER CHECK (rank IS NULL OR rank >= 1), updated TEXT NOT NULL, note TEXT,"
+    " deleted INTEGER NOT NULL DEFAULT 0)"
 )
+# Columns added since the table was first made: (name, definition), added to a table that lacks them.
+ADDED = (("note", "TEXT"), ("deleted", "INTEGER NOT NULL DEFAULT 0"))
+_COLUMNS = "record, status, answer, rank, updated, note, deleted"
+TAG = re.compile(r"#([\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,12 @@ class Review:
     answer: tuple[dict[str, str], ...] | None = None  # the edited answer turns; None: as recorded
     rank: int | None = None  # 1 is the best of its turn's alternatives
     updated: str | None = None
+    note: str | None = None  # the reviewer's words on it; #words in it are its tags
+    deleted: bool = False  # out of the lists and the exports (the recorded file keeps it)
+
+    @property
+    def tags(self) -> list[str]:
+        return sorted({t.lower() for t in TAG.findall(self.note or "")})
 
     @property
     def accepted(self) -> bool:
@@ -97,6 +109,10 @@ class Reviews:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
+            for name, definition in ADDED:
+                if name not in have:  # a reviews.db of an earlier version
+                    db.execute(f"ALTER TABLE reviews ADD COLUMN {name} {definition}")
             yield db
 
     def _exists(self) -> bool:
@@ -122,14 +138,13 @@ class Reviews:
         if not self._exists():  # reading creates nothing: an export on a fresh dataset leaves no trace
             return {}
         if ids is None:
-            rows = self._read("SELECT record, status, answer, rank, updated FROM reviews")
+            rows = self._read(f"SELECT {_COLUMNS} FROM reviews")
         else:
             wanted = list(dict.fromkeys(ids))
             rows = []
             for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters of one statement
                 chunk = wanted[i : i + 500]
-                rows += self._read(f"SELECT record, status, answer, rank, updated FROM reviews WHERE record IN "
-                                   f"({','.join('?' * len(chunk))})", chunk)
+                rows += self._read(f"SELECT {_COLUMNS} FROM reviews WHERE record IN ({','.join('?' * len(chunk))})", chunk)
         return {row[0]: _review(row) for row in rows}
 
     # ---------------------------------------------------------------------------------- writing
@@ -156,6 +171,19 @@ class Reviews:
         self._write("INSERT INTO reviews (record, answer, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
                     " SET answer = excluded.answer, updated = excluded.updated", [(record_id, answer, _now())])
 
+    def set_note(self, record_id: str, note: str | None) -> None:
+        """The reviewer's note on a record (#words in it are tags); None or blank takes it away."""
+        note = note.strip() if note and note.strip() else None
+        self._write("INSERT INTO reviews (record, note, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET note = excluded.note, updated = excluded.updated", [(record_id, note, _now())])
+
+    def set_deleted(self, record_ids: Iterable[str], deleted: bool = True) -> int:
+        """Take records out of the lists and the exports (or bring them back); the recorded files keep them."""
+        ids = list(record_ids)
+        self._write("INSERT INTO reviews (record, deleted, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET deleted = excluded.deleted, updated = excluded.updated", [(i, int(deleted), _now()) for i in ids])
+        return len(ids)
+
     def set_ranks(self, ranks: Mapping[str, int | None]) -> None:
         """Rank alternatives of one turn together (1 is the best; None takes a rank away)."""
         for record_id, rank in ranks.items():
@@ -166,9 +194,9 @@ class Reviews:
 
 
 def _review(row: tuple[Any, ...]) -> Review:
-    record, status, answer, rank, updated = row
+    record, status, answer, rank, updated, note, deleted = row
     turns = tuple(orjson.loads(answer)) if answer else None
-    return Review(record=record, status=status, answer=turns, rank=rank, updated=updated)
+    return Review(record=record, status=status, answer=turns, rank=rank, updated=updated, note=note, deleted=bool(deleted))
 
 
 def _now() -> str:

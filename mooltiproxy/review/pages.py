@@ -56,6 +56,7 @@ _SECURITY_HEADERS = {
 }
 
 log = logging.getLogger("mooltiproxy.review")
+_NOTE_LIMIT = 4000
 _LONG_TEXT = 2000  # characters: a message longer than this is shown folded, its first 400 characters as the summary
 
 _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "function_call": "tool call", "observation": "tool result"}
@@ -82,6 +83,7 @@ def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger
         Route("/ui/threads/{record_id}/status", site.page(site.branch_status), methods=["POST"]),
         Route("/ui/records/{record_id}/status", site.page(site.record_status), methods=["POST"]),
         Route("/ui/records/{record_id}/answer", site.page(site.record_answer), methods=["POST"]),
+        Route("/ui/records/{record_id}/note", site.page(site.record_note), methods=["POST"]),
         Route("/ui/turns/{record_id}/ranks", site.page(site.ranks), methods=["POST"]),
         Route("/ui/export", site.page(site.export_form), methods=["GET"]),
         Route("/ui/export/download", site.page(site.download), methods=["GET"]),
@@ -236,16 +238,23 @@ class ReviewSite:
     def _filters(values: Any) -> dict[str, str]:
         """The thread list's filters, from a query string or a posted form."""
         return {"q": str(values.get("q", "")).strip(), "session": str(values.get("session", "")), "status": str(values.get("status", "")),
-                "target": str(values.get("target", ""))}
+                "target": str(values.get("target", "")), "tag": str(values.get("tag", "")).strip().lstrip("#").lower()}
 
     @staticmethod
     def _select(snapshot: catalog.Snapshot, reviews: Mapping[str, Review], filters: dict[str, str]) -> list[threadview.ThreadSummary]:
         """The threads the filters keep, newest first. (Blocking: a text search reads the files.)"""
-        query, session, status, target = filters["q"], filters["session"], filters["status"], filters["target"]
+        query, session, status, target, tag = filters["q"], filters["session"], filters["status"], filters["target"], filters["tag"]
         matches = snapshot.search(query) if query else {}
+        deleted = {rid for rid, r in reviews.items() if r.deleted}
         found = []
-        for tid, members in snapshot.threads.items():
+        for tid, everything in snapshot.threads.items():
             if query and tid not in matches:
+                continue
+            # Deleted records are out of the list, unless the list is of them.
+            members = [e for e in everything if (e.id in deleted) == (status == "deleted")] if deleted else list(everything)
+            if not members:
+                continue
+            if tag and not any(e.id in reviews and tag in reviews[e.id].tags for e in members):
                 continue
             if session and not any(e.session == session for e in members):
                 continue
@@ -275,6 +284,7 @@ class ReviewSite:
         base = {k: v for k, v in filters.items() if v}
         return self.render(request, "threads.html", title="Threads", threads=shown, total=len(found), page=page, pages=pages,
                            query=filters["q"], session=filters["session"], review_status=filters["status"], target=filters["target"],
+                           tag=filters["tag"],
                            sessions=sorted({e.session for e in snapshot.entries}), targets=sorted({e.target for e in snapshot.entries}),
                            page_link=lambda n: "/ui/threads?" + urlencode({**base, "page": n}), done=q.get("done", ""))
 
@@ -284,14 +294,23 @@ class ReviewSite:
         self._master(request)
         form = await self._form(request)
         filters = self._filters({**form, "status": form.get("status_filter", "")})  # "status" is what to set
-        status = _status(form)
+        action = form.get("status", "")
         snapshot = await self._snapshot()
         reviews = await self._reviews()
         found = await run_in_threadpool(self._select, snapshot, reviews, filters)
         ids = [e.id for summary in found for e in snapshot.threads[summary.id]]
-        changed = await run_in_threadpool(partial(self.reviews.set_status, ids, status, bulk=True))
-        done = f"{changed} of {len(ids)} answers in {len(found)} threads set to {status}" + (
-            f"; {len(ids) - changed} judged on their own kept their judgment" if changed < len(ids) else "")
+        if action in ("delete", "restore"):
+            if action == "restore":
+                ids = [i for i in ids if i in reviews and reviews[i].deleted]
+            else:
+                ids = [i for i in ids if not (i in reviews and reviews[i].deleted)]
+            changed = await run_in_threadpool(self.reviews.set_deleted, ids, action == "delete")
+            done = f"{changed} records in {len(found)} threads {'deleted' if action == 'delete' else 'restored'}"
+        else:
+            status = _status(form)
+            changed = await run_in_threadpool(partial(self.reviews.set_status, ids, status, bulk=True))
+            done = f"{changed} of {len(ids)} answers in {len(found)} threads set to {status}" + (
+                f"; {len(ids) - changed} judged on their own kept their judgment" if changed < len(ids) else "")
         base = {k: v for k, v in filters.items() if v}
         return RedirectResponse("/ui/threads?" + urlencode({**base, "done": done}), status_code=303)
 
@@ -353,6 +372,19 @@ class ReviewSite:
             await run_in_threadpool(self.reviews.set_answer, record_id, turns)
         except ValueError as exc:
             raise BadRequest(f"The edited answer was not saved: {exc}.", code="invalid_answer") from None
+        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+
+    async def record_note(self, request: Request) -> Response:
+        """The reviewer's note on a record; #words in it are tags the thread list filters on."""
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        record_id = request.path_params["record_id"]
+        self._thread_id(snapshot, record_id)
+        note = form.get("note", "").replace("\r\n", "\n")
+        if len(note) > _NOTE_LIMIT:
+            raise BadRequest(f"A note holds at most {_NOTE_LIMIT} characters; this one has {len(note)}.", code="note_too_long")
+        await run_in_threadpool(self.reviews.set_note, record_id, note)
         return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
 
     async def ranks(self, request: Request) -> Response:
