@@ -273,6 +273,31 @@ def test_notes_with_tags_and_deleting_over_a_filter(browser: httpx.Client, datas
     assert "5 threads." in browser.get("/ui/threads?session=s2").text
 
 
+def test_editing_a_turn_the_client_sent(browser: httpx.Client, dataset: dict[str, Row], tmp_path: Path) -> None:
+    """A user's message edited where it was first sent reads as edited in that row and in every later turn's row; the
+    recorded files are untouched; a turn that is an answer or out of range is refused."""
+    log_in(browser)
+    a2, a3 = dataset["a2"]["id"], dataset["a3"]["id"]
+    page = browser.get(f"/ui/threads/{a3}").text
+    assert f'action="/ui/records/{a2}/turns/3"' in page  # "two" was first sent with a2
+    token = hidden(page, "csrf")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "datasets").glob("*.jsonl")}
+    assert browser.post(f"/ui/records/{a2}/turns/3", data={"csrf": token, "text": "two, said better"}).status_code == 303
+    page = browser.get(f"/ui/threads/{a3}").text
+    assert "two, said better" in page and "edited</span>" in page
+    from mooltiproxy.dataset import exports
+    from mooltiproxy.dataset.exports import Selection
+    from mooltiproxy.dataset.store import Store
+    out, _ = exports.export(Store(tmp_path / "datasets"), Reviews.beside(tmp_path / "datasets"), "sharegpt", Selection(every_turn=True))
+    rows = {r["id"]: r for r in out}
+    assert rows[a2]["conversations"][3] == rows[a3]["conversations"][3] == {"from": "human", "value": "two, said better"}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "datasets").glob("*.jsonl")} == files
+    assert browser.post(f"/ui/records/{a2}/turns/4", data={"csrf": token, "text": "x"}).status_code == 400  # the answer
+    assert browser.post(f"/ui/records/{a2}/turns/9", data={"csrf": token, "text": "x"}).status_code == 400
+    browser.post(f"/ui/records/{a2}/turns/3", data={"csrf": token, "text": "", "action": "revert"})
+    assert Reviews.beside(tmp_path / "datasets").get(a2).turns is None
+
+
 def test_a_reviews_file_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
     import sqlite3
 

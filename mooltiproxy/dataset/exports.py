@@ -286,10 +286,20 @@ def _kept_alternative(record: dict[str, Any], members: list[dict[str, Any]], chi
 
 def _with_history_reviewed(record: dict[str, Any], by_id: Mapping[str, dict[str, Any]], reviews: Mapping[str, Review]) -> dict[str, Any]:
     """The record as its row tells it: the whole conversation (where the client slid its window and sent only the
-    latest turns, the turns it dropped are taken from the records before), every edited answer of its history reading
-    as edited (the client sent the answer as recorded)."""
+    latest turns, the turns it dropped are taken from the records before), every edited turn and answer of its history
+    reading as edited (the client sent them as recorded)."""
     turns, start = _whole(record, by_id, set())
     end = start
+    for owner in (record["id"], *_ancestors(record, by_id)):  # turns a client sent, edited where they were first sent
+        review = reviews.get(owner)
+        for index, text in sorted((review.turns or {}).items()) if review is not None else ():
+            sent = (by_id[owner].get("conversations") or [])
+            if index >= answer_start(by_id[owner]) or index >= len(sent):
+                continue
+            original = sent[index]
+            at = index if index < end and _find(turns[index : index + 1], [original]) == 0 else _find(turns[:end], [original])
+            if at is not None:
+                turns[at] = {"from": original["from"], "value": text}
     for ancestor in _ancestors(record, by_id):
         review = reviews.get(ancestor)
         if review is None or review.answer is None:

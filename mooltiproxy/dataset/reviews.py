@@ -31,11 +31,11 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS reviews (record TEXT PRIMARY KEY,"
     " status TEXT NOT NULL DEFAULT 'none' CHECK (status IN ('accepted', 'rejected', 'none')),"
     " answer TEXT, rank INTEGER CHECK (rank IS NULL OR rank >= 1), updated TEXT NOT NULL, note TEXT,"
-    " deleted INTEGER NOT NULL DEFAULT 0)"
+    " deleted INTEGER NOT NULL DEFAULT 0, turns TEXT)"
 )
 # Columns added since the table was first made: (name, definition), added to a table that lacks them.
-ADDED = (("note", "TEXT"), ("deleted", "INTEGER NOT NULL DEFAULT 0"))
-_COLUMNS = "record, status, answer, rank, updated, note, deleted"
+ADDED = (("note", "TEXT"), ("deleted", "INTEGER NOT NULL DEFAULT 0"), ("turns", "TEXT"))
+_COLUMNS = "record, status, answer, rank, updated, note, deleted, turns"
 TAG = re.compile(r"#([\w-]+)")
 
 
@@ -48,6 +48,7 @@ class Review:
     updated: str | None = None
     note: str | None = None  # the reviewer's words on it; #words in it are its tags
     deleted: bool = False  # out of the lists and the exports (the recorded file keeps it)
+    turns: Mapping[int, str] | None = None  # edited texts of turns the record's client sent, by their place in it
 
     @property
     def tags(self) -> list[str]:
@@ -177,6 +178,18 @@ class Reviews:
         self._write("INSERT INTO reviews (record, note, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
                     " SET note = excluded.note, updated = excluded.updated", [(record_id, note, _now())])
 
+    def set_turn(self, record_id: str, index: int, value: str | None) -> None:
+        """What turn ``index`` of the record's conversation (a turn its client sent) should read in exports, and in every
+        later turn's row that holds it; None goes back to the recorded text."""
+        turns = dict(self.get(record_id).turns or {})
+        if value is None:
+            turns.pop(index, None)
+        else:
+            turns[index] = value
+        text = orjson.dumps({str(k): v for k, v in sorted(turns.items())}).decode() if turns else None
+        self._write("INSERT INTO reviews (record, turns, updated) VALUES (?, ?, ?) ON CONFLICT (record) DO UPDATE"
+                    " SET turns = excluded.turns, updated = excluded.updated", [(record_id, text, _now())])
+
     def set_deleted(self, record_ids: Iterable[str], deleted: bool = True) -> int:
         """Take records out of the lists and the exports (or bring them back); the recorded files keep them."""
         ids = list(record_ids)
@@ -194,9 +207,10 @@ class Reviews:
 
 
 def _review(row: tuple[Any, ...]) -> Review:
-    record, status, answer, rank, updated, note, deleted = row
+    record, status, answer, rank, updated, note, deleted, edited = row
     turns = tuple(orjson.loads(answer)) if answer else None
-    return Review(record=record, status=status, answer=turns, rank=rank, updated=updated, note=note, deleted=bool(deleted))
+    return Review(record=record, status=status, answer=turns, rank=rank, updated=updated, note=note, deleted=bool(deleted),
+                  turns={int(k): v for k, v in orjson.loads(edited).items()} if edited else None)
 
 
 def _now() -> str:

@@ -71,10 +71,19 @@ class Answer:
 
 
 @dataclass
+class Turn:
+    """A turn the client sent, with the record that first sent it (where an edit of it is kept) and its place there."""
+
+    turn: dict[str, Any]
+    owner: str
+    index: int
+
+
+@dataclass
 class Layout:
     leaf: Record
     path: list[Record]  # from the thread's first record to the leaf
-    items: list[tuple[str, Any]]  # ("turn", {"from", "value"}) or ("answer", Answer), in chat order
+    items: list[tuple[str, Any]]  # ("turn", Turn) or ("answer", Answer), in chat order
     other_leaves: list[Record]
 
 
@@ -128,6 +137,7 @@ def layout(snapshot: Snapshot, tid: str, leaf_id: str | None = None) -> Layout:
             items.append(("answer", answers[i]))
             i = len(answers[i].record.get("conversations") or [])
         else:
-            items.append(("turn", conversation[i]))
+            owner = next((r for r in path if len(r.get("conversations") or []) > i), leaf)
+            items.append(("turn", Turn(conversation[i], owner["id"], i)))
             i += 1
     return Layout(leaf, path, items, [whole[e.id] for e in leaves if e is not leaf_entry])

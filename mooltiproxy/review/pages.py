@@ -84,6 +84,7 @@ def routes(sessions: Sessions, store: Store, reviews: Reviews, ledger: BanLedger
         Route("/ui/records/{record_id}/status", site.page(site.record_status), methods=["POST"]),
         Route("/ui/records/{record_id}/answer", site.page(site.record_answer), methods=["POST"]),
         Route("/ui/records/{record_id}/note", site.page(site.record_note), methods=["POST"]),
+        Route("/ui/records/{record_id}/turns/{index:int}", site.page(site.record_turn), methods=["POST"]),
         Route("/ui/turns/{record_id}/ranks", site.page(site.ranks), methods=["POST"]),
         Route("/ui/export", site.page(site.export_form), methods=["GET"]),
         Route("/ui/export/download", site.page(site.download), methods=["GET"]),
@@ -386,6 +387,23 @@ class ReviewSite:
             raise BadRequest(f"A note holds at most {_NOTE_LIMIT} characters; this one has {len(note)}.", code="note_too_long")
         await run_in_threadpool(self.reviews.set_note, record_id, note)
         return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+
+    async def record_turn(self, request: Request) -> Response:
+        """An edit of a turn the client sent (a user or system message): exports use it in this record's row and in every
+        later turn's row that holds it."""
+        self._master(request)
+        form = await self._form(request)
+        snapshot = await self._snapshot()
+        record_id, index = request.path_params["record_id"], int(request.path_params["index"])
+        self._thread_id(snapshot, record_id)
+        record = (await run_in_threadpool(snapshot.load, [snapshot.by_id[record_id]]))[record_id]
+        sent = (record.get("conversations") or [])[: answer_start(record)]
+        if not 0 <= index < len(sent) or sent[index].get("from") not in ("human", "system"):
+            raise BadRequest(f"Turn {index} of {record_id} is not a user or system message its client sent.", code="not_an_editable_turn")
+        text = form.get("text", "").replace("\r\n", "\n")
+        value = None if form.get("action") == "revert" or text == sent[index].get("value") else text
+        await run_in_threadpool(self.reviews.set_turn, record_id, index, value)
+        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}"), status_code=303)
 
     async def ranks(self, request: Request) -> Response:
         """Rank the alternatives of the turn ``record_id`` answers: fields ``rank.<id>`` = 1, 2, … or empty."""
