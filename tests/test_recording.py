@@ -497,19 +497,22 @@ def test_what_a_client_received_is_on_disk_within_50_ms_even_for_kill_9(openai_s
 
 
 def test_fsync_interval_holds_when_traffic_stops(tmp_path: Path) -> None:
-    """Under ``fsync: interval`` the last records are forced to disk within a second, though nothing follows them."""
+    """Under ``fsync: interval`` the last records are forced to disk within the interval (a second; 0.3 s here), though
+    nothing follows them."""
     async def run() -> int:
-        recorder = Recorder(JsonlSink(tmp_path, "s"), "s", fsync="interval")
+        recorder = Recorder(JsonlSink(tmp_path, "s"), "s", fsync="interval", sync_every=0.3)
         recorder.start()
-        await asyncio.sleep(1.1)  # the first write syncs at once; the next one waits for the second to pass
+        await asyncio.sleep(0.35)  # the first write syncs at once; the next one waits for the interval to pass
         recorder.submit(Capture(request_id="a", endpoint="/v1/chat/completions", target="t", request={"messages": []}))
-        await asyncio.sleep(0.1)
+        while recorder.syncs == 0:
+            await asyncio.sleep(0.01)
         recorder.submit(Capture(request_id="b", endpoint="/v1/chat/completions", target="t", request={"messages": []}))
-        await asyncio.sleep(0.2)
+        while recorder.written < 2:
+            await asyncio.sleep(0.01)
         before = recorder.syncs
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(0.4)
         after = recorder.syncs
-        await asyncio.sleep(1.2)  # quiet, and synced: no more syncs
+        await asyncio.sleep(0.4)  # quiet, and synced: no more syncs
         assert recorder.syncs == after
         recorder.stop()
         return after - before

@@ -66,11 +66,13 @@ class Recorder:
         redact: list[str] | tuple[str, ...] = (),
         fsync: str = "interval",
         queue_size: int = 10_000,
+        sync_every: float = SYNC_EVERY,
     ) -> None:
         self.sink = sink
         self.session = session
         self.patterns = [re.compile(p) for p in redact]
         self.fsync = fsync
+        self.sync_every = sync_every
         self.queue_size = queue_size
         self._pending: deque[Capture] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +155,7 @@ class Recorder:
             if held:
                 wait = max(0.0, next_try - time.monotonic())
             if self._unsynced and self.fsync == "interval":
-                due = max(0.0, last_sync + SYNC_EVERY - time.monotonic())
+                due = max(0.0, last_sync + self.sync_every - time.monotonic())
                 wait = due if wait is None else min(wait, due)
             try:
                 item = self._outbox.get(timeout=wait)
@@ -190,7 +192,7 @@ class Recorder:
                                             f"({self._failure})")
             self.held = held_records
             now = time.monotonic()
-            if self._unsynced and (self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= SYNC_EVERY)):
+            if self._unsynced and (self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= self.sync_every)):
                 self._sync()
                 last_sync, self._unsynced = now, False
 
