@@ -217,7 +217,7 @@ def test_a_client_that_leaves_right_after_done_had_the_whole_stream(start_proxy:
 
 def test_streams_read_to_the_end_by_the_sdks_are_never_cut_short(client: openai.OpenAI, proxy: str, tmp_path: Path) -> None:
     """The sync SDK closes its connection once it has read ``[DONE]``; 2–4 % of such streams were once recorded as cut short."""
-    n = 150
+    n = 100
     for i in range(n):
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"alpha says: q{i}"
