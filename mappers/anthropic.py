@@ -560,9 +560,16 @@ def to_openai_answer(body: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- the declaration
 
 
+# The Messages API's error types, by HTTP status (its errors page); the SDK raises its exception by the status.
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error",
+               529: "overloaded_error"}
+
+
 def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
     """The proxy's own error as the Messages API writes one."""
-    return {"type": "error", "error": {"type": "api_error", "message": exc.full_message() if full else exc.message}}
+    message = exc.full_message() if full else exc.message
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(exc.status, "api_error"), "message": message}}
 
 
 BACKEND = Backend(

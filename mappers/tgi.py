@@ -222,13 +222,56 @@ def error(body: Any, ctx: MapContext) -> dict[str, Any]:
 # ---------------------------------------------------------------------- TGI's API in front (reverse)
 
 
+class Invalid(MappingError):
+    """A request TGI itself would refuse, refused as TGI does: 422, ``error_type: validation``."""
+
+    status = 422
+
+
+# TGI's checks of its parameters (router/src/validation.rs): name → (test, what TGI says when it fails).
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "max_new_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "must be strictly positive"),
+    "temperature": (lambda v: _number(v) and v > 0, "must be strictly positive"),
+    "top_p": (lambda v: _number(v) and 0 < v < 1, "must be > 0.0 and < 1.0"),
+    "top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "must be strictly positive"),
+    "repetition_penalty": (lambda v: _number(v) and v > 0, "must be strictly positive"),
+    "frequency_penalty": (lambda v: _number(v) and -2 <= v <= 2, "must be >= -2.0 and <= 2.0"),
+}
+# TGI parameters an OpenAI-compatible server has no place for: refused by name rather than dropped.
+_NO_PLACE = {
+    "typical_p": "typical sampling",
+    "truncate": "truncating the input",
+    "decoder_input_details": "the prompt's token details",
+    "adapter_id": "LoRA adapters by id",
+    "top_n_tokens": "the most likely tokens of each step, which this front does not relay yet",
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
-    """TGI ``/generate`` or ``/generate_stream`` → an OpenAI ``/v1/completions`` request."""
+    """TGI ``/generate`` or ``/generate_stream`` → an OpenAI ``/v1/completions`` request. Every TGI parameter is
+    mapped (``grammar`` of type json → ``response_format``) or refused with TGI's 422."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
         raise MappingError("A TGI request needs 'inputs', a string.", param="inputs")
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise MappingError("'parameters' must be an object.", param="parameters")
+    for name, (ok, rule) in _CHECKS.items():
+        if params.get(name) is not None and not ok(params[name]):
+            raise Invalid(f"Input validation error: `{name}` {rule}", param=name)
+    for name, what in _NO_PLACE.items():
+        if params.get(name) not in (None, False):
+            raise Invalid(f"Input validation error: `{name}` ({what}) cannot be passed on: target '{ctx.target.name}' is an "
+                          "OpenAI-compatible server, which has no such parameter.", param=name)
+    if params.get("watermark"):
+        raise Invalid(f"Input validation error: `watermark` cannot be honoured by target '{ctx.target.name}' (an OpenAI-compatible "
+                      "server).", param="watermark")
+    if isinstance(params.get("best_of"), int) and params["best_of"] > 1:
+        raise Invalid(f"Input validation error: `best_of` > 1 cannot be honoured by target '{ctx.target.name}' (an "
+                      "OpenAI-compatible server); ask for one answer.", param="best_of")
     stream = ctx.path == "/generate_stream" or (ctx.path == "/" and body.get("stream") is True)
     ctx.state["tgi_compat"] = ctx.path == "/"
     out: dict[str, Any] = {"model": ctx.target.options.get("model") or ctx.target.name, "prompt": body["inputs"], "stream": stream}
@@ -236,9 +279,19 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
         out["max_tokens"] = params["max_new_tokens"]
     if params.get("do_sample") is False and not any(params.get(k) for k in ("temperature", "top_p", "top_k", "typical_p")):
         out["temperature"] = 0
-    for key in ("temperature", "top_p", "frequency_penalty", "seed", "stop", "top_k", "repetition_penalty"):
+    for key in ("temperature", "top_p", "frequency_penalty", "seed", "top_k", "repetition_penalty"):
         if params.get(key) is not None:
             out[key] = params[key]
+    if params.get("stop"):  # none at all rather than an empty list
+        out["stop"] = params["stop"]
+    grammar = params.get("grammar")
+    if grammar is not None:
+        if not isinstance(grammar, dict) or grammar.get("type") not in ("json", "json_object"):
+            raise Invalid(f"Input validation error: `grammar` of type {grammar.get('type') if isinstance(grammar, dict) else grammar!r} "
+                          f"cannot be passed on to target '{ctx.target.name}': an OpenAI-compatible server takes a JSON schema "
+                          "(grammar type json), not a regular expression.", param="grammar")
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "grammar", "schema": grammar.get("value") or {}}}
+
     if stream:
         out["stream_options"] = {"include_usage": True}
     ctx.state["tgi_details"] = params.get("details", False) or stream
@@ -352,8 +405,10 @@ def native_answer(body: Any) -> dict[str, Any]:
 
 
 def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
-    """The proxy's own error as TGI writes one."""
-    return {"error": exc.full_message() if full else exc.message, "error_type": exc.code or exc.type}
+    """The proxy's own error as TGI writes one: ``error_type`` as TGI names the kinds its clients tell apart (the
+    ``text_generation`` client raises ValidationError for "validation", OverloadedError for "overloaded")."""
+    kind = "validation" if exc.status in (400, 413, 422) else "overloaded" if exc.status in (429, 503) else exc.code or exc.type
+    return {"error": exc.full_message() if full else exc.message, "error_type": kind}
 
 
 BACKEND = Backend(

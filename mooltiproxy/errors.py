@@ -7,7 +7,8 @@ it never reaches a client, it stops startup with every problem listed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 
@@ -154,9 +155,11 @@ class ConfigError(Exception):
 _JSON = (b"content-type", b"application/json")
 
 
-def render(exc: ProxyError, request_id: str = "", *, full: bool = False) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of the HTTP answer for ``exc`` (``full``: with its detail, for the administrator)."""
-    body = orjson.dumps(exc.body(full))
+def render(exc: ProxyError, request_id: str = "", *, full: bool = False,
+           shape: Callable[[ProxyError, bool], Any] | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the HTTP answer for ``exc`` (``full``: with its detail, for the administrator), in
+    OpenAI's shape or the one ``shape`` makes (the API of the path it was asked on)."""
+    body = orjson.dumps(shape(exc, full) if shape is not None else exc.body(full))
     headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))

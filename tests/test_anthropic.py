@@ -188,11 +188,18 @@ def test_anthropic_front_errors_in_anthropic_shape(openai_stub: tuple[OpenAIStub
     with pytest.raises(anthropic.RateLimitError) as info:
         sdk(url).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert info.value.body == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-    with pytest.raises(anthropic.AuthenticationError):
+    # The proxy's own refusals too, in the Messages API's shape, with its error types.
+    with pytest.raises(anthropic.AuthenticationError) as refused:
         anthropic.Anthropic(base_url=url, api_key="wrong", max_retries=0).messages.create(
             model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(anthropic.BadRequestError):
+    assert refused.value.body["type"] == "error" and refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert refused.value.body["error"]["message"].startswith("Incorrect API key")  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as bad:
         sdk(url).messages.create(model="m", max_tokens=5, messages=[{"role": "system", "content": "x"}])  # type: ignore[typeddict-item]
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        sdk(url).messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
 def test_messages_relayed_to_an_anthropic_target_and_recorded(claude: tuple[AnthropicStub, str], proxy: str, tmp_path: Path) -> None:

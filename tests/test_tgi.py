@@ -350,11 +350,27 @@ def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
 
 
 def test_tgi_front_errors_in_tgi_shape(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
+    # The proxy's own errors, in TGI's shape too: text_generation raises what TGI would make it raise.
     r = http.post(tgi_front + "/generate", json={"parameters": {}})
-    assert r.status_code == 400 and "'inputs'" in r.json()["error"]["message"]
+    assert r.status_code == 400 and r.json() == {"error": "A TGI request needs 'inputs', a string.", "error_type": "validation"}
+    text_generation = pytest.importorskip("text_generation")
+    with pytest.raises(text_generation.errors.UnknownError, match=r"^Incorrect API key"):
+        text_generation.Client(tgi_front, headers={"Authorization": "Bearer wrong-key-0123456789"}, timeout=10).generate("x")
+    tg = text_generation.Client(tgi_front, headers=AUTH, timeout=10)
+    with pytest.raises(text_generation.errors.ValidationError, match="`max_new_tokens` must be strictly positive"):
+        tg.generate("x", max_new_tokens=-3)
+    for option, value in (("typical_p", 0.5), ("truncate", 10), ("watermark", True), ("top_n_tokens", 3),
+                          ("decoder_input_details", True)):
+        with pytest.raises(text_generation.errors.ValidationError, match=f"`{option}`.*target 'vllm'"):
+            tg.generate("x", max_new_tokens=5, **{option: value})
+    assert http.post(tgi_front + "/generate", json={"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "a+"}}}
+                     ).json()["error_type"] == "validation"
+    sent = openai_stub[0].seen
+    tg.generate("x", max_new_tokens=5, grammar={"type": "json", "value": {"type": "object"}})
+    assert sent[-1].body["response_format"] == {"type": "json_schema", "json_schema": {"name": "grammar", "schema": {"type": "object"}}}
+    assert "stop" not in sent[-1].body  # no empty list of stop strings
     openai_stub[0].fail = (429, "slow down")
     r = http.post(tgi_front + "/generate", json={"inputs": "x"})
     assert r.status_code == 429 and r.json() == {"error": "slow down", "error_type": "stub_error"}
-    text_generation = pytest.importorskip("text_generation")
     with pytest.raises(text_generation.errors.RateLimitExceededError):
         text_generation.Client(tgi_front, headers=AUTH, timeout=10).generate("x")

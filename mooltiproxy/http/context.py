@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,7 @@ from ..guard.keys import MASTER
 from ..ops.metrics import Metrics
 
 if TYPE_CHECKING:
+    from ..routing.fronts import FrontRoute
     from ..state.settings import Live, Settings
 
 access_log = logging.getLogger("mooltiproxy.access")
@@ -100,11 +102,11 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except ProxyError as exc:
-            await self._answer_error(info, exc, send)
+            await self._answer_error(scope, info, exc, send)
         except Exception as exc:
             log.exception("request %s failed", info.id)
             await self._answer_error(
-                info,
+                scope, info,
                 ProxyError(f"The proxy failed on this request ({type(exc).__name__}); its log has the details under request id {info.id}."),
                 send,
             )
@@ -114,18 +116,34 @@ class RequestContext:
                 self.metrics.request(info.target, info.route, info.status, info.upstream_ms, total)
             _access(scope, info, total)
 
-    async def _answer_error(self, info: RequestInfo, exc: ProxyError, send: Send) -> None:
+    async def _answer_error(self, scope: Scope, info: RequestInfo, exc: ProxyError, send: Send) -> None:
         if info.started:
             # Too late for a status line; the layer that started the answer has ended it.
             log.warning("request %s: %s (after the answer had started)", info.id, exc.full_message())
             return
         if exc.detail and not info.administrator:
             log.warning("request %s: %s", info.id, exc.full_message())  # what the client was not told
-        status, headers, body = render(exc, info.id, full=info.administrator)
+        front = _front_of(info.settings.fronts, scope)
+        status, headers, body = render(exc, info.id, full=info.administrator, shape=front.error_body if front is not None else None)
         info.status = status
         info.started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _front_of(fronts: Mapping[str, FrontRoute], scope: Scope) -> FrontRoute | None:
+    """The API a request was asked in, when not OpenAI's: its path is a front's (Anthropic's /v1/messages, TGI's
+    /generate…) or under one (/v1/messages/count_tokens). Its errors are answered in that API's shape, whatever refused
+    it. TGI's compat route "/" counts for a POST only: a browser's GET / is nobody's API."""
+    path = scope["path"]
+    if path == "/":
+        return fronts.get(path) if scope["method"] == "POST" else None
+    front = fronts.get(path)
+    if front is None:
+        for base, candidate in fronts.items():
+            if base != "/" and path.startswith(base + "/"):
+                return candidate
+    return front
 
 
 def _client(scope: Scope) -> str:
