@@ -39,7 +39,7 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
     """``/v1/chat/completions`` → ``/generate``: the messages rendered by the target's prompter (its
     leading BOS dropped: ``/generate`` tokenizes with special tokens and adds its own)."""
     prompt, _ = oa.chat_prompt(body, ctx)
-    return _generate([prompt], body, ctx)
+    return _generate([prompt], body, ctx, oa.CHAT)
 
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
@@ -49,11 +49,14 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
     if body.get("echo"):
         raise MappingError("'echo' is not supported by TGI.", param="echo")
     prompts, _ = oa.completion_prompts(body, ctx)
-    return _generate(prompts, body, ctx)
+    return _generate(prompts, body, ctx, oa.COMPLETION)
 
 
-def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    params: dict[str, Any] = {"details": True}
+def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
+    params: dict[str, Any] = {"details": True}  # details: the finish reason, the token counts, each token's logprob
+    top = oa.logprobs_asked(body, kind)
+    if top:  # the alternatives of each step, for top_logprobs
+        params["top_n_tokens"] = top
     max_new = oa.max_tokens_of(body)
     if max_new is not None:
         params["max_new_tokens"] = max_new
@@ -150,7 +153,28 @@ def _answer(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
         cut, stopped = oa.cut_at_stop(text, stops)
         choices.append((cut, "stop" if stopped else FINISH.get(reason or "", "stop")))
     prompt_tokens = _int(ctx.upstream_headers.get("x-prompt-tokens"))
-    return oa.answer(ctx, kind, choices, oa.usage(prompt_tokens, sum(s[2] or 0 for s in sequences)))
+    top = oa.logprobs_asked(ctx.request, kind)
+    logprobs = None
+    if top is not None:  # each sequence's tokens, as far as its text was kept (a stop string cuts both)
+        logprobs = [_logprobs(details.get("tokens"), details.get("top_tokens"), top, choices[0][0])]
+        logprobs += [_logprobs(extra.get("tokens"), extra.get("top_tokens"), top, choice[0])
+                     for extra, choice in zip(details.get("best_of_sequences") or [], choices[1:], strict=False)]
+    return oa.answer(ctx, kind, choices, oa.usage(prompt_tokens, sum(s[2] or 0 for s in sequences)), logprobs)
+
+
+def _logprobs(tokens: Any, top_tokens: Any, top: int, text: str) -> list[dict[str, Any]]:
+    """TGI's tokens (``{id, text, logprob, special}``) and the alternatives of each step → OpenAI's token form, special
+    tokens left out (their text is no text), up to the length of ``text``."""
+    entries, kept = [], 0
+    alternatives = top_tokens if isinstance(top_tokens, list) else []
+    for i, token in enumerate(tokens if isinstance(tokens, list) else []):
+        if not isinstance(token, dict) or token.get("special") or kept >= len(text):
+            continue
+        options = alternatives[i] if i < len(alternatives) and isinstance(alternatives[i], list) else []
+        entries.append({"token": token.get("text"), "logprob": token.get("logprob"),
+                        "top_logprobs": [{"token": o.get("text"), "logprob": o.get("logprob")} for o in options if isinstance(o, dict)]})
+        kept += len(str(token.get("text") or ""))
+    return oa.logprob_tokens(entries, top)
 
 
 def _int(value: Any) -> int:
@@ -174,6 +198,8 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
     """TGI token events → OpenAI chunks: role first, text as it is decided, then finish and usage."""
     chunks = oa.Chunks(ctx, kind)
     cutter = oa.StopCutter(ctx.stop)
+    top = oa.logprobs_asked(ctx.request, kind)
+    held: list[dict[str, Any]] = []  # tokens whose text the stop cutter holds back: sent with it
     started = False
     async for event in events:
         if not isinstance(event, dict):
@@ -186,14 +212,17 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
             started = True
         token = event.get("token") or {}
         if not token.get("special"):
+            if top is not None:
+                held += _logprobs([token], [event.get("top_tokens")], top, token.get("text") or " ")
             text = cutter.feed(token.get("text") or "")
             if text:
-                yield chunks.text(text)
+                yield chunks.text(text, tokens=held if top is not None else None)
+                held = []
         if cutter.stopped or event.get("generated_text") is not None:
             details = event.get("details") or {}
             tail = cutter.flush()
             if tail:
-                yield chunks.text(tail)
+                yield chunks.text(tail, tokens=held if top is not None else None)
             yield chunks.finish("stop" if cutter.stopped else FINISH.get(details.get("finish_reason") or "", "stop"))
             use = chunks.usage(oa.usage(_int(details.get("input_length")), _int(details.get("generated_tokens") or event.get("index"))))
             if use is not None:

@@ -173,6 +173,26 @@ def test_tgis_own_api_relayed_to_a_tgi_target_is_recorded(tgi: tuple[TGIStub, st
     assert found[0]["meta"]["params"]["max_tokens"] == 5
 
 
+def test_logprobs_from_tgis_token_details(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    """Chat logprobs and top_logprobs (TGI's details.tokens and top_n_tokens), stream and not, and completions'."""
+    stub = tgi[0]
+    answer = client.chat.completions.create(model="m", messages=CHAT, logprobs=True, top_logprobs=2)
+    assert stub.seen[-1]["parameters"]["top_n_tokens"] == 2
+    content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert "".join(t.token for t in content) == answer.choices[0].message.content  # the EOS token is no text
+    assert all(t.logprob == -0.5 and [a.token for a in t.top_logprobs] == [t.token, " else"] for t in content)
+    plain = client.chat.completions.create(model="m", messages=CHAT)
+    assert plain.choices[0].logprobs is None and "top_n_tokens" not in stub.seen[-1]["parameters"]
+    streamed = [c for c in client.chat.completions.create(model="m", messages=CHAT, stream=True, logprobs=True, top_logprobs=1)
+                if c.choices and c.choices[0].logprobs]
+    tokens = [t for c in streamed for t in c.choices[0].logprobs.content]  # type: ignore[union-attr]
+    assert "".join(t.token for t in tokens) == "Hello there, friend." and all(len(t.top_logprobs) == 1 for t in tokens)
+    done = client.completions.create(model="m", prompt="Once", logprobs=2)
+    probs = done.choices[0].logprobs
+    assert probs is not None and "".join(probs.tokens or []) == done.choices[0].text
+    assert probs.top_logprobs and all(set(d) == {tok, " else"} for d, tok in zip(probs.top_logprobs, probs.tokens or [], strict=True))
+
+
 def test_n_by_best_of_and_by_several_calls(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
     stub = tgi[0]
     answer = client.chat.completions.create(model="m", messages=CHAT, n=2)

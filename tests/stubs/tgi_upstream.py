@@ -156,6 +156,8 @@ class TGIStub:
         if p.get("details"):
             answer["details"] = {"finish_reason": reason, "generated_tokens": len(tokens), "seed": p.get("seed"), "prefill": [],
                                  "tokens": [{"id": i, "text": t, "logprob": -0.5, "special": s} for i, (t, s) in enumerate(tokens)]}
+            if p.get("top_n_tokens"):  # TGI: the most likely tokens of each step, the chosen one among them
+                answer["details"]["top_tokens"] = [_top(i, t, s, p["top_n_tokens"]) for i, (t, s) in enumerate(tokens)]
             if (p.get("best_of") or 1) > 1:
                 seqs = []
                 for v in range(1, p["best_of"]):
@@ -191,6 +193,8 @@ class TGIStub:
                 last = i == len(tokens) - 1
                 event = {"index": i + 1, "token": {"id": i, "text": piece, "logprob": -0.5, "special": special},
                          "generated_text": text if last else None, "details": None}
+                if p.get("top_n_tokens"):
+                    event["top_tokens"] = _top(i, piece, special, p["top_n_tokens"])
                 if last and p.get("details"):
                     event["details"] = {"finish_reason": reason, "generated_tokens": len(tokens), "seed": p.get("seed"),
                                         "input_length": len(body["inputs"].split())}
@@ -199,3 +203,8 @@ class TGIStub:
                     await asyncio.sleep(self.delay)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+
+
+def _top(i: int, text: str, special: bool, n: int) -> list[dict[str, Any]]:
+    """A step's most likely tokens as TGI lists them: the chosen one, then another."""
+    return [{"id": i, "text": text, "logprob": -0.5, "special": special}, {"id": 9999, "text": " else", "logprob": -2.25, "special": False}][:n]
