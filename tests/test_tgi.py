@@ -173,6 +173,18 @@ def test_tgis_own_api_relayed_to_a_tgi_target_is_recorded(tgi: tuple[TGIStub, st
     assert found[0]["meta"]["params"]["max_tokens"] == 5
 
 
+def test_tools_offered_to_a_template_without_a_place_for_them_are_refused(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    """No bundled prompter renders tools yet: a request offering them is a 400 naming the prompter and the target, not a
+    prompt silently without them; with tool_choice "none" the client asked for no tool use, and gets an answer."""
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    sent = len(tgi[0].seen)
+    with pytest.raises(openai.BadRequestError, match="prompter 'llama2-chat' of target 'local' has no place for them") as info:
+        client.chat.completions.create(model="m", messages=CHAT, tools=[weather])  # type: ignore[list-item]
+    assert info.value.param == "tools" and len(tgi[0].seen) == sent  # nothing went upstream
+    answer = client.chat.completions.create(model="m", messages=CHAT, tools=[weather], tool_choice="none")  # type: ignore[list-item]
+    assert answer.choices[0].message.content == "Hello there, friend."
+
+
 def test_logprobs_from_tgis_token_details(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
     """Chat logprobs and top_logprobs (TGI's details.tokens and top_n_tokens), stream and not, and completions'."""
     stub = tgi[0]

@@ -14,8 +14,9 @@ What the template is given is the OpenAI request made plain:
 - ``developer`` messages are ``system`` messages; a ``null`` content is ``""``.
 - Assistant ``tool_calls`` keep their OpenAI shape, with ``arguments`` decoded from its JSON string to
   an object as Hugging Face templates expect. They, and ``tool`` messages, are refused for a template
-  whose source never mentions them. ``tools`` reach the template as sent; one that ignores them
-  renders without them.
+  whose source never mentions them. ``tools`` reach the template as sent; a request offering tools to a
+  prompter whose templates never use them is refused (``helpers.chat_prompt``), unless ``tool_choice`` is
+  ``none``: the model would never see them.
 - A history ending with an assistant message is continued, not answered: the prompt stops right
   where that message's text stops (transformers' ``continue_final_message``).
 
@@ -83,6 +84,10 @@ class Prompter:
     sources: Mapping[str, str] = field(repr=False, compare=False)
     special_tokens: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     environment: Sandbox | Trusted | None = field(default=None, repr=False, compare=False)
+
+    def renders_tools(self) -> bool:
+        """Whether a template of this prompter has a place for the tools a request offers (its source uses ``tools``)."""
+        return any(re.search(r"\btools\b", source) for source in self.sources.values())
 
     def render(
         self,

@@ -207,4 +207,5 @@ class TGIStub:
 
 def _top(i: int, text: str, special: bool, n: int) -> list[dict[str, Any]]:
     """A step's most likely tokens as TGI lists them: the chosen one, then another."""
-    return [{"id": i, "text": text, "logprob": -0.5, "special": special}, {"id": 9999, "text": " else", "logprob": -2.25, "special": False}][:n]
+    chosen = {"id": i, "text": text, "logprob": -0.5, "special": special}
+    return [chosen, {"id": 9999, "text": " else", "logprob": -2.25, "special": False}][:n]
