@@ -337,6 +337,11 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
     if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool):
         raise MappingError("A Messages request needs 'max_tokens', a whole number.", param="max_tokens")
     _check_fields(body)
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled"):
+        # Only an Anthropic target can think this way (its /v1/messages is relayed as it is); here it would be dropped.
+        raise MappingError(f"'thinking' (extended thinking) reaches Anthropic targets only; target '{ctx.target.name}' is not one. "
+                           "Send the request without it, or to an Anthropic target.", param="thinking")
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:

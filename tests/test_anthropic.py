@@ -197,6 +197,9 @@ def test_anthropic_front_errors_in_anthropic_shape(openai_stub: tuple[OpenAIStub
     with pytest.raises(anthropic.BadRequestError) as bad:
         sdk(url).messages.create(model="m", max_tokens=5, messages=[{"role": "system", "content": "x"}])  # type: ignore[typeddict-item]
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError, match="'thinking' \\(extended thinking\\) reaches Anthropic targets only; target 'o'"):
+        sdk(url).messages.create(model="m", max_tokens=2048, messages=[{"role": "user", "content": "x"}],
+                                 thinking={"type": "enabled", "budget_tokens": 1024})
     with pytest.raises(anthropic.NotFoundError) as missing:
         sdk(url).messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
