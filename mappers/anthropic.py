@@ -351,6 +351,7 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
             raise MappingError(f"messages[{i}] must have the role user or assistant.", param=f"messages[{i}]")
         messages.extend(_openai_messages(m, i))
     out: dict[str, Any] = {"model": body.get("model"), "messages": messages, "max_tokens": body["max_tokens"]}
+    ctx.state["anthropic_stops"] = list(body.get("stop_sequences") or ())
     for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("stop_sequences", "stop")):
         if body.get(src) is not None:
             out[dst] = body[src]
@@ -456,9 +457,17 @@ def front_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
         "id": "msg_" + os.urandom(12).hex(), "type": "message", "role": "assistant",
         "model": ctx.state.get("anthropic_model") or body.get("model"),
         "content": content or [{"type": "text", "text": ""}],
-        "stop_reason": FINISH_TO_STOP.get(choice.get("finish_reason") or "", "end_turn"), "stop_sequence": None,
+        **_stop(choice.get("finish_reason"), choice.get("stop_reason"), ctx),
         "usage": {"input_tokens": use.get("prompt_tokens", 0), "output_tokens": use.get("completion_tokens", 0)},
     }
+
+
+def _stop(finish: Any, matched: Any, ctx: MapContext) -> dict[str, Any]:
+    """``stop_reason`` and ``stop_sequence``: a choice that ended at one of the request's stop sequences says which (vLLM
+    and the proxy's own translations name it in ``stop_reason``; a server that does not leaves it at end_turn)."""
+    if finish == "stop" and isinstance(matched, str) and matched in ctx.state.get("anthropic_stops", ()):
+        return {"stop_reason": "stop_sequence", "stop_sequence": matched}
+    return {"stop_reason": FINISH_TO_STOP.get(finish or "", "end_turn"), "stop_sequence": None}
 
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
@@ -476,7 +485,7 @@ async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -
     block: str | None = None  # the kind of the content block now open
     index = -1
     tools: dict[int, int] = {}  # OpenAI tool call index → block index
-    finish = None
+    finish = matched = None
     use: dict[str, Any] = {}
     async for chunk in events:
         if not started:
@@ -490,7 +499,7 @@ async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
+                finish, matched = choice["finish_reason"], choice.get("stop_reason")
             for kind, key, new in (("thinking", "reasoning_content", {"type": "thinking", "thinking": "", "signature": ""}),
                                    ("text", "content", {"type": "text", "text": ""})):
                 piece = delta.get(key)
@@ -521,7 +530,7 @@ async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -
         return
     if block is not None:
         yield {"type": "content_block_stop", "index": index}
-    yield {"type": "message_delta", "delta": {"stop_reason": FINISH_TO_STOP.get(finish or "", "end_turn"), "stop_sequence": None},
+    yield {"type": "message_delta", "delta": _stop(finish, matched, ctx),
            "usage": {"input_tokens": use.get("prompt_tokens", 0), "output_tokens": use.get("completion_tokens", 0)}}
     yield {"type": "message_stop"}
 

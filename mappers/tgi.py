@@ -148,10 +148,14 @@ def _answer(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
     sequences = [(body["generated_text"], details.get("finish_reason"), details.get("generated_tokens", 0))]
     for extra in details.get("best_of_sequences") or []:
         sequences.append((extra.get("generated_text", ""), extra.get("finish_reason"), extra.get("generated_tokens", 0)))
-    choices = []
+    choices: list[tuple[str, str, str | None]] = []
     for text, reason, _ in sequences:
-        cut, stopped = oa.cut_at_stop(text, stops)
-        choices.append((cut, "stop" if stopped else FINISH.get(reason or "", "stop")))
+        at, matched = oa.first_stop(text, stops)
+        if at != -1:
+            choices.append((text[:at], "stop", matched))
+        else:
+            # TGI keeps a stop string it matched at the end of its text (the prompter's are cut above; this says which)
+            choices.append((text, FINISH.get(reason or "", "stop"), None))
     prompt_tokens = _int(ctx.upstream_headers.get("x-prompt-tokens"))
     top = oa.logprobs_asked(ctx.request, kind)
     logprobs = None
@@ -223,7 +227,7 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
             tail = cutter.flush()
             if tail:
                 yield chunks.text(tail, tokens=held if top is not None else None)
-            yield chunks.finish("stop" if cutter.stopped else FINISH.get(details.get("finish_reason") or "", "stop"))
+            yield chunks.finish("stop" if cutter.stopped else FINISH.get(details.get("finish_reason") or "", "stop"), stop=cutter.matched)
             use = chunks.usage(oa.usage(_int(details.get("input_length")), _int(details.get("generated_tokens") or event.get("index"))))
             if use is not None:
                 yield use

@@ -180,6 +180,14 @@ def test_anthropic_sdk_in_front_of_tgi(stack: ExitStack, start_proxy: ProxyFacto
     assert message.content[0].type == "text" and message.content[0].text == "Hello there, friend."
     with sdk(url).messages.stream(model="m", max_tokens=20, messages=[{"role": "user", "content": "Hi"}]) as stream:
         assert "".join(stream.text_stream) == "Hello there, friend."
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    # Ended at one of the request's stop sequences: the Messages API says which, stream and not.
+    stopped = sdk(url).messages.create(model="m", max_tokens=20, messages=[{"role": "user", "content": "Hi"}], stop_sequences=[" friend"])
+    assert (stopped.content[0].text, stopped.stop_reason, stopped.stop_sequence) == ("Hello there,", "stop_sequence", " friend")  # type: ignore[union-attr]
+    with sdk(url).messages.stream(model="m", max_tokens=20, messages=[{"role": "user", "content": "Hi"}],
+                                  stop_sequences=[" friend"]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " friend")
 
 
 def test_anthropic_front_errors_in_anthropic_shape(openai_stub: tuple[OpenAIStub, str], start_proxy: ProxyFactory) -> None:

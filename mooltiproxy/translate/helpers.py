@@ -166,10 +166,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 # ------------------------------------------------------------------------------------ building answers
 
 
-def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: dict[str, int] | None,
+def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str] | tuple[str, str, str | None]], use: dict[str, int] | None,
            logprobs: Sequence[list[dict[str, Any]] | None] | None = None) -> dict[str, Any]:
-    """A whole ``chat.completion`` or ``text_completion`` from (text, finish_reason) per choice; ``logprobs``, per
-    choice, the tokens in chat form (see ``logprob_tokens``) when the client asked for them."""
+    """A whole ``chat.completion`` or ``text_completion`` from (text, finish_reason) per choice, or (text, finish_reason,
+    the stop string it ended at: vLLM's ``stop_reason``); ``logprobs``, per choice, the tokens in chat form (see
+    ``logprob_tokens``) when the client asked for them."""
     asked = logprobs_asked(ctx.request, kind)
     per_choice = list(logprobs or ())
 
@@ -179,14 +180,16 @@ def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str]], use: 
 
     if kind == CHAT:
         out_choices: list[dict[str, Any]] = [
-            {"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": probs(i), "finish_reason": finish}
-            for i, (text, finish) in enumerate(choices)
+            {"index": i, "message": {"role": "assistant", "content": c[0], "refusal": None}, "logprobs": probs(i), "finish_reason": c[1]}
+            for i, c in enumerate(choices)
         ]
         head = {"id": new_id("chatcmpl"), "object": "chat.completion"}
     else:
-        out_choices = [{"index": i, "text": text, "logprobs": probs(i), "finish_reason": finish}
-                       for i, (text, finish) in enumerate(choices)]
+        out_choices = [{"index": i, "text": c[0], "logprobs": probs(i), "finish_reason": c[1]} for i, c in enumerate(choices)]
         head = {"id": new_id("cmpl"), "object": "text_completion"}
+    for out, c in zip(out_choices, choices, strict=True):
+        if len(c) > 2 and c[2] is not None:
+            out["stop_reason"] = c[2]
     result: dict[str, Any] = {**head, "created": int(time.time()), "model": model_of(ctx), "choices": out_choices}
     if use is not None:
         result["usage"] = use
@@ -240,10 +243,16 @@ class Chunks:
         """A chat chunk carrying any delta: reasoning_content, tool_calls fragments."""
         return self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
 
-    def finish(self, reason: str, index: int = 0) -> dict[str, Any]:
+    def finish(self, reason: str, index: int = 0, stop: str | None = None) -> dict[str, Any]:
+        """The choice's last chunk; ``stop``, the stop string it ended at (vLLM's ``stop_reason``, which the Anthropic front
+        answers as ``stop_sequence``)."""
         if self._kind == CHAT:
-            return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
-        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+            chunk = self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+        else:
+            chunk = self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+        if stop is not None:
+            chunk["choices"][0]["stop_reason"] = stop
+        return chunk
 
     def usage(self, use: dict[str, int]) -> dict[str, Any] | None:
         """The closing usage chunk. When the client did not ask for one it is a ``RecordOnly`` chunk: yielded like any
@@ -328,24 +337,31 @@ def logprobs_object(kind: str, tokens: list[dict[str, Any]], top: int, offset: i
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found (OpenAI never returns it)."""
-    cut = -1
-    for stop in stops:
-        i = text.find(stop)
-        if i != -1 and (cut == -1 or i < cut):
-            cut = i
+    cut, _ = first_stop(text, stops)
     return (text[:cut], True) if cut != -1 else (text, False)
+
+
+def first_stop(text: str, stops: Sequence[str]) -> tuple[int, str | None]:
+    """Where the first stop string starts in ``text`` (-1: none), and which one it is."""
+    cut, matched = -1, None
+    for stop in stops:
+        i = text.find(stop) if stop else -1
+        if i != -1 and (cut == -1 or i < cut):
+            cut, matched = i, stop
+    return cut, matched
 
 
 class StopCutter:
     """Streamed text in, text safe to send out: what could still grow into a stop string is held back
     until the next piece decides it, and the stream ends at the first stop string."""
 
-    __slots__ = ("_held", "_stops", "stopped")
+    __slots__ = ("_held", "_stops", "matched", "stopped")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string the stream ended at
 
     def feed(self, piece: str) -> str:
         if self.stopped:
@@ -353,11 +369,11 @@ class StopCutter:
         if not self._stops:
             return piece
         text = self._held + piece
-        before, found = cut_at_stop(text, self._stops)
-        if found:
+        cut, matched = first_stop(text, self._stops)
+        if cut != -1:
             self._held = ""
-            self.stopped = True
-            return before
+            self.stopped, self.matched = True, matched
+            return text[:cut]
         keep = self._partial_len(text)
         self._held = text[len(text) - keep:] if keep else ""
         return text[: len(text) - keep]
