@@ -437,6 +437,16 @@ def native_answer(body: Any) -> dict[str, Any]:
     return out
 
 
+def models_answer(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """TGI's ``/info`` → OpenAI's model list: the one model the server serves (a client of a TGI target lists models
+    to find the name to send, and that is the one the server knows)."""
+    info = body if isinstance(body, dict) else {}
+    model = info.get("model_id") or ctx.target.name
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": ctx.target.name,
+                                        **({"max_model_len": info["max_total_tokens"]} if isinstance(info.get("max_total_tokens"), int)
+                                           else {})}]}
+
+
 def _error_body(exc: ProxyError, full: bool) -> dict[str, Any]:
     """The proxy's own error as TGI writes one: ``error_type`` as TGI names the kinds its clients tell apart (the
     ``text_generation`` client raises ValidationError for "validation", OverloadedError for "overloaded")."""
@@ -456,6 +466,7 @@ BACKEND = Backend(
         "/generate_stream": RouteSpec(),
         "/": RouteSpec(),
         "/info": RouteSpec.get(),
+        "/v1/models": RouteSpec(path="/info", method="GET", answer=models_answer),
     },
     options={
         "max_stop_sequences": Option(integer(min=1), 4, "the server's --max-stop-sequences"),

@@ -185,6 +185,11 @@ def test_tools_offered_to_a_template_without_a_place_for_them_are_refused(tgi: t
     assert answer.choices[0].message.content == "Hello there, friend."
 
 
+def test_the_model_list_of_a_tgi_target_is_the_model_it_serves(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
+    """Listing models on a TGI target gives the model the server serves (its /info), not the proxy's target names."""
+    assert [m.id for m in client.models.list().data] == ["stub/llama"]
+
+
 def test_logprobs_from_tgis_token_details(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
     """Chat logprobs and top_logprobs (TGI's details.tokens and top_n_tokens), stream and not, and completions'."""
     stub = tgi[0]
