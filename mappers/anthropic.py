@@ -470,6 +470,14 @@ def _stop(finish: Any, matched: Any, ctx: MapContext) -> dict[str, Any]:
     return {"stop_reason": FINISH_TO_STOP.get(finish or "", "end_turn"), "stop_sequence": None}
 
 
+def messages_prompt(body: Any, ctx: MapContext) -> str:
+    """The prompt a prompter target makes of a Messages request: this front's translation to a chat, then the target's
+    prompter (``/v1/messages/count_tokens`` on a TGI or llama.cpp target tokenizes it)."""
+    chat = front_request({**body, "max_tokens": 1} if isinstance(body, dict) and "max_tokens" not in body else body, ctx)
+    prompt, _ = oa.chat_prompt(chat, ctx)
+    return prompt
+
+
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     fn = call.get("function") or {}
     try:

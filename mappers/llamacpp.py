@@ -11,6 +11,7 @@ stream ends with an event whose ``stop`` is true; an error inside it is ``data: 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -190,6 +191,24 @@ def error(body: Any, ctx: MapContext) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- the declaration
 
+def count_tokens_request(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """Anthropic's ``/v1/messages/count_tokens`` → llama.cpp's ``/tokenize`` of the prompt the same Messages request would
+    send, counted as /completion counts it (its BOS added where the model has one)."""
+    # The Messages API's translation lives with it, installed as mooltiproxy.mappers.anthropic (looked up when used:
+    # mappers/ is its own folder to the type checker).
+    messages_prompt = importlib.import_module("mooltiproxy.mappers.anthropic").messages_prompt
+
+    return {"content": messages_prompt(body, ctx), "add_special": True}
+
+
+def count_tokens_answer(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """llama.cpp's ``{"tokens": [...]}`` → ``{"input_tokens": n}``."""
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(tokens, list):
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered /tokenize without its tokens.")
+    return {"input_tokens": len(tokens)}
+
+
 BACKEND = Backend(
     name="llamacpp",
     doc="llama.cpp's llama-server /completion: chats rendered by a prompter",
@@ -200,6 +219,7 @@ BACKEND = Backend(
         "/completion": RouteSpec(),
         # The server's own tokenizer, for counting a prompt's tokens as the model will.
         "/tokenize": RouteSpec(),
+        "/v1/messages/count_tokens": RouteSpec(path="/tokenize", request=count_tokens_request, answer=count_tokens_answer),
         "/detokenize": RouteSpec(),
         "/apply-template": RouteSpec(),
         "/props": RouteSpec.get(),

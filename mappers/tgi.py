@@ -10,6 +10,7 @@ one is held back until the next token decides it.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -437,6 +438,23 @@ def native_answer(body: Any) -> dict[str, Any]:
     return out
 
 
+def count_tokens_request(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """Anthropic's ``/v1/messages/count_tokens`` → TGI's ``/tokenize`` of the prompt the same Messages request would send
+    (what the model sees, its BOS included: /tokenize adds it as /generate does)."""
+    # The Messages API's translation lives with it, installed as mooltiproxy.mappers.anthropic (looked up when used:
+    # mappers/ is its own folder to the type checker).
+    messages_prompt = importlib.import_module("mooltiproxy.mappers.anthropic").messages_prompt
+
+    return {"inputs": messages_prompt(body, ctx)}
+
+
+def count_tokens_answer(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """TGI's token list → ``{"input_tokens": n}``."""
+    if not isinstance(body, list):
+        raise UpstreamError(f"The upstream of target '{ctx.target.name}' answered /tokenize without a list of tokens.")
+    return {"input_tokens": len(body)}
+
+
 def models_answer(body: Any, ctx: MapContext) -> dict[str, Any]:
     """TGI's ``/info`` → OpenAI's model list: the one model the server serves (a client of a TGI target lists models
     to find the name to send, and that is the one the server knows)."""
@@ -467,6 +485,7 @@ BACKEND = Backend(
         "/": RouteSpec(),
         "/info": RouteSpec.get(),
         "/v1/models": RouteSpec(path="/info", method="GET", answer=models_answer),
+        "/v1/messages/count_tokens": RouteSpec(path="/tokenize", request=count_tokens_request, answer=count_tokens_answer),
     },
     options={
         "max_stop_sequences": Option(integer(min=1), 4, "the server's --max-stop-sequences"),

@@ -188,6 +188,10 @@ def test_anthropic_sdk_in_front_of_tgi(stack: ExitStack, start_proxy: ProxyFacto
                                   stop_sequences=[" friend"]) as stream:
         final = stream.get_final_message()
     assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " friend")
+    # Counting a request's tokens: TGI's /tokenize of the prompt the request would make.
+    counted = sdk(url).messages.count_tokens(model="m", system="Be brief.", messages=[{"role": "user", "content": "Hi there"}])
+    assert tgi.paths[-1] == "/tokenize"
+    assert counted.input_tokens == len(tgi.seen[-1]["inputs"].split()) == 7  # the stub counts words: the whole ChatML prompt
 
 
 def test_anthropic_front_errors_in_anthropic_shape(openai_stub: tuple[OpenAIStub, str], start_proxy: ProxyFactory) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -173,6 +174,13 @@ def test_the_servers_tokenizer_through_the_proxy(llama: LlamaServer, proxy: str)
     assert counted.status_code == 200 and counted.json()["tokens"] == tokens(llama, PROMPT)
     back = http.post(proxy + "/detokenize", json={"tokens": counted.json()["tokens"]})
     assert back.json()["content"] == PROMPT
+
+
+def test_counting_a_messages_requests_tokens(llama: LlamaServer, proxy: str) -> None:
+    """The Anthropic SDK's count_tokens on a llama.cpp target: the server's own count of the prompt the request makes."""
+    counted = anthropic.Anthropic(base_url=proxy, api_key=KEY, max_retries=0).messages.count_tokens(
+        model="tiny", system="Be brief.", messages=[{"role": "user", "content": "Hi!"}])
+    assert counted.input_tokens == len(tokens(llama, PROMPT)) > 0
 
 
 def test_a_client_that_leaves_frees_the_servers_slot(llama: LlamaServer, proxy: str, tmp_path: Path) -> None:

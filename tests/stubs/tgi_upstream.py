@@ -47,7 +47,18 @@ class TGIStub:
             Route("/generate_stream", self.generate_stream, methods=["POST"]),
             Route("/info", self.info, methods=["GET"]),
             Route("/", self.compat, methods=["POST"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
         ])
+
+    async def tokenize(self, request: Request) -> Response:
+        """TGI's /tokenize: the prompt's tokens (here one per word), with where each lies in it."""
+        body = await self._read(request)
+        tokens, at = [], 0
+        for i, word in enumerate(str(body.get("inputs", "")).split()):
+            start = str(body["inputs"]).index(word, at)
+            at = start + len(word)
+            tokens.append({"id": i, "text": word, "start": start, "stop": at})
+        return JSONResponse(tokens)
 
     async def compat(self, request: Request) -> Response:
         """TGI's compat route (what the text-generation client posts to): ``stream`` picks the answer's kind; a
