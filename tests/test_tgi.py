@@ -411,3 +411,80 @@ def test_tgi_front_errors_in_tgi_shape(openai_stub: tuple[OpenAIStub, str], tgi_
     assert r.status_code == 429 and r.json() == {"error": "slow down", "error_type": "stub_error"}
     with pytest.raises(text_generation.errors.RateLimitExceededError):
         text_generation.Client(tgi_front, headers=AUTH, timeout=10).generate("x")
+
+
+# ----------------------------------------------------------------------------- tool calls (Hermes / Qwen2.5 format)
+
+WEATHER = {"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+# How Qwen2.5 writes calls, token by token: the JSON between <tool_call> tags, one block per call.
+QWEN_CALLS = ["Let me check.", "\n<tool", "_call>", '\n{"name": "weather", ', '"arguments": {"city": "Paris"}}', "\n</tool_call>",
+              '\n<tool_call>\n{"name": "weather", "arguments": {"city": "Rome"}}\n</tool_call>']
+
+
+@pytest.fixture
+def qwen(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> openai.OpenAI:
+    url = start_proxy({"targets": {"default": "qwen", "qwen": {"type": "tgi", "url": tgi[1], "prompter": "qwen2.5"}}}).url
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_tool_calls_written_by_the_model_come_back_as_openai_tool_calls(tgi: tuple[TGIStub, str], qwen: openai.OpenAI,
+                                                                       tmp_path: Path) -> None:
+    stub = tgi[0]
+    stub.reply = QWEN_CALLS
+    ask = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+    answer = qwen.chat.completions.create(model="m", messages=ask, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert '"name": "weather"' in stub.seen[-1]["inputs"] and "<tools>" in stub.seen[-1]["inputs"]  # the template shows them
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    calls = choice.message.tool_calls or []
+    got = [(c.function.name, json.loads(c.function.arguments)) for c in calls]  # type: ignore[union-attr]
+    assert got == [("weather", {"city": "Paris"}), ("weather", {"city": "Rome"})]
+    assert len({c.id for c in calls}) == 2
+    # Streamed: the text beside the calls as text, each call as one tool_calls delta, nothing of the tags.
+    chunks = list(qwen.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert text.strip() == "Let me check." and "<tool" not in text  # (the newlines around the calls stream as text)
+    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in deltas] == [  # type: ignore[union-attr,arg-type]
+        (0, "weather", {"city": "Paris"}), (1, "weather", {"city": "Rome"})]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    # The results go back in the history, laid out by the model's own template; the answer is text again.
+    stub.reply = ["Paris 20, Rome 25."]
+    history = [*ask, {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+               {"role": "tool", "tool_call_id": calls[0].id, "content": "20"},
+               {"role": "tool", "tool_call_id": calls[1].id, "content": "25"}]
+    final = qwen.chat.completions.create(model="m", messages=history, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert final.choices[0].message.content == "Paris 20, Rome 25." and final.choices[0].finish_reason == "stop"
+    assert "<tool_response>\n20\n</tool_response>\n<tool_response>\n25\n</tool_response>" in stub.seen[-1]["inputs"]
+    # Recorded as the call it was.
+    recorded = records(tmp_path / "datasets", 3)
+    assert recorded[0]["conversations"][-1]["from"] == "function_call"
+
+
+def test_what_only_looks_like_a_call_stays_text(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:
+    tgi[0].reply = ["Use <tool_call>", "not json", "</tool_call> like this."]
+    ask = [{"role": "user", "content": "How?"}]
+    answer = qwen.chat.completions.create(model="m", messages=ask, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    message = answer.choices[0].message
+    assert message.content == "Use <tool_call>not json</tool_call> like this." and not message.tool_calls
+    chunks = list(qwen.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Use <tool_call>not json</tool_call> like this."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    # Without tools offered, nothing is read for calls at all.
+    tgi[0].reply = QWEN_CALLS
+    plain = qwen.chat.completions.create(model="m", messages=ask)  # type: ignore[arg-type]
+    assert "<tool_call>" in (plain.choices[0].message.content or "") and not plain.choices[0].message.tool_calls
+
+
+def test_the_anthropic_sdk_gets_tool_use_blocks_from_a_prompt_string_backend(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> None:
+    import anthropic
+
+    url = start_proxy({"targets": {"default": "qwen", "qwen": {"type": "tgi", "url": tgi[1], "prompter": "qwen2.5"}}}).url
+    tgi[0].reply = QWEN_CALLS
+    message = anthropic.Anthropic(base_url=url, api_key=KEY, max_retries=0).messages.create(
+        model="m", max_tokens=200, messages=[{"role": "user", "content": "Weather in Paris and Rome?"}],
+        tools=[{"name": "weather", "description": "Weather in a city", "input_schema": WEATHER["function"]["parameters"]}])  # type: ignore[list-item,index]
+    assert message.stop_reason == "tool_use"
+    assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
+        ("text", None), ("tool_use", {"city": "Paris"}), ("tool_use", {"city": "Rome"})]

@@ -18,7 +18,7 @@ from ..errors import ProxyError, UpstreamError
 from ..http.bodies import upstream_json
 from ..ops.metrics import Metrics
 from ..routing.targets import Route
-from ..translate import sse
+from ..translate import sse, toolcalls
 from ..translate.helpers import RecordOnly, stream_of
 from ..translate.mapping import MapContext, call_mapper, run_stream_mapper
 from ..upstream.client import UpstreamResponse, response_headers
@@ -165,6 +165,8 @@ class Responder:
         await send({"type": "http.response.body", "body": b""})
 
     async def _emit_answer(self, plan: Plan, ex: Exchange, status: int, answer: Any, ctx: MapContext | None, send: Send) -> None:
+        if ctx is not None and toolcalls.wanted(ctx):  # tools offered to a template that renders them: the model's calls
+            answer = toolcalls.in_answer(answer)
         if ex.tape is not None:
             ex.tape.answer = answer
         if plan.front is not None and plan.front.answer is not None:
@@ -176,6 +178,8 @@ class Responder:
     async def _emit_stream(self, plan: Plan, ex: Exchange, events: AsyncIterator[Any], ctx: MapContext | None, send: Send) -> None:
         """Events written in the front's framing (OpenAI's without one). The status line waits for the first event,
         so an error the upstream reports before any token still becomes a proper HTTP error."""
+        if ctx is not None and toolcalls.wanted(ctx):
+            events = toolcalls.in_stream(events)
         if ex.tape is not None:
             events = ex.tape.tap(events)
         front = plan.front
