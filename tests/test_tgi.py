@@ -488,3 +488,27 @@ def test_the_anthropic_sdk_gets_tool_use_blocks_from_a_prompt_string_backend(tgi
     assert message.stop_reason == "tool_use"
     assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
         ("text", None), ("tool_use", {"city": "Paris"}), ("tool_use", {"city": "Rome"})]
+
+
+def test_llama31_calls_are_json_answers(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> None:
+    """Llama 3.1 answers a call with nothing but {"name", "parameters"}: read whole, stream and not; an answer that
+    only opens like JSON, or is plain text, stays text."""
+    url = start_proxy({"targets": {"default": "l", "l": {"type": "tgi", "url": tgi[1], "prompter": "llama3.1"}}}).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    stub, ask = tgi[0], [{"role": "user", "content": "Weather in Paris?"}]
+    stub.reply = ['{"name": "weather", ', '"parameters": {"city": ', '"Paris"}}']
+    answer = client.chat.completions.create(model="m", messages=ask, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert "Given the following functions" in stub.seen[-1]["inputs"]  # the template's own tool prompt
+    calls = answer.choices[0].message.tool_calls or []
+    assert answer.choices[0].finish_reason == "tool_calls" and answer.choices[0].message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("weather", {"city": "Paris"})]  # type: ignore[union-attr]
+    chunks = list(client.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+    deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == [("weather", {"city": "Paris"})]  # type: ignore[union-attr,arg-type]
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    for reply in (["{not", " json}"], ["It is", " sunny."]):
+        stub.reply = reply
+        said = client.chat.completions.create(model="m", messages=ask, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+        assert said.choices[0].message.content == "".join(reply) and said.choices[0].finish_reason == "stop"
+        streamed = list(client.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "".join(reply)

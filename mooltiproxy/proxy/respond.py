@@ -165,8 +165,9 @@ class Responder:
         await send({"type": "http.response.body", "body": b""})
 
     async def _emit_answer(self, plan: Plan, ex: Exchange, status: int, answer: Any, ctx: MapContext | None, send: Send) -> None:
-        if ctx is not None and toolcalls.wanted(ctx):  # tools offered to a template that renders them: the model's calls
-            answer = toolcalls.in_answer(answer)
+        fmt = toolcalls.wanted(ctx) if ctx is not None else None
+        if fmt is not None:  # tools offered to a template that renders them: the calls the model wrote
+            answer = toolcalls.in_answer(answer, fmt)
         if ex.tape is not None:
             ex.tape.answer = answer
         if plan.front is not None and plan.front.answer is not None:
@@ -178,8 +179,9 @@ class Responder:
     async def _emit_stream(self, plan: Plan, ex: Exchange, events: AsyncIterator[Any], ctx: MapContext | None, send: Send) -> None:
         """Events written in the front's framing (OpenAI's without one). The status line waits for the first event,
         so an error the upstream reports before any token still becomes a proper HTTP error."""
-        if ctx is not None and toolcalls.wanted(ctx):
-            events = toolcalls.in_stream(events)
+        fmt = toolcalls.wanted(ctx) if ctx is not None else None
+        if fmt is not None:
+            events = toolcalls.in_stream(events, fmt)
         if ex.tape is not None:
             events = ex.tape.tap(events)
         front = plan.front

@@ -1,11 +1,17 @@
 """Tool calls in a model's own words, made OpenAI ``tool_calls``: for a chat rendered by a prompter whose template
 offers tools, the text the backend generated is read for the calls the model family writes.
 
-One family so far, told by its template: Hermes 2 Pro and Qwen2.5 (and the templates that copy them) put each call
-in ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` (the format vLLM's ``hermes`` tool parser reads). A
-block that is not such JSON stays text, as the model wrote it. In a stream, text that may be the start of a call
-is held back until it is decided, a whole call goes out as one ``tool_calls`` delta, and the choice ends with
-``finish_reason: "tool_calls"``; text said beside a call is kept.
+Two families, each told by its template:
+
+- ``hermes``: Hermes 2 Pro and Qwen2.5 (and the templates that copy them) put each call in
+  ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` (what vLLM's ``hermes`` parser reads). A block that
+  is not such JSON stays text. In a stream, text that may be the start of a call is held back until it is
+  decided, each call goes out as one ``tool_calls`` delta; text said beside a call is kept.
+- ``llama3_json``: Llama 3.1 / 3.2 answer a call with nothing but ``{"name": …, "parameters": {…}}`` (after an
+  optional ``<|python_tag|>``; several separated by ``;``), what vLLM's ``llama3_json`` parser reads. An answer
+  that opens with ``{`` is held back to its end and read whole; one that is not such JSON is sent as text.
+
+A choice that made a call ends with ``finish_reason: "tool_calls"``.
 """
 
 from __future__ import annotations
@@ -20,14 +26,19 @@ import orjson
 from .mapping import MapContext
 
 CHAT = "/v1/chat/completions"
-HERMES = "hermes"
+HERMES, LLAMA3_JSON = "hermes", "llama3_json"
+_PYTHON_TAG = "<|python_tag|>"
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
 def format_of(source: str) -> str | None:
     """The tool-call format a template's model writes, from the template itself (None: it has none)."""
-    return HERMES if _OPEN in source else None
+    if _OPEN in source:
+        return HERMES
+    if '"parameters": ' in source and "ipython" in source:
+        return LLAMA3_JSON
+    return None
 
 
 def wanted(ctx: MapContext) -> str | None:
@@ -45,8 +56,10 @@ def _call(name: str, arguments: Any) -> dict[str, Any]:
     return {"id": "call_" + os.urandom(12).hex(), "type": "function", "function": {"name": name, "arguments": text}}
 
 
-def parse(text: str) -> tuple[str, list[dict[str, Any]]]:
+def parse(text: str, fmt: str = HERMES) -> tuple[str, list[dict[str, Any]]]:
     """The text without its calls, and the calls (OpenAI's form), in the order written."""
+    if fmt == LLAMA3_JSON:
+        return _parse_json(text)
     calls: list[dict[str, Any]] = []
 
     def take(match: re.Match[str]) -> str:
@@ -63,15 +76,39 @@ def parse(text: str) -> tuple[str, list[dict[str, Any]]]:
     return (rest.strip() if calls else rest), calls
 
 
-def in_answer(answer: Any) -> Any:
+def _parse_json(text: str) -> tuple[str, list[dict[str, Any]]]:
+    """Llama 3's calls: the whole answer is one JSON call, or several separated by ``;``; else it is text."""
+    body = text.strip().removeprefix(_PYTHON_TAG).strip()
+    if not body.startswith("{"):
+        return text, []
+    calls = []
+    for part in body.split(";") if not _loads(body) else [body]:
+        call = _loads(part.strip())
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(
+                call.get("parameters", call.get("arguments", {})), dict):
+            return text, []
+        calls.append(_call(call["name"], call.get("parameters", call.get("arguments"))))
+    return "", calls
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def in_answer(answer: Any, fmt: str = HERMES) -> Any:
     """A chat answer with the calls its choices' text holds made ``tool_calls``."""
     if not isinstance(answer, dict):
         return answer
     for choice in answer.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or _OPEN not in message["content"]:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             continue
-        text, calls = parse(message["content"])
+        if fmt == HERMES and _OPEN not in message["content"]:
+            continue
+        text, calls = parse(message["content"], fmt)
         if calls:
             message["content"] = text or None
             message["tool_calls"] = [*(message.get("tool_calls") or ()), *calls]
@@ -80,12 +117,13 @@ def in_answer(answer: Any) -> Any:
 
 
 class _Choice:
-    __slots__ = ("calls", "held", "inside")
+    __slots__ = ("calls", "held", "inside", "started")
 
     def __init__(self) -> None:
         self.held = ""  # text not sent yet: the possible start of a call, or a call being written
         self.inside = False
         self.calls = 0
+        self.started = False  # llama3_json: whether the answer's first non-blank text has been seen
 
 
 def _partial(text: str) -> int:
@@ -96,8 +134,9 @@ def _partial(text: str) -> int:
     return 0
 
 
-async def in_stream(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES) -> AsyncIterator[Any]:
     """Chat chunks with the calls their text holds sent as ``tool_calls`` deltas."""
+    feed = _feed if fmt == HERMES else _feed_json
     choices: dict[int, _Choice] = {}
     async for event in events:
         if not isinstance(event, dict) or not event.get("choices"):
@@ -110,15 +149,22 @@ async def in_stream(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
             piece = delta.get("content")
             pieces: list[dict[str, Any]] = []
             if isinstance(piece, str) and piece:
-                pieces = _feed(state, piece)
+                pieces = feed(state, piece)
                 rest = {k: v for k, v in delta.items() if k != "content"}
                 if rest.get("role") or choice.get("finish_reason"):
                     pieces.insert(0, rest)
             else:
                 pieces = [delta]
             if choice.get("finish_reason") and (state.held or state.inside):
-                # a call left unclosed, or text held back: it was text after all
-                pieces.append({"content": (_OPEN if state.inside else "") + state.held})
+                if fmt == LLAMA3_JSON:  # the whole answer held back: a call, or text after all
+                    text, calls = _parse_json(state.held)
+                    for call in calls:
+                        pieces.append({"tool_calls": [{"index": state.calls, **call}]})
+                        state.calls += 1
+                    if not calls:
+                        pieces.append({"content": text})
+                else:  # a call left unclosed, or text held back: it was text after all
+                    pieces.append({"content": (_OPEN if state.inside else "") + state.held})
                 state.held, state.inside = "", False
             for k, d in enumerate(pieces):
                 last = k == len(pieces) - 1
@@ -130,6 +176,26 @@ async def in_stream(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 out.append({**choice, "delta": {}, "finish_reason": "tool_calls" if state.calls else choice["finish_reason"]})
         for c in out:
             yield {**event, "choices": [c]}
+
+
+def _feed_json(state: _Choice, piece: str) -> list[dict[str, Any]]:
+    """Llama 3: an answer whose first non-blank text opens a JSON object (or the python tag) is held to its end."""
+    if state.inside:
+        state.held += piece
+        return []
+    if state.started:
+        return [{"content": piece}]
+    text = state.held + piece
+    first = text.lstrip()
+    if not first:
+        state.held = text
+        return []
+    state.started = True
+    state.held = ""
+    if first.startswith("{") or first.startswith(_PYTHON_TAG) or _PYTHON_TAG.startswith(first):
+        state.inside, state.held = True, text
+        return []
+    return [{"content": text}]
 
 
 def _feed(state: _Choice, piece: str) -> list[dict[str, Any]]:
