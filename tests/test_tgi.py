@@ -512,3 +512,19 @@ def test_llama31_calls_are_json_answers(tgi: tuple[TGIStub, str], start_proxy: P
         assert said.choices[0].message.content == "".join(reply) and said.choices[0].finish_reason == "stop"
         streamed = list(client.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "".join(reply)
+
+
+def test_langchain_tools_and_structured_output_over_tgi(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> None:
+    """LangChain's bind_tools and with_structured_output(method="function_calling"), the way agents use a model, over a
+    local model behind TGI."""
+    from langchain_openai import ChatOpenAI
+
+    url = start_proxy({"targets": {"default": "qwen", "qwen": {"type": "tgi", "url": tgi[1], "prompter": "qwen2.5"}}}).url
+    llm = ChatOpenAI(base_url=url + "/v1", api_key=KEY, model="m", max_retries=0)  # type: ignore[arg-type]
+    tgi[0].reply = ['<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>']
+    message = llm.bind_tools([WEATHER]).invoke("Weather in Paris?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("weather", {"city": "Paris"})]  # type: ignore[attr-defined]
+    assert "<tools>" in tgi[0].seen[-1]["inputs"]
+    schema = {"title": "weather", "description": "Weather in a city", "type": "object",
+              "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    assert llm.with_structured_output(schema, method="function_calling").invoke("Weather in Paris?") == {"city": "Paris"}
