@@ -53,7 +53,27 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
     return _generate(prompts, body, ctx, oa.COMPLETION)
 
 
+# OpenAI fields that change what is generated and that /generate has no place for: refused by name, never dropped.
+UNSUPPORTED = {
+    "logit_bias": "biasing tokens by id",
+    "prediction": "predicted outputs",
+    "audio": "audio output",
+}
+
+
+def _refuse_unsupported(body: dict[str, Any], ctx: MapContext) -> None:
+    for name, what in UNSUPPORTED.items():
+        if body.get(name):
+            raise MappingError(f"'{name}' ({what}) cannot be honoured by target '{ctx.target.name}': TGI's /generate has no "
+                               "such parameter. Send the request without it.", param=name)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise MappingError(f"Target '{ctx.target.name}' answers with text only; 'modalities' asks for {modalities}.",
+                           param="modalities")
+
+
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
+    _refuse_unsupported(body, ctx)
     params: dict[str, Any] = {"details": True}  # details: the finish reason, the token counts, each token's logprob
     top = oa.logprobs_asked(body, kind)
     if top:  # the alternatives of each step, for top_logprobs

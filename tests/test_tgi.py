@@ -190,6 +190,15 @@ def test_the_model_list_of_a_tgi_target_is_the_model_it_serves(tgi: tuple[TGIStu
     assert [m.id for m in client.models.list().data] == ["stub/llama"]
 
 
+@pytest.mark.parametrize(("field", "value"), [("logit_bias", {"50256": -100}), ("prediction", {"type": "content", "content": "x"}),
+                                              ("modalities", ["text", "audio"])])
+def test_fields_tgi_cannot_honour_are_refused_by_name(tgi: tuple[TGIStub, str], client: openai.OpenAI, field: str, value: Any) -> None:
+    sent = len(tgi[0].seen)
+    with pytest.raises(openai.BadRequestError, match=r"(?i)target 'local'") as info:
+        client.chat.completions.create(model="m", messages=CHAT, extra_body={field: value})
+    assert info.value.param == field and len(tgi[0].seen) == sent
+
+
 def test_logprobs_from_tgis_token_details(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
     """Chat logprobs and top_logprobs (TGI's details.tokens and top_n_tokens), stream and not, and completions'."""
     stub = tgi[0]
