@@ -14,6 +14,8 @@ BACKEND = Backend(
         "/v1/embeddings": RouteSpec(),
         "/v1/rerank": RouteSpec(),  # Jina / Cohere style, as vLLM and Infinity serve it; relayed, not recorded
         "/v1/models": RouteSpec.get(),
+        # TGI's GET /info for a TGI client in front of this server (the rest of TGI's API is the tgi type's front)
+        "/info": RouteSpec(path="/v1/models", method="GET", answer="mooltiproxy.mappers.tgi:front_info"),
     },
     options={
         "model": Option(optional_text, None, "model name sent upstream when a front's client names none (TGI /generate)"),

@@ -458,6 +458,30 @@ def native_answer(body: Any) -> dict[str, Any]:
     return out
 
 
+def front_info(body: Any, ctx: MapContext) -> dict[str, Any]:
+    """An OpenAI server's model list → TGI's ``/info``, for a TGI client in front of it: the model it serves (the
+    target's ``options.model``, else the first listed), and the limits this front keeps (one answer per request, TGI's
+    four stop sequences); the token limits are the server's ``max_model_len`` where it says one (vLLM does), else 0:
+    unknown."""
+    models = [m for m in (body.get("data") if isinstance(body, dict) else None) or [] if isinstance(m, dict)]
+    wanted = ctx.target.options.get("model")
+    model = next((m for m in models if m.get("id") == wanted), models[0] if models else {})
+    length: int = model["max_model_len"] if isinstance(model.get("max_model_len"), int) else 0
+    return {"model_id": wanted or model.get("id") or ctx.target.name, "model_sha": None, "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": 128, "max_best_of": 1, "max_stop_sequences": 4, "max_input_tokens": max(length - 1, 0),
+            "max_total_tokens": length, "validation_workers": 1, "max_client_batch_size": 1, "router": "mooltiproxy",
+            "version": _version(), "sha": None, "docker_label": None}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mooltiproxy")
+    except PackageNotFoundError:
+        return "0"
+
+
 def count_tokens_request(body: Any, ctx: MapContext) -> dict[str, Any]:
     """Anthropic's ``/v1/messages/count_tokens`` → TGI's ``/tokenize`` of the prompt the same Messages request would send
     (what the model sees, its BOS included: /tokenize adds it as /generate does)."""

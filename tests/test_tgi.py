@@ -384,6 +384,13 @@ def test_tgi_front_answers_match_the_spec(tgi_front: str) -> None:
                 validator("StreamResponse").validate(json.loads(line[5:]))
 
 
+def test_tgi_front_info_from_the_servers_model_list(openai_stub: tuple[OpenAIStub, str], tgi_front: str) -> None:
+    info = http.get(tgi_front + "/info")
+    assert info.status_code == 200 and openai_stub[0].seen[-1].path == "/v1/models"
+    validator("Info").validate(info.json())
+    assert info.json()["model_id"] == "served-model" and info.json()["max_best_of"] == 1
+
+
 def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
     text_generation = pytest.importorskip("text_generation")
     tg = text_generation.Client(tgi_front, headers=AUTH, timeout=10)
