@@ -133,15 +133,6 @@ def threads(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return {members[0]["id"]: members for members in groups.values()}
 
 
-def _length(record: dict[str, Any]) -> tuple[int, str, str]:
-    return len(record.get("conversations") or ()), str((record.get("meta") or {}).get("created") or ""), record["id"]
-
-
-def longest(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The record holding the longest branch (ties: the latest)."""
-    return max(records, key=_length)
-
-
 # ------------------------------------------------------------------------------------- selecting
 
 
