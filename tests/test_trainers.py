@@ -15,7 +15,7 @@ from mooltiproxy.dataset.reviews import Reviews
 from mooltiproxy.dataset.store import Store
 
 from .consumers import llamafactory_convert, trl_data_utils
-from .dataset_kit import WEATHER, Recording, assistant, call, sample, user
+from .dataset_kit import WEATHER, Recording, call, sample, user
 
 Row = dict[str, Any]
 SEARCH = {"type": "function", "function": {"name": "search", "description": "Search the web", "parameters": {
@@ -145,4 +145,3 @@ def test_the_trainers_see_one_conversation_once(folder: Path, tmp_path: Path) ->
     assert len(firsts) == len(set(firsts))  # no conversation twice (the n=2 request: one of its answers)
     three = next(r for r in rows if any(m["content"] == "three" for m in r["messages"]))
     assert [m["content"] for m in three["messages"] if m["role"] == "assistant"] == ["first answer", "second answer", "third answer"]
-    assert assistant  # (the kit's helpers, for the record)

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .records import continuation_keys, scope_of, sent_messages
-from .reviews import Review
+from .reviews import Review, review_counts
 from .sinks import DB_NAME
 from .store import Store
 
@@ -321,10 +321,9 @@ def stats(entries: Iterable[Entry], reviews: Mapping[str, Review], threads: int 
         sessions[e.session] = sessions.get(e.session, 0) + 1
         targets[e.target] = targets.get(e.target, 0) + 1
         statuses[str(e.status)] = statuses.get(str(e.status), 0) + 1
-        group = e.alternative_of or e.id
-        groups[group] = groups.get(group, 0) + 1
+        group = e.alternative_of or (f"{e.scope.split(chr(0), 1)[0]}\x00{e.turn}" if e.turn is not None else e.id)
+        groups[group] = groups.get(group, 0) + 1  # as exports.alternatives_of groups records
         tokens["total"] += e.tokens
-    mine = [reviews[e.id] for e in entries if e.id in reviews]
     created = [e.created for e in entries if e.created]
     return {
         "records": len(entries),
@@ -334,10 +333,7 @@ def stats(entries: Iterable[Entry], reviews: Mapping[str, Review], threads: int 
         "threads": threads if threads is not None else len({e.thread for e in entries}),
         "turns_with_alternatives": sum(1 for n in groups.values() if n > 1),
         "cut_short": sum(e.cut_short for e in entries),
-        "accepted": sum(r.accepted for r in mine),
-        "rejected": sum(r.rejected for r in mine),
-        "edited": sum(r.answer is not None for r in mine),
-        "ranked": sum(r.rank is not None for r in mine),
+        **review_counts(reviews, (e.id for e in entries)),
         "tokens": tokens,
         "first": min(created, default=None),
         "last": max(created, default=None),

@@ -34,7 +34,7 @@ import orjson
 from . import formats
 from .formats import Unfit, answer_start
 from .records import scope_of
-from .reviews import Review, Reviews
+from .reviews import Review, Reviews, review_counts
 from .store import Filter, Store
 
 Converter = Callable[[dict[str, Any], Review | None, set[str]], dict[str, Any]]
@@ -181,7 +181,7 @@ def _rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], convert:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)  # alternatives of one turn, by their first answer
     for r in records:
         if r["id"] in usable:
-            groups[_group(r)].append(r)
+            groups[alternatives_of(r)].append(r)
     chosen: dict[str, str] = {}  # record to export → the record it stands for (itself, or a leaf cut before a rejection)
     for record in records:
         rid = record["id"]
@@ -195,7 +195,7 @@ def _rows(records: list[dict[str, Any]], reviews: Mapping[str, Review], convert:
             if children.get(rid):
                 report.skip(rid, PREFIX)
                 continue
-            if not _kept_alternative(record, groups[_group(record)], children, reviews):
+            if not _kept_alternative(record, groups[alternatives_of(record)], children, reviews):
                 report.skip(rid, ALTERNATIVE)
                 continue
         # A rejected answer earlier in the history cuts the conversation before it.
@@ -255,8 +255,12 @@ def _rejected_ancestor(record: dict[str, Any], by_id: Mapping[str, dict[str, Any
     return rejected[-1] if rejected else None
 
 
-def _group(record: dict[str, Any]) -> str:
+def alternatives_of(record: dict[str, Any]) -> str:
+    """Which answers are alternatives of one turn: those that name the same first answer (``meta.alternative_of``, or
+    the record itself); records of an older version, which name none, by their turn within one key."""
     meta = record.get("meta") or {}
+    if "alternative_of" not in meta and meta.get("turn"):
+        return f"{meta.get('key_name') or ''}\x00{meta['turn']}"
     return str(meta.get("alternative_of") or record["id"])
 
 
@@ -350,11 +354,8 @@ def _pairs(records: list[dict[str, Any]], reviews: Mapping[str, Review], pair: C
     """Preference pairs: every two alternatives of one turn that a reviewer put in order."""
     by_turn: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        meta = record.get("meta") or {}
-        # alternatives of one turn: by their first answer; records of an older version by content, within one key
-        group = _group(record) if "alternative_of" in meta else f"{meta.get('key_name') or ''}\x00{meta.get('turn')}"
         if _ok(record, selection, report, reviews):
-            by_turn[group].append(record)
+            by_turn[alternatives_of(record)].append(record)
     out = []
     for alternatives in by_turn.values():
         if len(alternatives) < 2:
@@ -415,7 +416,7 @@ def stats(records: list[dict[str, Any]], reviews: Mapping[str, Review]) -> dict[
     sessions: Counter[str] = Counter()
     targets: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
-    turns: Counter[str] = Counter()
+    groups: Counter[str] = Counter()
     tokens = {"prompt": 0, "completion": 0, "total": 0}
     counted_requests: set[str] = set()
     cut_short = 0
@@ -425,8 +426,7 @@ def stats(records: list[dict[str, Any]], reviews: Mapping[str, Review]) -> dict[
         sessions[str(record.get("session"))] += 1
         targets[str(meta.get("target"))] += 1
         statuses[str(meta.get("status"))] += 1
-        if meta.get("turn"):
-            turns[meta["turn"]] += 1
+        groups[alternatives_of(record)] += 1
         cut_short += bool(meta.get("cut_short"))
         if meta.get("created"):
             created.append(str(meta["created"]))
@@ -436,24 +436,20 @@ def stats(records: list[dict[str, Any]], reviews: Mapping[str, Review]) -> dict[
             for key in tokens:
                 value = usage.get(f"{key}_tokens")
                 tokens[key] += value if isinstance(value, int) else 0
-    ids = {r["id"] for r in records}
-    mine = [reviews[i] for i in ids if i in reviews]
     return {
         "records": len(records),
         "sessions": dict(sorted(sessions.items())),
         "targets": dict(sorted(targets.items())),
         "statuses": dict(sorted(statuses.items())),
         "threads": len(threads(records)),
-        "turns_with_alternatives": sum(1 for n in turns.values() if n > 1),
+        "turns_with_alternatives": sum(1 for n in groups.values() if n > 1),
         "cut_short": cut_short,
-        "accepted": sum(r.accepted for r in mine),
-        "rejected": sum(r.rejected for r in mine),
-        "edited": sum(r.answer is not None for r in mine),
-        "ranked": sum(r.rank is not None for r in mine),
+        **review_counts(reviews, (r["id"] for r in records)),
         "tokens": tokens,
         "first": min(created, default=None),
         "last": max(created, default=None),
     }
+
 
 
 def stats_lines(s: dict[str, Any]) -> list[str]:

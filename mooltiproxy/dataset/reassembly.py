@@ -185,21 +185,16 @@ class Reassembler:
         return answer
 
 
-class MessagesReassembler:
-    """The same for the Anthropic Messages event stream (relayed to a client of an Anthropic target): the
-    blocks put back together into the ``Message`` they add up to, in Anthropic's own shape (the recorder
-    turns it into the OpenAI one, as it does a relayed non-streamed answer)."""
+class _TypedStream:
+    """What the reassemblers of relayed streams in another API than OpenAI's share: the text budget, the SSE parser,
+    and whether the stream's last event (``done``) or an error event came. A subclass reads each event (``add``)."""
 
-    __slots__ = ("_blocks", "_budget", "_parser", "_stop_reason", "_usage", "done", "error", "head")
+    __slots__ = ("_budget", "_parser", "done", "error")
 
     def __init__(self, limit: int | None = None) -> None:
         self._budget = _Budget(limit)
         self._parser = SSEParser(limit)
-        self._blocks: dict[int, dict[str, Any]] = {}
-        self._stop_reason: str | None = None
-        self._usage: dict[str, Any] = {}
-        self.head: dict[str, Any] = {}
-        self.done = False  # message_stop seen
+        self.done = False
         self.error: str | None = None
 
     @property
@@ -214,6 +209,24 @@ class MessagesReassembler:
         for event in _json_events(self._parser, data):
             if event is not _DONE:
                 self.add(event)
+
+    def add(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class MessagesReassembler(_TypedStream):
+    """The same for the Anthropic Messages event stream (relayed to a client of an Anthropic target): the
+    blocks put back together into the ``Message`` they add up to, in Anthropic's own shape (the recorder
+    turns it into the OpenAI one, as it does a relayed non-streamed answer)."""
+
+    __slots__ = ("_blocks", "_stop_reason", "_usage", "head")  # done: message_stop seen
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__(limit)
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._stop_reason: str | None = None
+        self._usage: dict[str, Any] = {}
+        self.head: dict[str, Any] = {}
 
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -255,32 +268,16 @@ class MessagesReassembler:
                 "usage": self._usage}
 
 
-class GenerateReassembler:
+class GenerateReassembler(_TypedStream):
     """The same for TGI's ``/generate_stream`` (relayed to a client of a TGI target): the tokens' text put back
     together into the ``/generate`` answer they add up to, ``{generated_text, details}``, in TGI's own shape."""
 
-    __slots__ = ("_budget", "_parser", "_text", "details", "done", "error")
+    __slots__ = ("_text", "details")  # done: the last event (the one carrying generated_text) seen
 
     def __init__(self, limit: int | None = None) -> None:
-        self._budget = _Budget(limit)
-        self._parser = SSEParser(limit)
+        super().__init__(limit)
         self._text: list[str] = []
         self.details: dict[str, Any] = {}
-        self.done = False  # the last event (the one carrying generated_text) seen
-        self.error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.done
-
-    @property
-    def truncated(self) -> bool:
-        return self._budget.truncated or self._parser.overflowed
-
-    def feed(self, data: bytes) -> None:
-        for event in _json_events(self._parser, data):
-            if event is not _DONE:
-                self.add(event)
 
     def add(self, event: dict[str, Any]) -> None:
         if "error" in event:

@@ -206,6 +206,13 @@ class Reviews:
                     " SET rank = excluded.rank, updated = excluded.updated", [(i, r, _now()) for i, r in ranks.items()])
 
 
+def review_counts(reviews: Mapping[str, Review], ids: Iterable[str]) -> dict[str, int]:
+    """How many of the records ``ids`` reviewers accepted, rejected, edited and ranked."""
+    mine = [reviews[i] for i in set(ids) if i in reviews]
+    return {"accepted": sum(r.accepted for r in mine), "rejected": sum(r.rejected for r in mine),
+            "edited": sum(r.answer is not None for r in mine), "ranked": sum(r.rank is not None for r in mine)}
+
+
 def _review(row: tuple[Any, ...]) -> Review:
     record, status, answer, rank, updated, note, deleted, edited = row
     turns = tuple(orjson.loads(answer)) if answer else None

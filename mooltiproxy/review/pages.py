@@ -333,14 +333,24 @@ class ReviewSite:
 
     # ----------------------------------------------------------------------------- reviewing
 
-    async def record_status(self, request: Request) -> Response:
+    async def _record_form(self, request: Request) -> tuple[dict[str, str], catalog.Snapshot, str, str]:
+        """A review form posted about one record: the master key's, its CSRF token checked, about a recorded record.
+        The form, the catalog's snapshot, the record's id and its thread's."""
         self._master(request)
         form = await self._form(request)
         snapshot = await self._snapshot()
         record_id = request.path_params["record_id"]
-        self._thread_id(snapshot, record_id)
+        return form, snapshot, record_id, self._thread_id(snapshot, record_id)
+
+    @staticmethod
+    async def _record(snapshot: catalog.Snapshot, record_id: str) -> dict[str, Any]:
+        """One record read back whole from where the catalog found it."""
+        return (await run_in_threadpool(snapshot.load, [snapshot.by_id[record_id]]))[record_id]
+
+    async def record_status(self, request: Request) -> Response:
+        form, _, record_id, _ = await self._record_form(request)
         await run_in_threadpool(self.reviews.set_status, record_id, _status(form))
-        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+        return _back(form, record_id)
 
     async def branch_status(self, request: Request) -> Response:
         """Accept (or reject, or clear) every answer on the branch that ends with ``leaf``."""
@@ -354,12 +364,8 @@ class ReviewSite:
         return RedirectResponse(f"/ui/threads/{tid}?" + urlencode({"leaf": view.leaf["id"]}), status_code=303)
 
     async def record_answer(self, request: Request) -> Response:
-        self._master(request)
-        form = await self._form(request)
-        snapshot = await self._snapshot()
-        record_id = request.path_params["record_id"]
-        self._thread_id(snapshot, record_id)
-        record = (await run_in_threadpool(snapshot.load, [snapshot.by_id[record_id]]))[record_id]
+        form, snapshot, record_id, _ = await self._record_form(request)
+        record = await self._record(snapshot, record_id)
         turns: list[dict[str, str]] | None = None
         if form.get("action") != "revert":
             text = form.get("answer", "").replace("\r\n", "\n")  # browsers send a textarea's line ends as CRLF
@@ -373,30 +379,23 @@ class ReviewSite:
             await run_in_threadpool(self.reviews.set_answer, record_id, turns)
         except ValueError as exc:
             raise BadRequest(f"The edited answer was not saved: {exc}.", code="invalid_answer") from None
-        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+        return _back(form, record_id)
 
     async def record_note(self, request: Request) -> Response:
         """The reviewer's note on a record; #words in it are tags the thread list filters on."""
-        self._master(request)
-        form = await self._form(request)
-        snapshot = await self._snapshot()
-        record_id = request.path_params["record_id"]
-        self._thread_id(snapshot, record_id)
+        form, _, record_id, _ = await self._record_form(request)
         note = form.get("note", "").replace("\r\n", "\n")
         if len(note) > _NOTE_LIMIT:
             raise BadRequest(f"A note holds at most {_NOTE_LIMIT} characters; this one has {len(note)}.", code="note_too_long")
         await run_in_threadpool(self.reviews.set_note, record_id, note)
-        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+        return _back(form, record_id)
 
     async def record_turn(self, request: Request) -> Response:
         """An edit of a turn the client sent (a user or system message): exports use it in this record's row and in every
         later turn's row that holds it."""
-        self._master(request)
-        form = await self._form(request)
-        snapshot = await self._snapshot()
-        record_id, index = request.path_params["record_id"], int(request.path_params["index"])
-        self._thread_id(snapshot, record_id)
-        record = (await run_in_threadpool(snapshot.load, [snapshot.by_id[record_id]]))[record_id]
+        form, snapshot, record_id, _ = await self._record_form(request)
+        index = int(request.path_params["index"])
+        record = await self._record(snapshot, record_id)
         sent = (record.get("conversations") or [])[: answer_start(record)]
         if not 0 <= index < len(sent) or sent[index].get("from") not in ("human", "system"):
             raise BadRequest(f"Turn {index} of {record_id} is not a user or system message its client sent.", code="not_an_editable_turn")
@@ -407,11 +406,7 @@ class ReviewSite:
 
     async def ranks(self, request: Request) -> Response:
         """Rank the alternatives of the turn ``record_id`` answers: fields ``rank.<id>`` = 1, 2, … or empty."""
-        self._master(request)
-        form = await self._form(request)
-        snapshot = await self._snapshot()
-        record_id = request.path_params["record_id"]
-        tid = self._thread_id(snapshot, record_id)
+        form, snapshot, record_id, tid = await self._record_form(request)
         thread = await run_in_threadpool(snapshot.load, snapshot.threads[tid])
         turn = (thread[record_id].get("meta") or {}).get("turn")
         alternatives = {rid for rid, r in thread.items() if turn and (r.get("meta") or {}).get("turn") == turn}
@@ -426,7 +421,7 @@ class ReviewSite:
                 raise BadRequest(f"The rank of {rid} must be 1, 2, … or empty, not {value!r}.", code="invalid_rank")
             ranks[rid] = int(value) if value.strip() else None
         await run_in_threadpool(self.reviews.set_ranks, ranks)
-        return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
+        return _back(form, record_id)
 
     # ----------------------------------------------------------------------------- exporting
 
@@ -508,6 +503,11 @@ def _phrase(status: int) -> str:
 def _answer_turns(record: dict[str, Any]) -> list[dict[str, str]]:
     conversation = record.get("conversations") or []
     return [{"from": t["from"], "value": t["value"]} for t in conversation[answer_start(record):]]
+
+
+def _back(form: dict[str, str], record_id: str) -> Response:
+    """Back to the page the form was on (by default the record's thread), at the record."""
+    return RedirectResponse(_local(form.get("back"), f"/ui/threads/{record_id}") + f"#{record_id}", status_code=303)
 
 
 def _status(form: dict[str, str]) -> str:

@@ -408,7 +408,7 @@ def chat_prompt(body: dict[str, Any], ctx: MapContext, *, server_adds_bos: bool 
     prompter = ctx.prompter
     if prompter is None:
         raise MappingError(f"Target '{ctx.target.name}' has no prompter to turn messages into a prompt.")
-    if body.get("tools") and body.get("tool_choice") != "none" and not prompter.renders_tools():
+    if body.get("tools") and body.get("tool_choice") != "none" and not prompter.tools_rendered:
         raise MappingError(
             f"This request offers tools, but prompter '{prompter.name}' of target '{ctx.target.name}' has no place for them in "
             "its template, so the model would never see them. Use a prompter whose template renders tools, or send the "

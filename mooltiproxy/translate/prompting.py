@@ -45,6 +45,7 @@ from ..config.validators import did_you_mean
 from ..errors import MappingError
 from .characters import Card
 from .sandbox import Limits, Refused, Sandbox, TooBig, Trusted
+from .toolcalls import format_of
 
 __all__ = ["Limits", "Prompter", "PrompterError", "TemplateRefused", "load_prompter", "preset_names", "render_chat"]
 
@@ -85,9 +86,16 @@ class Prompter:
     special_tokens: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     environment: Sandbox | Trusted | None = field(default=None, repr=False, compare=False)
 
-    def renders_tools(self) -> bool:
-        """Whether a template of this prompter has a place for the tools a request offers (its source uses ``tools``)."""
+    @functools.cached_property
+    def tools_rendered(self) -> bool:
+        """Whether a template of this prompter has a place for the tools a request offers (its source uses ``tools``);
+        worked out once, not per request."""
         return any(re.search(r"\btools\b", source) for source in self.sources.values())
+
+    @functools.cached_property
+    def tool_format(self) -> str | None:
+        """The format the model of this prompter's template writes tool calls in (``toolcalls.format_of``), once."""
+        return next((f for f in map(format_of, self.sources.values()) if f), None)
 
     def render(
         self,

@@ -19,11 +19,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .mapping import MapContext
+if TYPE_CHECKING:
+    from .mapping import MapContext
 
 CHAT = "/v1/chat/completions"
 HERMES, LLAMA3_JSON = "hermes", "llama3_json"
@@ -48,7 +49,8 @@ def wanted(ctx: MapContext) -> str | None:
         return None
     if request.get("tool_choice") == "none":
         return None
-    return next((f for f in map(format_of, prompter.sources.values()) if f), None)
+    fmt: str | None = prompter.tool_format
+    return fmt
 
 
 def _call(name: str, arguments: Any) -> dict[str, Any]:
