@@ -57,6 +57,10 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict
 
 
 def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    if oa.forced_call(body) is not None:
+        raise MappingError(f"'tool_choice' demands a call, and target '{ctx.target.name}' (KoboldAI API) has no way to hold "
+                           "generation to one: send \"auto\" and the model may call a tool, or use a TGI, llama.cpp or "
+                           "Ollama target.", param="tool_choice")
     if body.get("logprobs"):
         raise MappingError("'logprobs' cannot be translated for the KoboldAI API.", param="logprobs")
     max_length = oa.max_tokens_of(body) or int(ctx.target.options.get("max_length") or 512)

@@ -71,28 +71,10 @@ def _params(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
         params["seed"] = seed
     if ctx.stop:
         params["stop"] = list(ctx.stop)
-    schema = _json_schema(body.get("response_format"))
+    schema = oa.answer_schema(body, ctx, "llama.cpp") if kind == oa.CHAT else oa.response_schema(body.get("response_format"), "llama.cpp")
     if schema is not None:
         params["json_schema"] = schema
     return params
-
-
-def _json_schema(fmt: Any) -> dict[str, Any] | None:
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict):
-        raise MappingError("'response_format' must be an object such as {\"type\": \"json_object\"}.", param="response_format")
-    kind = fmt.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
-        return schema
-    raise MappingError(f"response_format type '{kind}' cannot be sent to llama.cpp.", param="response_format")
 
 
 # ----------------------------------------------------------------------------- llama.cpp → OpenAI

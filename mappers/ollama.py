@@ -48,7 +48,9 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
         ctx.upstream_path = "/api/generate"
         ctx.state["raw"] = True
         out.update(prompt=prompt, raw=True)
+        _set_format(out, body, oa.answer_schema(body, ctx, "Ollama"))
     else:
+        _set_format(out, body, oa.response_schema(body.get("response_format"), "Ollama"))
         ctx.stop = oa.stops_of(body)
         out["messages"] = _messages(body)
         tools = _tools(body)
@@ -63,6 +65,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
         raise MappingError("'echo' is not supported by Ollama.", param="echo")
     prompts, _ = oa.completion_prompts(body, ctx)
     out = _common(body, ctx)
+    _set_format(out, body, oa.response_schema(body.get("response_format"), "Ollama"))
     suffix = body.get("suffix")
     if suffix:
         if not isinstance(suffix, str):
@@ -81,9 +84,6 @@ def _common(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     if body.get("logprobs"):
         raise MappingError("'logprobs' cannot be translated for Ollama.", param="logprobs")
     out: dict[str, Any] = {"model": model, "stream": ctx.stream}
-    fmt = _format(body.get("response_format"))
-    if fmt is not None:
-        out["format"] = fmt
     think = _think(body)
     if think is not None:
         out["think"] = think
@@ -132,22 +132,13 @@ def _options(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     return opts
 
 
-def _format(fmt: Any) -> str | dict[str, Any] | None:
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict):
-        raise MappingError("'response_format' must be an object such as {\"type\": \"json_object\"}.", param="response_format")
-    kind = fmt.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
-        return schema
-    raise MappingError(f"response_format type '{kind}' cannot be sent to Ollama.", param="response_format")
+def _set_format(out: dict[str, Any], body: dict[str, Any], schema: dict[str, Any] | None) -> None:
+    """Ollama's ``format``: "json" for any JSON object, else the schema."""
+    if schema is None:
+        return
+    fmt = body.get("response_format")
+    plain = isinstance(fmt, dict) and fmt.get("type") == "json_object" and schema == {"type": "object"}
+    out["format"] = "json" if plain else schema
 
 
 def _think(body: dict[str, Any]) -> bool | str | None:

@@ -108,9 +108,9 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: s
     for key in PASSTHROUGH:
         if body.get(key) is not None:
             params[key] = body[key]
-    grammar = _grammar(body.get("response_format"))
-    if grammar is not None:
-        params["grammar"] = grammar
+    schema = oa.answer_schema(body, ctx, "TGI") if kind == oa.CHAT else oa.response_schema(body.get("response_format"), "TGI")
+    if schema is not None:
+        params["grammar"] = {"type": "json", "value": schema}
 
     stops = ctx.stop
     limit = int(ctx.target.options.get("max_stop_sequences", 4))
@@ -133,19 +133,6 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: s
         return {"inputs": prompt, "parameters": p}
 
     return oa.per_choice(prompts, n, call)
-
-
-def _grammar(fmt: Any) -> dict[str, Any] | None:
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
-        return None
-    if fmt["type"] == "json_object":
-        return {"type": "json", "value": {"type": "object"}}
-    if fmt["type"] == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
-        return {"type": "json", "value": schema}
-    raise MappingError(f"response_format type '{fmt['type']}' cannot be sent to TGI.", param="response_format")
 
 
 # ----------------------------------------------------------------------------------- TGI → OpenAI

@@ -8,6 +8,7 @@ answer through the proxy can be compared with the server's own answer to the sam
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,40 @@ def test_the_servers_errors_reach_the_client(llama: LlamaServer, client: openai.
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=2)
     assert "context" in str(info.value).lower()
+
+
+# ------------------------------------------------------------------------- tool_choice held by a grammar
+
+CITY = {"type": "function", "function": {"name": "weather", "description": "Weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}, "required": ["city"],
+    "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "clock", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"],
+    "additionalProperties": False}}}
+
+
+def test_tool_choice_demanding_a_call_is_held_by_the_servers_grammar(llama: LlamaServer, start_proxy: ProxyFactory) -> None:
+    """A random-weight model would never call a tool of its own accord; with tool_choice "required" or a named function
+    the proxy sends llama.cpp a JSON schema only such a call satisfies, so the gibberish model must call one."""
+    url = start_proxy({"targets": {"default": "llama", "llama": {"type": "llamacpp", "url": llama.url, "prompter": "qwen2.5"}}}).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    ask: dict[str, Any] = {"model": "tiny", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 120, **GREEDY}
+    named = client.chat.completions.create(tools=[CITY, TIME], tool_choice={"type": "function", "function": {"name": "clock"}}, **ask)
+    assert named.choices[0].finish_reason == "tool_calls" and named.choices[0].message.content is None
+    call = named.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "clock" and call.function.arguments  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments)["zone"] in ("UTC", "CET")  # type: ignore[union-attr]
+
+    async def streamed() -> tuple[list[Any], str | None]:
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as aclient:
+            stream = await aclient.chat.completions.create(tools=[CITY, TIME], tool_choice="required", stream=True, **ask)
+            calls, finish = [], None
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    calls += choice.delta.tool_calls or []
+                    finish = choice.finish_reason or finish
+            return calls, finish
+
+    calls, finish = asyncio.run(streamed())
+    assert finish == "tool_calls" and len(calls) == 1 and calls[0].function.name in ("weather", "clock")
+    assert set(json.loads(calls[0].function.arguments).values()) <= {"Paris", "Rome", "UTC", "CET"}

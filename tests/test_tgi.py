@@ -478,6 +478,23 @@ def test_tool_calls_written_by_the_model_come_back_as_openai_tool_calls(tgi: tup
     assert recorded[0]["conversations"][-1]["from"] == "function_call"
 
 
+def test_tool_choice_that_cannot_be_honoured_is_refused_by_name(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:
+    ask: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER]}
+    sent = len(tgi[0].seen)
+    with pytest.raises(openai.BadRequestError) as err:
+        qwen.chat.completions.create(tool_choice={"type": "function", "function": {"name": "clock"}}, **ask)
+    assert err.value.body["param"] == "tool_choice" and "'clock'" in err.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as err:
+        qwen.chat.completions.create(tool_choice="required", response_format={"type": "json_object"}, **ask)
+    assert err.value.body["param"] == "tool_choice" and "one schema only" in err.value.body["message"]  # type: ignore[index]
+    assert len(tgi[0].seen) == sent  # nothing went upstream
+    # "required" over several tools: a grammar any one of their calls satisfies.
+    tgi[0].reply = ['{"name": "weather", "arguments": {"city": "Oslo"}}']
+    answer = qwen.chat.completions.create(tool_choice="required", **ask)
+    assert [c.function.name for c in answer.choices[0].message.tool_calls or []] == ["weather"]  # type: ignore[union-attr]
+    assert tgi[0].seen[-1]["parameters"]["grammar"]["value"]["required"] == ["name", "arguments"]
+
+
 def test_what_only_looks_like_a_call_stays_text(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:
     tgi[0].reply = ["Use <tool_call>", "not json", "</tool_call> like this."]
     ask = [{"role": "user", "content": "How?"}]
@@ -543,4 +560,9 @@ def test_langchain_tools_and_structured_output_over_tgi(tgi: tuple[TGIStub, str]
     assert "<tools>" in tgi[0].seen[-1]["inputs"]
     schema = {"title": "weather", "description": "Weather in a city", "type": "object",
               "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    # A named tool_choice: TGI's grammar holds generation to that call's JSON, which is read as the call.
+    tgi[0].reply = ['{"name": "weather", "arguments": {"city": "Paris"}}']
     assert llm.with_structured_output(schema, method="function_calling").invoke("Weather in Paris?") == {"city": "Paris"}
+    grammar = tgi[0].seen[-1]["parameters"]["grammar"]
+    assert grammar["type"] == "json" and grammar["value"]["properties"]["name"] == {"type": "string", "enum": ["weather"]}
+    assert grammar["value"]["properties"]["arguments"]["properties"] == {"city": {"type": "string"}}

@@ -422,6 +422,72 @@ def chat_prompt(body: dict[str, Any], ctx: MapContext, *, server_adds_bos: bool 
     return prompt, ctx.stop
 
 
+def answer_schema(body: dict[str, Any], ctx: MapContext, backend: str) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow, for a backend that constrains generation by one (TGI's ``grammar``,
+    llama.cpp's ``json_schema``, Ollama's ``format``): the request's ``response_format``, or, when ``tool_choice``
+    demands a call (``"required"`` or a named function), a schema that only a call can satisfy. The answer is then
+    read as that call (``toolcalls.FORCED``), the way TGI's own chat route forces tools."""
+    fmt = response_schema(body.get("response_format"), backend)
+    forced = forced_call_schema(body, ctx)
+    if forced is not None and fmt is not None:
+        raise MappingError(f"'tool_choice' demands a call and 'response_format' a JSON answer; target '{ctx.target.name}' "
+                           "constrains an answer by one schema only. Send one of the two.", param="tool_choice")
+    return forced if forced is not None else fmt
+
+
+def response_schema(fmt: Any, backend: str) -> dict[str, Any] | None:
+    """``response_format`` as a JSON schema (``json_object``: any object), None for text."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise MappingError("'response_format' must be an object such as {\"type\": \"json_object\"}.", param="response_format")
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise MappingError("response_format.json_schema.schema must be a JSON schema object.", param="response_format")
+        return schema
+    raise MappingError(f"response_format type '{kind}' cannot be sent to {backend}.", param="response_format")
+
+
+def forced_call(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The functions one of which the answer must call, when ``tool_choice`` demands a call (None: it does not)."""
+    choice, tools = body.get("tool_choice"), body.get("tools")
+    if choice in (None, "auto", "none") or not isinstance(tools, list) or not tools:
+        return None
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                 and isinstance(t["function"].get("name"), str)]
+    if choice == "required":
+        return functions
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) and isinstance(choice.get("function"), dict) else None
+    if not isinstance(name, str):
+        raise MappingError("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": "
+                           "{\"name\": …}}.", param="tool_choice")
+    named = [f for f in functions if f["name"] == name]
+    if not named:
+        raise MappingError(f"'tool_choice' names function '{name}', which is not among the request's tools.", param="tool_choice")
+    return named
+
+
+def forced_call_schema(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | None:
+    """A schema only a call of one of the demanded functions satisfies: ``{"name": …, "arguments": {…}}``."""
+    functions = forced_call(body)
+    if functions is None:
+        return None
+    ctx.state["forced_call"] = True
+
+    def one(f: dict[str, Any]) -> dict[str, Any]:
+        parameters = f.get("parameters") if isinstance(f.get("parameters"), dict) else {"type": "object"}
+        return {"type": "object", "properties": {"name": {"type": "string", "enum": [f["name"]]}, "arguments": parameters},
+                "required": ["name", "arguments"]}
+
+    return one(functions[0]) if len(functions) == 1 else {"anyOf": [one(f) for f in functions]}
+
+
 def completion_prompts(body: dict[str, Any], ctx: MapContext) -> tuple[list[str], list[str]]:
     """The prompts of a completions request as given, and its stop strings (the client's, then the prompter's)."""
     prompts = prompts_of(body)

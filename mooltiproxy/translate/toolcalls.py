@@ -11,6 +11,9 @@ Two families, each told by its template:
   optional ``<|python_tag|>``; several separated by ``;``), what vLLM's ``llama3_json`` parser reads. An answer
   that opens with ``{`` is held back to its end and read whole; one that is not such JSON is sent as text.
 
+When ``tool_choice`` demands a call and the backend constrains generation by a JSON schema, the answer is
+that call's ``{"name", "arguments"}`` alone, read as ``llama3_json`` is.
+
 A choice that made a call ends with ``finish_reason: "tool_calls"``.
 """
 
@@ -49,6 +52,8 @@ def wanted(ctx: MapContext) -> str | None:
         return None
     if request.get("tool_choice") == "none":
         return None
+    if ctx.state.get("forced_call"):  # generation was held to one call's JSON (helpers.answer_schema): read it whole
+        return LLAMA3_JSON
     fmt: str | None = prompter.tool_format
     return fmt
 
