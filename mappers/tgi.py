@@ -61,19 +61,8 @@ UNSUPPORTED = {
 }
 
 
-def _refuse_unsupported(body: dict[str, Any], ctx: MapContext) -> None:
-    for name, what in UNSUPPORTED.items():
-        if body.get(name):
-            raise MappingError(f"'{name}' ({what}) cannot be honoured by target '{ctx.target.name}': TGI's /generate has no "
-                               "such parameter. Send the request without it.", param=name)
-    modalities = body.get("modalities")
-    if isinstance(modalities, list) and any(m != "text" for m in modalities):
-        raise MappingError(f"Target '{ctx.target.name}' answers with text only; 'modalities' asks for {modalities}.",
-                           param="modalities")
-
-
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
-    _refuse_unsupported(body, ctx)
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, "TGI's /generate")
     params: dict[str, Any] = {"details": True}  # details: the finish reason, the token counts, each token's logprob
     top = oa.logprobs_asked(body, kind)
     if top:  # the alternatives of each step, for top_logprobs

@@ -122,6 +122,20 @@ def integers(body: dict[str, Any], fields: Mapping[str, str], low: int = 0) -> d
     return out
 
 
+def refuse_unsupported(body: dict[str, Any], ctx: MapContext, fields: Mapping[str, str], api: str) -> None:
+    """A 400 naming the first of ``fields`` (name → what it asks for) the request sets, and the target: for what
+    changes the answer and that ``api`` has no place for, which must never be dropped in silence. Non-text
+    ``modalities`` are refused too: every prompt-string backend answers with text only."""
+    for name, what in fields.items():
+        if body.get(name):
+            raise MappingError(f"'{name}' ({what}) cannot be honoured by target '{ctx.target.name}': {api} has no such "
+                               "parameter. Send the request without it.", param=name)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise MappingError(f"Target '{ctx.target.name}' answers with text only; 'modalities' asks for {modalities}.",
+                           param="modalities")
+
+
 def max_tokens_of(body: dict[str, Any]) -> int | None:
     """``max_completion_tokens`` if given, else the older ``max_tokens`` (what most clients send)."""
     for key in ("max_completion_tokens", "max_tokens"):
