@@ -102,12 +102,20 @@ def test_preset_renders_the_reference_exactly(name: str) -> None:
     expect(prompter, EXAMPLE[1:], ref["without_system"])
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_preset_holds_the_models_own_template_unchanged(name: str) -> None:
+def preset_body(name: str) -> str:
     text = (Path(__file__).resolve().parent.parent / "prompters" / f"{name}.jinja").read_text(encoding="utf-8")
     assert text.startswith("{#---\n")
-    body = text[text.index("---#}\n") + len("---#}\n") :]
-    assert body.removesuffix("\n") == REFERENCE[PRESETS[name]]["template"]
+    return text[text.index("---#}\n") + len("---#}\n") :].removesuffix("\n")
+
+
+# Presets whose template is the model's later one, with tools: the reference holds the earlier one without them
+# (whose renders, above, they still give); the tool-capable template is checked in test_template_fidelity.py.
+WITH_TOOLS_SINCE = {"mistral-v3"}
+
+
+@pytest.mark.parametrize("name", [name for name in PRESETS if name not in WITH_TOOLS_SINCE])
+def test_preset_holds_the_models_own_template_unchanged(name: str) -> None:
+    assert preset_body(name) == REFERENCE[PRESETS[name]]["template"]
 
 
 @pytest.mark.parametrize("key", REFERENCE)

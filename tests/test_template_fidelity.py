@@ -23,6 +23,7 @@ import pytest
 
 from mooltiproxy.errors import MappingError
 from mooltiproxy.translate.prompting import Prompter, load_prompter
+from mooltiproxy.translate.toolcalls import short_id, wants_short_ids
 
 from .backends.llama import LlamaServer, running
 from .transformers_kit import transformers_render
@@ -62,6 +63,17 @@ PREFILL_GARBLED = {"phi3"}
 # Llama 3.1's template writes "Today Date: " + date_string, 26 Jul 2024 unless told; llama.cpp tells it today's date.
 # The proxy, like transformers, renders the template's own default.
 TODAY_DATED = {"llama3.1"}
+
+
+def short_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with its call ids as the proxy maps them for Mistral's templates (9 alphanumerics)."""
+    out = copy.deepcopy(messages)
+    for message in out:
+        for call in message.get("tool_calls") or ():
+            call["id"] = short_id(call["id"])
+        if "tool_call_id" in message:
+            message["tool_call_id"] = short_id(message["tool_call_id"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +145,13 @@ def test_three_engines_render_the_same_prompt(servers: dict[str, LlamaServer], p
     prompter = prompter_for(preset, server)
     messages = CONVERSATIONS[conversation]
     tools = [WEATHER] if conversation in TOOLS else None
-    mine, hf, cpp = ours(prompter, messages, tools), reference(prompter, messages, tools), theirs(server, messages, tools)
+    mine = ours(prompter, messages, tools)
+    if wants_short_ids(prompter.sources["default"]) and any("tool_call_id" in m for m in messages):
+        # Mistral's templates refuse OpenAI clients' call ids ("call_1"); the proxy renders them mapped to
+        # 9 alphanumerics, which is what the other engines render given those.
+        assert reference(prompter, messages, tools).startswith("RAISES") and theirs(server, messages, tools).startswith("RAISES")
+        messages = short_ids(messages)
+    hf, cpp = reference(prompter, messages, tools), theirs(server, messages, tools)
     if preset in TODAY_DATED:
         cpp = re.sub(r"Today Date: \d{2} \w{3} \d{4}", "Today Date: 26 Jul 2024", cpp)
 
@@ -160,3 +178,24 @@ def test_three_engines_render_the_same_prompt(servers: dict[str, LlamaServer], p
         assert cpp.startswith("RAISES"), cpp
     else:
         assert cpp == sent(prompter, mine)
+
+
+def test_mistral_v3_is_mistrals_tool_template_with_v03s_spacing() -> None:
+    """The ``mistral-v3`` preset against Mistral's own tool-calling template as llama.cpp keeps it (Mistral Nemo's, in
+    its sources): the same but for v0.3's space after each control token and its trimmed assistant turn."""
+    from .backends import llama_server
+    from .backends.llama import require
+
+    require()  # the sources come with the server's build
+    nemo = (llama_server.sources_dir() / "models" / "templates" / "mistralai-Mistral-Nemo-Instruct-2407.jinja").read_text(encoding="utf-8")
+    ours = (PROMPTERS / "mistral-v3.jinja").read_text(encoding="utf-8")
+    ours = ours[ours.index("---#}\n") + len("---#}\n"):]
+    v03 = nemo
+    for token in ('"[AVAILABLE_TOOLS][', '"[INST]"', '"[TOOL_CALLS][', "'[TOOL_RESULTS]{"):
+        spaced = token.replace("][", "] [").replace('INST]"', 'INST] "').replace("]{", "] {")
+        assert token in v03, token
+        v03 = v03.replace(token, spaced)
+    v03 = v03.replace('{{- message["content"] + eos_token}}', '{{- " " + message["content"]|trim + eos_token}}')
+    v03 = v03.replace("{%- elif (message.tool_calls is defined and message.tool_calls is not none) %}",
+                      "{%- elif message.tool_calls is defined and message.tool_calls is not none %}")
+    assert ours.strip() == v03.strip()

@@ -4,6 +4,7 @@ OpenAI-compatible server through it; the stub TGI validates every request the wa
 from __future__ import annotations
 
 import json
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -476,6 +477,46 @@ def test_tool_calls_written_by_the_model_come_back_as_openai_tool_calls(tgi: tup
     # Recorded as the call it was.
     recorded = records(tmp_path / "datasets", 3)
     assert recorded[0]["conversations"][-1]["from"] == "function_call"
+
+
+# How Mistral 7B v0.3 writes calls through TGI, which leaves the [TOOL_CALLS] control token out of its text.
+MISTRAL_CALLS = [" [{\"name\": \"weather\", ", '"arguments": {"city": "Paris"}}, ', '{"name": "weather", "arguments": {"city": "Rome"}}]']
+
+
+def test_mistral_calls_and_their_nine_character_ids(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory) -> None:
+    url = start_proxy({"targets": {"default": "m", "m": {"type": "tgi", "url": tgi[1], "prompter": "mistral-v3"}}}).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    stub, ask = tgi[0], [{"role": "user", "content": "Weather in Paris and Rome?"}]
+    stub.reply = MISTRAL_CALLS
+    answer = client.chat.completions.create(model="m", messages=ask, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert stub.seen[-1]["inputs"].startswith('[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "weather"')
+    calls = answer.choices[0].message.tool_calls or []
+    assert answer.choices[0].finish_reason == "tool_calls" and answer.choices[0].message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        ("weather", {"city": "Paris"}), ("weather", {"city": "Rome"})]
+    assert all(len(c.id) == 9 and c.id.isalnum() for c in calls)  # what the model's template takes back
+    # The marker itself, where a server keeps special tokens in its text (llama.cpp), with words before it.
+    stub.reply = ["Checking.", "[TOOL", "_CALLS] [", '{"name": "weather", "arguments": {"city": "Oslo"}}]']
+    chunks = list(client.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Checking."
+    deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in deltas] == [  # type: ignore[union-attr,arg-type]
+        (0, "weather", {"city": "Oslo"})]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    # A client's own ids (OpenAI's call_…) in the history reach the template as 9 characters, paired.
+    stub.reply = ["Paris 20."]
+    history = [*ask, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_abc123def456", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_abc123def456", "content": "20"}]
+    final = client.chat.completions.create(model="m", messages=history, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert final.choices[0].message.content == "Paris 20."
+    sent = stub.seen[-1]["inputs"]
+    short = re.search(r'"id": "([A-Za-z0-9]{9})"\}\]</s>\[TOOL_RESULTS\] \{"content": 20, "call_id": "([A-Za-z0-9]{9})"\}', sent)
+    assert short is not None and short.group(1) == short.group(2), sent
+    # A text answer that merely opens with "[" is held back, then sent as text.
+    stub.reply = ["[1] ", "is a footnote."]
+    chunks = list(client.chat.completions.create(model="m", messages=ask, tools=[WEATHER], stream=True))  # type: ignore[arg-type,list-item]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[1] is a footnote."
 
 
 def test_tool_choice_that_cannot_be_honoured_is_refused_by_name(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:

@@ -45,7 +45,7 @@ from ..config.validators import did_you_mean
 from ..errors import MappingError
 from .characters import Card
 from .sandbox import Limits, Refused, Sandbox, TooBig, Trusted
-from .toolcalls import format_of
+from .toolcalls import format_of, short_id, wants_short_ids
 
 __all__ = ["Limits", "Prompter", "PrompterError", "TemplateRefused", "load_prompter", "preset_names", "render_chat"]
 
@@ -201,9 +201,10 @@ def _plain(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _tool_support(source: str) -> tuple[bool, bool]:
-    """Whether a template's source has a place for assistant tool calls, and for tool messages (once per template)."""
-    return "tool_calls" in source, re.search(r"\btool\b", source) is not None
+def _tool_support(source: str) -> tuple[bool, bool, bool]:
+    """Whether a template's source has a place for assistant tool calls, and for tool messages, and whether it takes
+    only Mistral's 9-character call ids (once per template)."""
+    return "tool_calls" in source, re.search(r"\btool\b", source) is not None, wants_short_ids(source)
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -214,7 +215,7 @@ def _plain_messages(messages: Sequence[Any], label: str, source: str) -> list[di
         raise MappingError("messages must be a list of message objects")
     if not messages:
         raise MappingError(f"prompter '{label}' cannot render an empty conversation: send at least one message")
-    knows_tool_calls, knows_tool_role = _tool_support(source)
+    knows_tool_calls, knows_tool_role, short_ids = _tool_support(source)
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(messages):
         if not isinstance(raw, Mapping):
@@ -234,9 +235,11 @@ def _plain_messages(messages: Sequence[Any], label: str, source: str) -> list[di
                     f"messages[{i}] carries tool_calls, but prompter '{label}' has no place for them in its template; "
                     "use a prompter whose template supports tool calls"
                 )
-            message["tool_calls"] = [_decoded_call(call) for call in calls] if isinstance(calls, list) else calls
+            message["tool_calls"] = [_decoded_call(call, short_ids) for call in calls] if isinstance(calls, list) else calls
         elif "tool_calls" in message:
             del message["tool_calls"]  # an empty list means none; templates test for the key
+        if short_ids and "tool_call_id" in message:  # paired with its call's id, mapped the same way
+            message["tool_call_id"] = short_id(message["tool_call_id"])
         if role == "tool" and not knows_tool_role:
             raise MappingError(
                 f"messages[{i}] is a tool result, but prompter '{label}' has no place for tool messages in its template; "
@@ -267,7 +270,9 @@ def _text_of(content: Any, index: int, label: str) -> str:
     return "".join(texts)
 
 
-def _decoded_call(call: Any) -> Any:
+def _decoded_call(call: Any, short_ids: bool = False) -> Any:
+    if short_ids and isinstance(call, dict) and "id" in call:
+        call = {**call, "id": short_id(call["id"])}
     function = call.get("function") if isinstance(call, dict) else None
     if isinstance(function, dict) and isinstance(function.get("arguments"), str):
         try:

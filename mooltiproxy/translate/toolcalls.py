@@ -10,6 +10,12 @@ Two families, each told by its template:
 - ``llama3_json``: Llama 3.1 / 3.2 answer a call with nothing but ``{"name": …, "parameters": {…}}`` (after an
   optional ``<|python_tag|>``; several separated by ``;``), what vLLM's ``llama3_json`` parser reads. An answer
   that opens with ``{`` is held back to its end and read whole; one that is not such JSON is sent as text.
+- ``mistral``: Mistral 7B v0.3, Nemo, Small write ``[TOOL_CALLS]`` then a JSON list of ``{"name", "arguments"}``
+  (what vLLM's ``mistral`` parser reads). A server that leaves special tokens out of its text (TGI does) sends
+  the list alone, so an answer that opens with ``[`` is held back to its end and read whole as well. Their
+  templates take only 9-character alphanumeric call ids: the ids of a conversation's calls are mapped to such
+  ids as it is rendered (``short_id``, the same id always to the same short one, and a short one to itself),
+  and the calls read back get short ids, so that a client sending them back sends what the model saw.
 
 When ``tool_choice`` demands a call and the backend constrains generation by a JSON schema, the answer is
 that call's ``{"name", "arguments"}`` alone, read as ``llama3_json`` is.
@@ -19,6 +25,7 @@ A choice that made a call ends with ``finish_reason: "tool_calls"``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
@@ -30,7 +37,9 @@ if TYPE_CHECKING:
     from .mapping import MapContext
 
 CHAT = "/v1/chat/completions"
-HERMES, LLAMA3_JSON = "hermes", "llama3_json"
+HERMES, LLAMA3_JSON, MISTRAL = "hermes", "llama3_json", "mistral"
+_MISTRAL_MARK = "[TOOL_CALLS]"
+_ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _PYTHON_TAG = "<|python_tag|>"
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
@@ -40,6 +49,8 @@ def format_of(source: str) -> str | None:
     """The tool-call format a template's model writes, from the template itself (None: it has none)."""
     if _OPEN in source:
         return HERMES
+    if _MISTRAL_MARK in source:
+        return MISTRAL
     if '"parameters": ' in source and "ipython" in source:
         return LLAMA3_JSON
     return None
@@ -58,15 +69,32 @@ def wanted(ctx: MapContext) -> str | None:
     return fmt
 
 
-def _call(name: str, arguments: Any) -> dict[str, Any]:
+def wants_short_ids(source: str) -> bool:
+    """Whether a template refuses call ids that are not 9 characters long (Mistral's)."""
+    return "length != 9" in source
+
+
+def short_id(call_id: Any) -> Any:
+    """A call id as Mistral's templates take it: 9 alphanumeric characters, derived from the id (so a call and
+    its result stay paired), an id of that form kept as it is."""
+    if not isinstance(call_id, str) or (len(call_id) == 9 and call_id.isascii() and call_id.isalnum()):
+        return call_id
+    number = int.from_bytes(hashlib.blake2b(call_id.encode(), digest_size=8).digest(), "big")
+    return "".join(_ALNUM[(number // 62 ** i) % 62] for i in range(9))
+
+
+def _call(name: str, arguments: Any, fmt: str = HERMES) -> dict[str, Any]:
     text = arguments if isinstance(arguments, str) else orjson.dumps(arguments if arguments is not None else {}).decode()
-    return {"id": "call_" + os.urandom(12).hex(), "type": "function", "function": {"name": name, "arguments": text}}
+    call_id = short_id(os.urandom(12).hex()) if fmt == MISTRAL else "call_" + os.urandom(12).hex()
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
 
 
 def parse(text: str, fmt: str = HERMES) -> tuple[str, list[dict[str, Any]]]:
     """The text without its calls, and the calls (OpenAI's form), in the order written."""
     if fmt == LLAMA3_JSON:
         return _parse_json(text)
+    if fmt == MISTRAL:
+        return _parse_mistral(text)
     calls: list[dict[str, Any]] = []
 
     def take(match: re.Match[str]) -> str:
@@ -98,6 +126,21 @@ def _parse_json(text: str) -> tuple[str, list[dict[str, Any]]]:
     return "", calls
 
 
+def _parse_mistral(text: str) -> tuple[str, list[dict[str, Any]]]:
+    """Mistral's calls: ``[TOOL_CALLS]`` and a JSON list of calls (the text before it kept), or the list alone."""
+    at = text.find(_MISTRAL_MARK)
+    before, body = (text[:at], text[at + len(_MISTRAL_MARK):]) if at >= 0 else ("", text)
+    if at < 0 and not body.lstrip().startswith("["):
+        return text, []
+    listed = _loads(body.strip())
+    if isinstance(listed, dict):
+        listed = [listed]
+    if not isinstance(listed, list) or not listed or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) for c in listed):
+        return text, []
+    return before.strip(), [_call(c["name"], c.get("arguments", c.get("parameters")), MISTRAL) for c in listed]
+
+
 def _loads(text: str) -> Any:
     try:
         return orjson.loads(text)
@@ -114,6 +157,8 @@ def in_answer(answer: Any, fmt: str = HERMES) -> Any:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             continue
         if fmt == HERMES and _OPEN not in message["content"]:
+            continue
+        if fmt == MISTRAL and _MISTRAL_MARK not in message["content"] and not message["content"].lstrip().startswith("["):
             continue
         text, calls = parse(message["content"], fmt)
         if calls:
@@ -133,17 +178,17 @@ class _Choice:
         self.started = False  # llama3_json: whether the answer's first non-blank text has been seen
 
 
-def _partial(text: str) -> int:
-    """How many characters at the end of ``text`` could be the start of ``<tool_call>``."""
-    for n in range(min(len(_OPEN) - 1, len(text)), 0, -1):
-        if _OPEN.startswith(text[-n:]):
+def _partial(text: str, mark: str = _OPEN) -> int:
+    """How many characters at the end of ``text`` could be the start of ``mark``."""
+    for n in range(min(len(mark) - 1, len(text)), 0, -1):
+        if mark.startswith(text[-n:]):
             return n
     return 0
 
 
 async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES) -> AsyncIterator[Any]:
     """Chat chunks with the calls their text holds sent as ``tool_calls`` deltas."""
-    feed = _feed if fmt == HERMES else _feed_json
+    feed = {HERMES: _feed, LLAMA3_JSON: _feed_json, MISTRAL: _feed_mistral}[fmt]
     choices: dict[int, _Choice] = {}
     async for event in events:
         if not isinstance(event, dict) or not event.get("choices"):
@@ -163,13 +208,13 @@ async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES) -> AsyncItera
             else:
                 pieces = [delta]
             if choice.get("finish_reason") and (state.held or state.inside):
-                if fmt == LLAMA3_JSON:  # the whole answer held back: a call, or text after all
-                    text, calls = _parse_json(state.held)
+                if fmt != HERMES:  # the answer held back from where a call may begin: calls, or text after all
+                    text, calls = parse(state.held, fmt)
+                    if text or not calls:
+                        pieces.append({"content": text})
                     for call in calls:
                         pieces.append({"tool_calls": [{"index": state.calls, **call}]})
                         state.calls += 1
-                    if not calls:
-                        pieces.append({"content": text})
                 else:  # a call left unclosed, or text held back: it was text after all
                     pieces.append({"content": (_OPEN if state.inside else "") + state.held})
                 state.held, state.inside = "", False
@@ -203,6 +248,30 @@ def _feed_json(state: _Choice, piece: str) -> list[dict[str, Any]]:
         state.inside, state.held = True, text
         return []
     return [{"content": text}]
+
+
+def _feed_mistral(state: _Choice, piece: str) -> list[dict[str, Any]]:
+    """Mistral: from ``[TOOL_CALLS]`` on, or all of an answer opening with ``[``, the text is held to its end."""
+    if state.inside:
+        state.held += piece
+        return []
+    text = state.held + piece
+    state.held = ""
+    if not state.started:
+        if not text.lstrip():
+            state.held = text
+            return []
+        state.started = True
+        if text.lstrip().startswith("["):  # the marker, or the list of calls without it
+            state.inside, state.held = True, text
+            return []
+    at = text.find(_MISTRAL_MARK)
+    if at >= 0:
+        state.inside, state.held = True, text[at:]
+        return [{"content": text[:at]}] if at else []
+    keep = _partial(text, _MISTRAL_MARK)
+    state.held = text[len(text) - keep:]
+    return [{"content": text[: len(text) - keep]}] if len(text) > keep else []
 
 
 def _feed(state: _Choice, piece: str) -> list[dict[str, Any]]:
