@@ -273,7 +273,6 @@ _NO_PLACE = {
     "truncate": "truncating the input",
     "decoder_input_details": "the prompt's token details",
     "adapter_id": "LoRA adapters by id",
-    "top_n_tokens": "the most likely tokens of each step, which this front does not relay yet",
 }
 
 
@@ -304,7 +303,10 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
                       "OpenAI-compatible server); ask for one answer.", param="best_of")
     stream = ctx.path == "/generate_stream" or (ctx.path == "/" and body.get("stream") is True)
     ctx.state["tgi_compat"] = ctx.path == "/"
-    out: dict[str, Any] = {"model": ctx.target.options.get("model") or ctx.target.name, "prompt": body["inputs"], "stream": stream}
+    # TGI's API names no model: the target's options.model, else the proxy asks the server which it serves (plan.complete).
+    out: dict[str, Any] = {"prompt": body["inputs"], "stream": stream}
+    if ctx.target.options.get("model"):
+        out["model"] = ctx.target.options["model"]
     if params.get("max_new_tokens") is not None:
         out["max_tokens"] = params["max_new_tokens"]
     if params.get("do_sample") is False and not any(params.get(k) for k in ("temperature", "top_p", "top_k", "typical_p")):
@@ -324,6 +326,12 @@ def front_request(body: Any, ctx: MapContext) -> dict[str, Any]:
 
     if stream:
         out["stream_options"] = {"include_usage": True}
+    # Each token's logprob (details.tokens, a stream's token events) and its alternatives (top_n_tokens) come from the
+    # server's completions logprobs, asked only when wanted: they cost the server work.
+    top = params.get("top_n_tokens") or 0
+    if top or params.get("details"):
+        out["logprobs"] = max(top, 1)
+    ctx.state["tgi_top"] = top
     ctx.state["tgi_details"] = params.get("details", False) or stream
     ctx.state["tgi_return_full_text"] = bool(params.get("return_full_text"))
     ctx.state["tgi_inputs"] = body["inputs"]
@@ -342,11 +350,47 @@ def front_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | list
     out: dict[str, Any] = {"generated_text": text}
     if ctx.state.get("tgi_details"):
         use = body.get("usage") or {}
+        tokens = _tgi_tokens(choice.get("logprobs"), int(ctx.state.get("tgi_top") or 0))
         out["details"] = {
             "finish_reason": _TGI_FINISH.get(choice.get("finish_reason") or "", "eos_token"),
-            "generated_tokens": use.get("completion_tokens", 0), "seed": None, "prefill": [], "tokens": [],
+            "generated_tokens": use.get("completion_tokens", 0), "seed": None, "prefill": [],
+            "tokens": [t for t, _ in tokens],
         }
+        if ctx.state.get("tgi_top"):
+            out["details"]["top_tokens"] = [alternatives for _, alternatives in tokens]
     return [out] if ctx.state.get("tgi_compat") else out
+
+
+def _tgi_tokens(logprobs: Any, top: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A completion's ``logprobs`` → TGI's tokens, each with its ``top`` alternatives. Read in either form servers
+    give: OpenAI's completions form (``tokens``, ``token_logprobs``, ``top_logprobs`` as maps), or the chat form
+    (``content``: ``{token, logprob, top_logprobs}``) llama.cpp also answers completions with. Where the server names
+    no token ids (the OpenAI forms have none; llama.cpp adds ``id``), ``id`` is 0."""
+    if not isinstance(logprobs, dict):
+        return []
+    out = []
+    if isinstance(logprobs.get("content"), list):
+        for entry in logprobs["content"]:
+            if isinstance(entry, dict):
+                options = [o for o in entry.get("top_logprobs") or () if isinstance(o, dict)][:top]
+                out.append((_tgi_token(entry.get("id"), entry.get("token"), entry.get("logprob")),
+                            [_tgi_token(o.get("id"), o.get("token"), o.get("logprob")) for o in options]))
+        return out
+    if not isinstance(logprobs.get("tokens"), list):
+        return []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    for i, text in enumerate(logprobs["tokens"]):
+        value = values[i] if i < len(values) else None
+        alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1] if _number(kv[1]) else 0)[:top]
+        out.append((_tgi_token(None, text, value), [_tgi_token(None, k, v) for k, v in ranked]))
+    return out
+
+
+def _tgi_token(token_id: Any, text: Any, logprob: Any) -> dict[str, Any]:
+    return {"id": token_id if isinstance(token_id, int) else 0, "text": text if isinstance(text, str) else "",
+            "logprob": logprob if _number(logprob) else None, "special": False}
 
 
 async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -> AsyncIterator[dict[str, Any]]:
@@ -356,6 +400,7 @@ async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -
     finish = None
     use: dict[str, Any] = {}
     index = 0
+    top = int(ctx.state.get("tgi_top") or 0)
     async for chunk in events:
         if chunk.get("usage"):
             use = chunk["usage"]
@@ -364,12 +409,18 @@ async def front_stream(events: AsyncIterator[dict[str, Any]], ctx: MapContext) -
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
             if piece:
-                if held is not None:
-                    yield held
-                index += 1
                 text_so_far.append(piece)
-                held = {"index": index, "token": {"id": 0, "text": piece, "logprob": None, "special": False},
-                        "generated_text": None, "details": None}
+                # One event per token where the server gave them (with logprobs), else one for the piece.
+                tokens = _tgi_tokens(choice.get("logprobs"), top)
+                if "".join(t["text"] for t, _ in tokens) != piece:  # tokens that do not spell the piece are not its own
+                    tokens = []
+                for token, alternatives in tokens or [({"id": 0, "text": piece, "logprob": None, "special": False}, [])]:
+                    if held is not None:
+                        yield held
+                    index += 1
+                    held = {"index": index, "token": token, "generated_text": None, "details": None}
+                    if top:
+                        held["top_tokens"] = alternatives
     last = held or {"index": index + 1, "token": {"id": 0, "text": "", "logprob": None, "special": True},
                     "generated_text": None, "details": None}
     full = "".join(text_so_far)

@@ -275,3 +275,26 @@ def test_tool_choice_demanding_a_call_is_held_by_the_servers_grammar(llama: Llam
     calls, finish = asyncio.run(streamed())
     assert finish == "tool_calls" and len(calls) == 1 and calls[0].function.name in ("weather", "clock")
     assert set(json.loads(calls[0].function.arguments).values()) <= {"Paris", "Rome", "UTC", "CET"}
+
+
+# --------------------------------------------------------------------- TGI's API in front of the server
+
+
+def test_tgi_clients_get_token_details_from_the_servers_logprobs(llama: LlamaServer, start_proxy: ProxyFactory) -> None:
+    """text_generation against llama-server's OpenAI routes through the proxy's TGI front: details.tokens and
+    top_tokens (top_n_tokens) are the server's completions logprobs, streamed token by token as well."""
+    import text_generation
+
+    url = start_proxy({"targets": {"default": "cpp", "cpp": {"type": "openai", "url": llama.url}}}).url
+    tg = text_generation.Client(url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    answer = tg.generate("Hi!", max_new_tokens=6, do_sample=False, top_n_tokens=2)
+    tokens = answer.details.tokens
+    assert len(tokens) == answer.details.generated_tokens == 6
+    assert "".join(t.text for t in tokens) == answer.generated_text
+    assert all(t.logprob is not None and t.logprob <= 0 for t in tokens)
+    assert [len(alternatives) for alternatives in answer.details.top_tokens] == [2] * 6
+    # Greedy: each token is the best of its step.
+    assert all(abs(t.logprob - step[0].logprob) < 1e-4 for t, step in zip(tokens, answer.details.top_tokens, strict=True))
+    streamed = [r for r in tg.generate_stream("Hi!", max_new_tokens=6, do_sample=False, top_n_tokens=1) if not r.token.special]
+    assert "".join(r.token.text for r in streamed) == answer.generated_text
+    assert [round(r.token.logprob, 3) for r in streamed] == [round(t.logprob, 3) for t in tokens]

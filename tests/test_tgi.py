@@ -355,7 +355,9 @@ def test_tgi_front_generate(openai_stub: tuple[OpenAIStub, str], tgi_front: str)
                                                                                      "details": True}})
     assert r.status_code == 200
     assert stub.seen[-1].path == "/v1/completions"
-    assert stub.seen[-1].body == {"model": "served-model", "prompt": "Hello", "stream": False, "max_tokens": 5, "temperature": 0}
+    # details: each token's logprob is asked of the server (details.tokens)
+    assert stub.seen[-1].body == {"model": "served-model", "prompt": "Hello", "stream": False, "max_tokens": 5, "temperature": 0,
+                                  "logprobs": 1}
     body = r.json()
     assert body["generated_text"] == "alpha continues: Hello"
     assert body["details"]["finish_reason"] == "eos_token" and body["details"]["generated_tokens"] == 3
@@ -392,6 +394,19 @@ def test_tgi_front_info_from_the_servers_model_list(openai_stub: tuple[OpenAIStu
     assert info.json()["model_id"] == "served-model" and info.json()["max_best_of"] == 1
 
 
+def test_tgi_front_names_the_model_the_server_serves(openai_stub: tuple[OpenAIStub, str], start_proxy: ProxyFactory) -> None:
+    """TGI's API names no model: without options.model the proxy asks the server's /v1/models once and sends its first
+    model, not the target's name (which vLLM would answer with a 404)."""
+    stub = openai_stub[0]
+    url = start_proxy({"targets": {"default": "vllm", "vllm": {"url": openai_stub[1]}}}).url
+    listed = http.get(openai_stub[1] + "/v1/models").json()["data"][0]["id"]
+    for _ in range(2):
+        assert http.post(url + "/generate", json={"inputs": "Hi"}).status_code == 200
+    paths = [s.path for s in stub.seen]
+    assert paths.count("/v1/models") == 2 and paths[-2:] == ["/v1/completions", "/v1/completions"]  # ours, then the proxy's once
+    assert stub.seen[-1].body["model"] == listed != "vllm"
+
+
 def test_tgi_front_with_the_text_generation_client(tgi_front: str) -> None:
     text_generation = pytest.importorskip("text_generation")
     tg = text_generation.Client(tgi_front, headers=AUTH, timeout=10)
@@ -413,8 +428,7 @@ def test_tgi_front_errors_in_tgi_shape(openai_stub: tuple[OpenAIStub, str], tgi_
     tg = text_generation.Client(tgi_front, headers=AUTH, timeout=10)
     with pytest.raises(text_generation.errors.ValidationError, match="`max_new_tokens` must be strictly positive"):
         tg.generate("x", max_new_tokens=-3)
-    for option, value in (("typical_p", 0.5), ("truncate", 10), ("watermark", True), ("top_n_tokens", 3),
-                          ("decoder_input_details", True)):
+    for option, value in (("typical_p", 0.5), ("truncate", 10), ("watermark", True), ("decoder_input_details", True)):
         with pytest.raises(text_generation.errors.ValidationError, match=f"`{option}`.*target 'vllm'"):
             tg.generate("x", max_new_tokens=5, **{option: value})
     assert http.post(tgi_front + "/generate", json={"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "a+"}}}

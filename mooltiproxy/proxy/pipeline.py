@@ -29,6 +29,7 @@ from .cooldowns import Cooldowns
 from .exchange import Exchange
 from .plan import Asked, Plan
 from .respond import Responder, send_json
+from .served import ServedModels
 
 log = logging.getLogger("mooltiproxy")
 
@@ -41,6 +42,7 @@ class Pipeline:
                  max_text: int | None = None) -> None:
         metrics = metrics or Metrics(None)
         self.attempts = Attempts(client, cooldowns or Cooldowns(), metrics, server.max_fanout)
+        self.served = ServedModels(client)
         self.responder = Responder(metrics, server.max_answer)
         self.max_body = server.max_body
         self.max_text = max_text
@@ -65,7 +67,7 @@ class Pipeline:
         body = await read_body(receive, self.max_body, asked.length)
         plan = planning.make(settings, info, scope, asked, body, parse_json(body) if body else None, recording=self.recorder is not None)
         if plan.pending:
-            plan = await planning.complete(plan, info, path)
+            plan = await planning.complete(plan, info, path, self.served.of)
         tape = Tape(plan.recorded_as, self.max_text, plan.dialect) if plan.recorded_as else None
         await self._guarded(plan, Exchange(info, scope, tape), receive, send)
 

@@ -6,7 +6,7 @@ host. A ``Plan`` does not change; what does (timings, the tape) is the ``Exchang
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -123,9 +123,10 @@ def make(settings: Settings, info: RequestInfo, scope: Scope, asked: Asked, body
                 route.inbound if recorded else None, dialect, destination.host if destination is not None else None, asked.conversation)
 
 
-async def complete(plan: Plan, info: RequestInfo, path: str) -> Plan:
+async def complete(plan: Plan, info: RequestInfo, path: str, served: Callable[[Target], Awaitable[str | None]]) -> Plan:
     """The plan with what had to be waited for: the front's request in the OpenAI shape (once, whichever target ends
-    up answering), and a dynamic host's checked address."""
+    up answering), named for the model the target serves when the front's API names none (``served``), and a dynamic
+    host's checked address."""
     if plan.dynamic_host is not None:
         plan = plan._replace(connect_to=await plan.settings.dynamic.address(plan.dynamic_host))
     if plan.front is not None:
@@ -134,6 +135,10 @@ async def complete(plan: Plan, info: RequestInfo, path: str) -> Plan:
                          request_id=info.id, stream=plan.stream, prompter=plan.target.prompter, character=plan.character,
                          request=parsed)
         parsed = await call_mapper(plan.front.request, parsed, ctx)
+        if isinstance(parsed, dict) and not parsed.get("model"):
+            model = await served(plan.target)
+            if model is not None:
+                parsed["model"] = model
         plan = plan._replace(json=parsed, body=orjson.dumps(parsed), stream=isinstance(parsed, dict) and parsed.get("stream") is True,
                              front_state=ctx.state)
     return plan
