@@ -88,6 +88,11 @@ def test_named_keys_and_their_targets(openai_stub: Stub, start_proxy: ProxyFacto
     assert not any("secret" in line for line in lines)
     listed = httpx.get(url + "/v1/models", headers={"authorization": "Bearer alice-secret-key"}).json()
     assert [m["id"] for m in listed["data"]] == ["alpha-model"]  # a passes /v1/models through
+    # A key that may not use the default target lists what it may use, rather than being refused.
+    bound = start_proxy(config(openai_stub[1], auth={"keys": {"carol": {"key_env": "CAROL_KEY", "targets": ["b"]}}}),
+                        env={"CAROL_KEY": "carol-secret-key"}).url
+    own = httpx.get(bound + "/v1/models", headers={"authorization": "Bearer carol-secret-key"})
+    assert own.status_code == 200 and [m["id"] for m in own.json()["data"]] == ["b"]
     admin = httpx.get(url + "/admin/bans", headers={"authorization": "Bearer bob-secret-key"})
     assert admin.status_code == 401 and "master key" in admin.json()["error"]["message"]  # as a wrong key would
 

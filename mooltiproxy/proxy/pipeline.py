@@ -60,6 +60,8 @@ class Pipeline:
         if path == "/v1/models" and method == "GET":
             router = settings.router
             chosen = router.pick_if_any(asked.target, info.key_targets)
+            if not asked.target and chosen is not None and info.key_targets is not None and chosen.name not in info.key_targets:
+                chosen = None  # the default is not this key's: the models it may use are the proxy's to list
             if chosen is None or path not in chosen.routes:
                 await send_json(None, 200, router.listing(info.key_targets), send)
                 return
