@@ -45,7 +45,8 @@ def test_check_lists_every_problem(tmp_path: Path) -> None:
     assert lines[0] == f"{bad} has 5 problems:"
     assert "  server.port: must be a whole number, not a string 'eighty'" in lines
     assert any(line.startswith("  targets.default: no target named 'locl' (did you mean 'local'?)") for line in lines)
-    assert any(line.startswith("  targets.local.type: must be one of anthropic, kobold, llamacpp, ollama, openai, tgi") for line in lines)
+    assert any(line.startswith("  targets.local.type: must be one of anthropic, kobold, llamacpp, ollama, openai, tei, tgi")
+               for line in lines)
     assert any(line.startswith("  targets.gpt.api_key_env: the environment variable SURELY_UNSET_KEY is not set") for line in lines)
     assert any("targets.gpt.routes[\"/v1/chat/completions\"].request: no mapper module 'my_mappers'" in line for line in lines)
 

@@ -171,7 +171,8 @@ def test_target_problems_from_presets_keys_and_mappers() -> None:
         }
     )
     text = "\n".join(problems)
-    assert "targets.a.type: must be one of anthropic, kobold, llamacpp, ollama, openai, tgi" in text and "(did you mean 'openai'?)" in text
+    assert "targets.a.type: must be one of anthropic, kobold, llamacpp, ollama, openai, tei, tgi" in text
+    assert "(did you mean 'openai'?)" in text
     assert "targets.b.api_key_env: the environment variable NOT_SET_KEY is not set" in text
     assert "targets.b.options.colour: unknown option for type openai" in text and "targets.c.options" not in text
     assert 'targets.c.routes["/v1/chat/completions"].request: no mapper module \'nosuchmodule\'' in text

@@ -80,7 +80,7 @@ def test_serve_target_flags_are_checked(tmp_path: Path) -> None:
     assert result.returncode == 1 and "--prompter: type tgi takes one prompt string" in result.stderr
     result = run("serve", "--target", "http://127.0.0.1:9", "--type", "tgo", cwd=tmp_path)
     assert result.returncode == 1 and "did you mean 'tgi'" in result.stderr
-    assert "--type: must be one of anthropic, kobold, llamacpp, ollama, openai, tgi" in result.stderr
+    assert "--type: must be one of anthropic, kobold, llamacpp, ollama, openai, tei, tgi" in result.stderr
 
 
 def test_init_writes_the_template_and_will_not_overwrite(tmp_path: Path) -> None:
