@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from mooltiproxy.backends import Backend, Option, RouteSpec, optional_text
 
+from .responses import FRONT as RESPONSES
+
 BACKEND = Backend(
     name="openai",
     doc="any OpenAI-compatible server, passed through untouched",
@@ -20,4 +22,7 @@ BACKEND = Backend(
     options={
         "model": Option(optional_text, None, "model name sent upstream when a front's client names none (TGI /generate)"),
     },
+    # OpenAI's Responses API, answered by the proxy over any target's chat completions (a target whose routes: has
+    # /v1/responses gets it relayed instead)
+    fronts=(RESPONSES,),
 )

@@ -32,6 +32,8 @@ from .http.cors import CORS
 from .ops import admin
 from .ops.runtime import Runtime
 from .proxy.pipeline import Pipeline
+from .proxy.stored import PATH as RESPONSES
+from .proxy.stored import StoredResponses
 from .review import pages
 from .review.sessions import Sessions
 from .state.settings import build_settings
@@ -57,16 +59,20 @@ class ProxyApp:
 
 class Fork:
     """Below the shared middleware: proxied paths to the pipeline, without Starlette's router and wrappers (which
-    every request and every streamed chunk would otherwise pass through), the rest to the pages."""
+    every request and every streamed chunk would otherwise pass through), ``/v1/responses`` through its stored
+    responses first, the rest to the pages."""
 
-    def __init__(self, proxied: ASGIApp, own: ASGIApp) -> None:
+    def __init__(self, proxied: ASGIApp, own: ASGIApp, responses: ASGIApp) -> None:
         self.proxied = proxied
         self.own = own
+        self.responses = responses
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http" and not scope["path"].startswith(OWN_PATHS):
             # The pipeline's coroutine handed back rather than awaited in a frame of the fork's own: every frame a
             # request passes through costs it again. (The outermost app stays a coroutine function: servers look.)
+            if scope["path"].startswith(RESPONSES):
+                return self.responses(scope, receive, send)
             return self.proxied(scope, receive, send)
         return self.own(scope, receive, send)
 
@@ -126,7 +132,9 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
         exception_handlers={HTTPException: _http_error, ProxyError: _proxy_error},
         lifespan=lifespan,
     )
-    guard = Guard(Fork(pipeline, own), live=live, open_paths=pages.OPEN_PATHS, cookie_auth=pages.cookie_auth(sessions))
+    responses = StoredResponses(pipeline, runtime.responses, config.server.max_body,
+                                enabled=lambda: live.settings.config.responses.store)
+    guard = Guard(Fork(pipeline, own, responses), live=live, open_paths=pages.OPEN_PATHS, cookie_auth=pages.cookie_auth(sessions))
     return ProxyApp(RequestContext(CORS(guard), live=live, metrics=runtime.metrics), runtime)
 
 

@@ -144,6 +144,25 @@ def test_a_ban_earned_at_one_instance_is_enforced_at_the_other_at_once(redis: Re
              "the ban lifted at one instance is lifted at the other")
 
 
+def test_a_response_stored_at_one_instance_is_continued_at_the_other(redis: RedisServer, openai_stub: Stub,
+                                                                      instances: Instances) -> None:
+    """/v1/responses' stored responses live in Redis with a shared state: previous_response_id works whichever instance
+    the next turn reaches, and only for the key that made it."""
+    import openai
+
+    a, b = instances(shared(redis.url, openai_stub[1], responses={"retention": "1h"}))
+    first = openai.OpenAI(base_url=a + "/v1", api_key=KEY, max_retries=0).responses.create(model="m", input="I am Ann.")
+    other = openai.OpenAI(base_url=b + "/v1", api_key=KEY, max_retries=0)
+    assert other.responses.retrieve(first.id).output_text == first.output_text
+    other.responses.create(model="m", input="Who am I?", previous_response_id=first.id)
+    sent = openai_stub[0].seen[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"] and sent[0]["content"] == "I am Ann."
+    import redis as redis_client
+
+    ttl = redis_client.Redis.from_url(redis.url).pttl(f"mooltiproxy:resp:{first.id}")
+    assert 3_500_000 < ttl <= 3_600_000  # kept for responses.retention
+
+
 def test_a_logout_at_one_instance_ends_the_session_at_the_other(redis: RedisServer, openai_stub: Stub,
                                                                  instances: Instances) -> None:
     from .test_ui import csrf, log_in

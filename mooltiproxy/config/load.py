@@ -26,6 +26,7 @@ from .model import (
     DynamicHost,
     ModelAlias,
     NamedKey,
+    ResponsesConfig,
     RouteConfig,
     ServerConfig,
     TargetConfig,
@@ -218,7 +219,8 @@ def _build(clean: dict[str, Any], base_dir: Path, source: Path | None, env: dict
 
     return Config(server=ServerConfig(**server), auth=AuthConfig(**auth), dataset=DatasetConfig(**dataset), targets=built_targets,
                   default_target=default, models={alias: ModelAlias(**spec) for alias, spec in clean["models"].items()},
-                  dynamic=dynamic, state=clean["state"], state_required=clean["state_required"], base_dir=base_dir, source=source)
+                  dynamic=dynamic, state=clean["state"], state_required=clean["state_required"], base_dir=base_dir, source=source,
+                  responses=ResponsesConfig(**clean["responses"]))
 
 
 def _secret(env: dict[str, str], name: str, at: list[str], problems: list[str], what: str) -> str | None:

@@ -73,6 +73,14 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class ResponsesConfig:
+    """What ``/v1/responses`` keeps: a response stored (unless its request says ``store: false``) is kept this long."""
+
+    store: bool
+    retention: float
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One inbound path of a target, as the user wrote it (fields left out are ``None``: the type's own)."""
 
@@ -145,6 +153,7 @@ class Config:
     state_required: bool
     base_dir: Path
     source: Path | None
+    responses: ResponsesConfig = ResponsesConfig(store=True, retention=30 * 86400.0)
     # The targets as the proxy runs them, built once while the file was checked (state/settings.py).
     built: Any = field(default=None, compare=False, repr=False)
 

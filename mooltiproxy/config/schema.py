@@ -209,6 +209,13 @@ SCHEMA = section(
         vol.Optional("state_required", default=False): lambda v: False if v is None else boolean(v),
         vol.Optional("targets", default={}): _targets,
         vol.Optional("models", default={}): mapping_of(text(), _model_alias),
+        vol.Optional("responses", default={}): section(
+            {
+                vol.Optional("store", default=True): boolean,
+                vol.Optional("retention", default="30d"): duration(),
+            },
+            what="responses section",
+        ),
         vol.Optional("dataset", default={}): section(
             {
                 vol.Optional("sink", default="jsonl"): one_of("jsonl", "sqlite", "postgres", "none"),

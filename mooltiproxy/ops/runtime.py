@@ -17,6 +17,7 @@ from ..guard.bans import BanLedger
 from ..guard.limits import RateLimits
 from ..proxy.cooldowns import Cooldowns
 from ..review.sessions import EndedSessions
+from ..state.responses import ResponseStore
 from ..state.settings import Live, Settings
 from ..upstream.client import UpstreamClient
 from .logs import flush_logs
@@ -41,6 +42,8 @@ class Runtime:
                                 clock=clock)
         self.limits = RateLimits(local, clock=clock)
         self.ended = EndedSessions(local, clock=clock)
+        self.responses = ResponseStore(local, config.responses.retention, clock=clock)
+        self.responses.shared = self.state
         self.cooldowns = Cooldowns()
         self.ledger.shared = self.limits.shared = self.ended.shared = self.cooldowns.shared = self.state
         self.live = Live(settings, self.ledger, self.limits)
@@ -69,6 +72,7 @@ class Runtime:
         self.ledger.open()
         self.limits.open()
         self.ended.open()
+        self.responses.open()
         if self.state is not None:
             await self.state.start(self.ledger, self.cooldowns, lambda: self.live.reload(tell_others=False), self.ended)
             await self.state.wait_up(2.0)  # so the first requests are counted in Redis, when it is there
@@ -93,6 +97,7 @@ class Runtime:
         if self.state is not None:
             await self.state.close()
         self.ended.close()
+        self.responses.close()
         self.limits.close()
         self.ledger.close()
         flush_logs(wait=True)

@@ -302,6 +302,37 @@ class RedisState:
             return
         await self._publish({"kind": "session_ended", "nonce": nonce, "until": until})
 
+    # ------------------------------------------------------------------ stored responses (/v1/responses)
+
+    async def stored(self, name: str) -> bytes | None:
+        """A stored value (``StateDown`` while Redis is away: a missing response must not look like a deleted one)."""
+        if not self.up:
+            raise StateDown(self.where)
+        try:
+            value: bytes | str | None = await self._client.get(PREFIX + "resp:" + name)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise StateDown(self.where) from exc
+        return value.encode() if isinstance(value, str) else value
+
+    async def store(self, name: str, value: bytes, ttl: float) -> None:
+        if not self.up:
+            raise StateDown(self.where)
+        try:
+            await self._client.set(PREFIX + "resp:" + name, value, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise StateDown(self.where) from exc
+
+    async def unstore(self, name: str) -> bool:
+        if not self.up:
+            raise StateDown(self.where)
+        try:
+            return bool(await self._client.delete(PREFIX + "resp:" + name))
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise StateDown(self.where) from exc
+
     # ------------------------------------------------------------------ reload
 
     def reloaded(self) -> None:

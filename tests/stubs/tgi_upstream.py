@@ -38,6 +38,7 @@ class TGIStub:
     delay: float = 0.0
     fail: tuple[int, str, str] | None = None  # (status, error_type, message) for the next requests
     stream_error_after: int | None = None
+    replies: list[list[str]] = field(default_factory=list)  # one reply per request, in turn, before falling back on `reply`
     seen: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -133,6 +134,8 @@ class TGIStub:
 
     def _tokens(self, p: dict[str, Any], variant: int = 0) -> tuple[list[tuple[str, bool]], str]:
         """The tokens generated and the finish reason, as TGI's stopping criteria would decide."""
+        if variant == 0 and self.replies:
+            self.reply = self.replies.pop(0)
         reply = list(self.reply) if variant == 0 else [f"Alt{variant}", " answer"]
         limit = p.get("max_new_tokens") or 100
         stops = p.get("stop") or []
