@@ -533,6 +533,24 @@ def test_mistral_calls_and_their_nine_character_ids(tgi: tuple[TGIStub, str], st
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[1] is a footnote."
 
 
+def test_a_models_own_tokenizer_config_gets_its_calls_read(tgi: tuple[TGIStub, str], start_proxy: ProxyFactory,
+                                                          tmp_path: Path) -> None:
+    """A model folder's tokenizer_config.json (here Qwen2.5's template, as its repository ships it): its tools are rendered
+    and the calls its model writes read back, as with the preset."""
+    body = (Path(__file__).resolve().parent.parent / "prompters" / "qwen2.5.jinja").read_text(encoding="utf-8")
+    template = body[body.index("---#}\n") + len("---#}\n"):]
+    model = tmp_path / "Qwen2.5-7B-Instruct"
+    model.mkdir()
+    (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "<|im_end|>",
+                                                             "bos_token": None, "pad_token": "<|endoftext|>"}))
+    url = start_proxy({"targets": {"default": "q", "q": {"type": "tgi", "url": tgi[1], "prompter": str(model)}}}).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    tgi[0].reply = QWEN_CALLS
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER])  # type: ignore[list-item]
+    assert "<tools>" in tgi[0].seen[-1]["inputs"]
+    assert [c.function.name for c in answer.choices[0].message.tool_calls or []] == ["weather", "weather"]  # type: ignore[union-attr]
+
+
 def test_tool_choice_that_cannot_be_honoured_is_refused_by_name(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:
     ask: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER]}
     sent = len(tgi[0].seen)
