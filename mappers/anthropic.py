@@ -38,6 +38,29 @@ OPENING = "(The conversation begins.)"
 MESSAGES_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k", "stream",
                              "tools", "tool_choice", "metadata", "thinking", "service_tier", "container", "output_config",
                              "inference_geo", "cache_control", "mcp_servers"})
+# OpenAI fields that change what is generated and that the Messages API has no place for: refused by name, never
+# dropped. ``response_format`` other than text, ``logprobs`` and ``n`` above 1 are refused where they are read. Of the
+# fields that change nothing generated, ``user`` becomes ``metadata.user_id``; OpenAI's ``metadata``, ``store`` and
+# ``service_tier`` label, keep or bill an exchange on OpenAI's side, and are left out.
+UNSUPPORTED = {
+    "presence_penalty": "a presence penalty",
+    "frequency_penalty": "a frequency penalty",
+    "repetition_penalty": "a repetition penalty",
+    "logit_bias": "biasing tokens by id",
+    "seed": "reproducible sampling",
+    "min_p": "min-p sampling",
+    "typical_p": "typical sampling",
+    "reasoning_effort": "a reasoning effort",
+    "prediction": "predicted outputs",
+    "audio": "audio output",
+    "web_search_options": "searching the web",
+}
+COMPLETION_UNSUPPORTED = {
+    "suffix": "filling in the middle",
+    "echo": "the prompt given back with the answer",
+    "best_of": "the likeliest of several answers",
+}
+API = "the Anthropic Messages API"
 
 
 # ------------------------------------------------------------------------------ OpenAI → Anthropic
@@ -67,7 +90,7 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
             turns.append({"role": role, "content": blocks})
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": OPENING}]})
-    out = _sampling(body, ctx)
+    out = _sampling(body, ctx, oa.CHAT)
     out["messages"] = turns
     if system:
         out["system"] = "\n\n".join(s for s in system if s)
@@ -82,18 +105,29 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     """A completions prompt as the one user turn: the Messages API has no raw text completion."""
+    oa.refuse_unsupported(body, ctx, COMPLETION_UNSUPPORTED, API)
     prompts = oa.prompts_of(body)
     if len(prompts) != 1:
-        raise MappingError("The Anthropic API takes one prompt per request; send the prompts one by one.", param="prompt")
+        raise MappingError(f"Target '{ctx.target.name}' takes one prompt per request (the Anthropic API answers one); send the "
+                           "prompts one by one.", param="prompt")
     ctx.prompt = prompts[0]
-    out = _sampling(body, ctx)
+    out = _sampling(body, ctx, oa.COMPLETION)
     out["messages"] = [{"role": "user", "content": prompts[0]}]
     return out
 
 
-def _sampling(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+def _sampling(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, API)
     if oa.n_of(body) > 1:
-        raise MappingError("The Anthropic API answers one choice per request; 'n' must be 1.", param="n")
+        raise MappingError(f"'n' above 1 cannot be honoured by target '{ctx.target.name}': the Anthropic API answers one choice "
+                           "per request. Send n=1, or the request n times.", param="n")
+    if oa.response_schema(body.get("response_format"), API) is not None:
+        raise MappingError(f"'response_format' (a JSON answer) cannot be honoured by target '{ctx.target.name}': the proxy does "
+                           "not translate it for the Anthropic API. Send the request without it, or ask for JSON in the "
+                           "prompt.", param="response_format")
+    if oa.logprobs_asked(body, kind) is not None:  # completions' logprobs 0 asks for each token's own logprob too
+        raise MappingError(f"'logprobs' cannot be honoured by target '{ctx.target.name}': the Anthropic API gives no token "
+                           "probabilities. Send the request without it.", param="logprobs")
     out: dict[str, Any] = {"model": body.get("model") or ctx.target.name,
                            "max_tokens": oa.max_tokens_of(body) or int(ctx.target.options.get("max_tokens", 4096))}
     temperature = oa.number(body, "temperature", 0, 2)

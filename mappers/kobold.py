@@ -31,6 +31,24 @@ SEED_MAX = 2**64 - 1
 # Kobold sampler fields a client may send (e.g. with extra_body) under Kobold's own names.
 PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "rep_pen_slope", "sampler_order",
                "sampler_full_determinism")
+# OpenAI fields that change what is generated and that the KoboldAI API has no place for (its generate schema has no
+# token biases, no JSON schema to hold an answer to, no token probabilities): refused by name, never dropped.
+# ``response_format`` other than text, ``logprobs`` and a ``tool_choice`` that demands a call are refused in
+# ``_params``. The fields that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label,
+# keep or bill an exchange, and are left out. ``parallel_tool_calls: false`` is not held yet: the calls a model writes
+# are read from its text after generation (translate/toolcalls.py), every one of them.
+UNSUPPORTED = {
+    "logit_bias": "biasing tokens by id",
+    "reasoning_effort": "a reasoning effort",
+    "prediction": "predicted outputs",
+    "audio": "audio output",
+    "web_search_options": "searching the web",
+}
+COMPLETION_UNSUPPORTED = {
+    "suffix": "filling in the middle",
+    "echo": "the prompt given back with the answer",
+}
+API = "the KoboldAI API"
 
 
 # -------------------------------------------------------------------------------- OpenAI → Kobold
@@ -39,30 +57,34 @@ PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/api/v1/generate`` with the prompt rendered by the target's prompter."""
     prompt, _ = oa.chat_prompt(body, ctx)
-    return _generate([prompt], body, ctx)
+    return _generate([prompt], body, ctx, oa.CHAT)
 
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/completions`` → ``/api/v1/generate`` with the prompt as given; a list of prompts, one call each."""
-    if body.get("suffix"):
-        raise MappingError("'suffix' is not supported by the KoboldAI API; put the text into the prompt instead.", param="suffix")
-    if body.get("echo"):
-        raise MappingError("'echo' is not supported by the KoboldAI API.", param="echo")
+    oa.refuse_unsupported(body, ctx, COMPLETION_UNSUPPORTED, API)
+    oa.refuse_best_of(body, ctx, API)
     prompts, _ = oa.completion_prompts(body, ctx)
-    return _generate(prompts, body, ctx)
+    return _generate(prompts, body, ctx, oa.COMPLETION)
 
 
-def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
-    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx), seed_key="sampler_seed", seed_max=SEED_MAX)
+def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
+    return oa.prompt_calls(prompts, oa.n_of(body), _params(body, ctx, kind), seed_key="sampler_seed", seed_max=SEED_MAX)
 
 
-def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+def _params(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, API)
     if oa.forced_call(body) is not None:
         raise MappingError(f"'tool_choice' demands a call, and target '{ctx.target.name}' (KoboldAI API) has no way to hold "
                            "generation to one: send \"auto\" and the model may call a tool, or use a TGI, llama.cpp or "
                            "Ollama target.", param="tool_choice")
-    if body.get("logprobs"):
-        raise MappingError("'logprobs' cannot be translated for the KoboldAI API.", param="logprobs")
+    if oa.response_schema(body.get("response_format"), API) is not None:
+        raise MappingError(f"'response_format' (a JSON answer) cannot be honoured by target '{ctx.target.name}': the KoboldAI "
+                           "API has no way to hold generation to a JSON schema. Send the request without it, or use a TGI, "
+                           "llama.cpp or Ollama target.", param="response_format")
+    if oa.logprobs_asked(body, kind) is not None:  # completions' logprobs 0 asks for each token's own logprob too
+        raise MappingError(f"'logprobs' cannot be honoured by target '{ctx.target.name}': the KoboldAI API gives no token "
+                           "probabilities. Send the request without it.", param="logprobs")
     max_length = oa.max_tokens_of(body) or int(ctx.target.options.get("max_length") or 512)
     ctx.state["max_length"] = max_length
     params: dict[str, Any] = {"max_length": max_length}
@@ -77,7 +99,7 @@ def _params(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     if top_k is not None:
         params["top_k"] = top_k
     params.update(_sampling(body))
-    rep_pen = _rep_pen(body)
+    rep_pen = _rep_pen(body, ctx)
     if rep_pen is not None:
         params["rep_pen"] = rep_pen
     seed = oa.integer(body, "seed")
@@ -105,19 +127,20 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _rep_pen(body: dict[str, Any]) -> float | None:
+def _rep_pen(body: dict[str, Any], ctx: MapContext) -> float | None:
     """``rep_pen`` (a factor, 1 = none) from ``repetition_penalty``, else from OpenAI's penalties:
     2**(p/2) maps the stronger of presence/frequency penalty in (0, 2] onto (1, 2]."""
+    penalties = {key: oa.number(body, key, -2, 2) for key in ("presence_penalty", "frequency_penalty")}
+    for key, value in penalties.items():
+        if value is not None and value < 0:
+            raise MappingError(f"'{key}' below 0 (rewarding repetition) cannot be honoured by target '{ctx.target.name}': the "
+                               "KoboldAI API's rep_pen is at least 1. Use a penalty of 0 or more.", param=key)
     factor = oa.number(body, "repetition_penalty", 1, 10)
     if factor is not None:
         return factor
-    penalties = [p for p in (oa.number(body, "presence_penalty", -2, 2), oa.number(body, "frequency_penalty", -2, 2)) if p]
-    if not penalties:
+    strongest = max((v for v in penalties.values() if v), default=None)
+    if strongest is None:
         return None
-    strongest = max(penalties)
-    if strongest < 0:
-        raise MappingError("The KoboldAI API cannot reward repetition (its rep_pen is at least 1): "
-                           "use a presence_penalty or frequency_penalty of 0 or more.", param="presence_penalty")
     return round(math.pow(2, strongest / 2), 4)
 
 

@@ -5,7 +5,8 @@ template's leading BOS is dropped. Sampling fields keep llama.cpp's names (``n_p
 ``repeat_penalty``, ``min_p``…); ``cache_prompt`` comes from the target option. llama.cpp leaves stop
 words out of ``content`` and holds back a possible stop word while streaming, so nothing is cut here.
 ``stop_type`` gives the finish reason, ``tokens_evaluated`` / ``tokens_predicted`` the usage, ``n_probs``
-the logprobs (``completion_probabilities``, on each stream event for its tokens). Its SSE
+the logprobs (``completion_probabilities``, on each stream event for its tokens). OpenAI's ``logit_bias``
+map becomes the ``[[token id, bias], ...]`` pairs every llama-server version takes. Its SSE
 stream ends with an event whose ``stop`` is true; an error inside it is ``data: {"error": {...}}``.
 """
 
@@ -27,6 +28,23 @@ SAMPLING = {"temperature": ("temperature", 0, 2), "top_p": ("top_p", 0, 1), "fre
             "presence_penalty": ("presence_penalty", -2, 2), "min_p": ("min_p", 0, 1), "typical_p": ("typical_p", 0, 1),
             "repetition_penalty": ("repeat_penalty", 0, 10), "repeat_penalty": ("repeat_penalty", 0, 10)}
 EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
+# OpenAI fields that change what is generated and that /completion has no place for: refused by name, never dropped.
+# (``reasoning_effort`` would have to reach the chat template, which the prompter renders without it.) The fields that
+# change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange, and
+# are left out. ``parallel_tool_calls: false`` is not held yet: the calls a model writes are read from its text after
+# generation (translate/toolcalls.py), every one of them.
+UNSUPPORTED = {
+    "reasoning_effort": "a reasoning effort",
+    "prediction": "predicted outputs",
+    "audio": "audio output",
+    "web_search_options": "searching the web",
+}
+# Of a completions request: what /completion cannot do with the prompt as given.
+COMPLETION_UNSUPPORTED = {
+    "suffix": "filling in the middle, which llama-server does on /infill, another API",
+    "echo": "the prompt given back with the answer",
+}
+API = "llama.cpp's /completion"
 
 
 # ----------------------------------------------------------------------------- OpenAI → llama.cpp
@@ -40,10 +58,8 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/completions`` → ``/completion`` with the prompt as given; a list of prompts, one call each."""
-    if body.get("suffix"):
-        raise MappingError("'suffix' is not supported by llama.cpp's /completion (its /infill is another API).", param="suffix")
-    if body.get("echo"):
-        raise MappingError("'echo' is not supported by llama.cpp's /completion.", param="echo")
+    oa.refuse_unsupported(body, ctx, COMPLETION_UNSUPPORTED, API)
+    oa.refuse_best_of(body, ctx, API)
     prompts, _ = oa.completion_prompts(body, ctx)
     return _completion(prompts, body, ctx, oa.COMPLETION)
 
@@ -53,6 +69,7 @@ def _completion(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind:
 
 
 def _params(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, API)
     params: dict[str, Any] = {"stream": ctx.stream, "cache_prompt": bool(ctx.target.options.get("cache_prompt", True))}
     top = oa.logprobs_asked(body, kind)
     if top is not None:
@@ -69,12 +86,33 @@ def _params(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
         if not 0 <= seed <= SEED_MAX:
             raise MappingError(f"'seed' must be between 0 and {SEED_MAX} for llama.cpp, not {seed}.", param="seed")
         params["seed"] = seed
+    bias = _logit_bias(body)
+    if bias:
+        params["logit_bias"] = bias
     if ctx.stop:
         params["stop"] = list(ctx.stop)
     schema = oa.answer_schema(body, ctx, "llama.cpp") if kind == oa.CHAT else oa.response_schema(body.get("response_format"), "llama.cpp")
     if schema is not None:
         params["json_schema"] = schema
     return params
+
+
+def _logit_bias(body: dict[str, Any]) -> list[list[int | float]] | None:
+    """OpenAI's ``logit_bias`` (token id → bias from -100 to 100, added to the token's logit) as llama.cpp's
+    ``[[token id, bias], ...]``: the same ids, the same addition. The ids are the model's own tokenizer's."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise MappingError("'logit_bias' must be an object of token ids and biases, such as {\"15043\": -100}.", param="logit_bias")
+    pairs: list[list[int | float]] = []
+    for token, value in bias.items():
+        if not (token.isascii() and token.isdigit()):
+            raise MappingError(f"'logit_bias' keys are token ids (whole numbers written as strings), not {token!r}.", param="logit_bias")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+            raise MappingError(f"'logit_bias' values must be numbers from -100 to 100; token {token} has {value!r}.", param="logit_bias")
+        pairs.append([int(token), value])
+    return pairs
 
 
 # ----------------------------------------------------------------------------- llama.cpp → OpenAI

@@ -7,7 +7,8 @@ assistant's tool calls carry their ``arguments`` as objects, a tool result names
 and sent to ``/api/generate`` with ``raw: true``. Completions always go to ``/api/generate`` raw, the
 prompt as given. Sampling fields go into ``options`` under Ollama's names; ``stream`` is always set,
 as Ollama streams unless told not to. Ollama leaves stop strings out of its text, so nothing is cut
-here. Its NDJSON stream becomes OpenAI chunks: ``thinking`` as ``reasoning_content``, tool calls whole.
+here. Its NDJSON stream becomes OpenAI chunks: ``thinking`` as ``reasoning_content``, tool calls whole
+(with ``parallel_tool_calls: false``, the first call only).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ REASONING_EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low
 EXTRA_INTEGERS = {**llamacpp.EXTRA_INTEGERS, "num_ctx": "num_ctx"}
 SAMPLING = llamacpp.SAMPLING  # Ollama runs llama.cpp: the same sampler names in its options
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+# OpenAI fields that change what is generated and that Ollama has no place for: refused by name, never dropped.
+# ``logprobs`` and a ``tool_choice`` that demands a call (on /api/chat) are refused where they are read. The fields
+# that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange,
+# and are left out.
+UNSUPPORTED = {
+    "logit_bias": "biasing tokens by id",
+    "prediction": "predicted outputs",
+    "audio": "audio output",
+    "web_search_options": "searching the web",
+}
+API = "Ollama's API"
 
 
 # -------------------------------------------------------------------------------- OpenAI → Ollama
@@ -42,7 +54,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 
 def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/chat/completions`` → ``/api/chat``, or ``/api/generate`` raw when the target renders prompts itself."""
-    out = _common(body, ctx)
+    out = _common(body, ctx, oa.CHAT)
     if ctx.target.options.get("raw_prompt"):
         prompt, _ = oa.chat_prompt(body, ctx)
         ctx.upstream_path = "/api/generate"
@@ -53,7 +65,7 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
         _set_format(out, body, oa.response_schema(body.get("response_format"), "Ollama"))
         ctx.stop = oa.stops_of(body)
         out["messages"] = _messages(body)
-        tools = _tools(body)
+        tools = _tools(body, ctx)
         if tools:
             out["tools"] = tools
     return _with_options([out], body, ctx)
@@ -61,10 +73,10 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/completions`` → ``/api/generate`` with the prompt sent raw; a list of prompts, one call each."""
-    if body.get("echo"):
-        raise MappingError("'echo' is not supported by Ollama.", param="echo")
+    oa.refuse_unsupported(body, ctx, {"echo": "the prompt given back with the answer"}, API)
+    oa.refuse_best_of(body, ctx, API)
     prompts, _ = oa.completion_prompts(body, ctx)
-    out = _common(body, ctx)
+    out = _common(body, ctx, oa.COMPLETION)
     _set_format(out, body, oa.response_schema(body.get("response_format"), "Ollama"))
     suffix = body.get("suffix")
     if suffix:
@@ -77,12 +89,14 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
     return _with_options([{**out, "prompt": p} for p in prompts], body, ctx)
 
 
-def _common(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+def _common(body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise MappingError("'model' is required: name the Ollama model to run, e.g. llama3.2.", param="model")
-    if body.get("logprobs"):
-        raise MappingError("'logprobs' cannot be translated for Ollama.", param="logprobs")
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, API)
+    if oa.logprobs_asked(body, kind) is not None:  # completions' logprobs 0 asks for each token's own logprob too
+        raise MappingError(f"'logprobs' cannot be honoured by target '{ctx.target.name}': the proxy does not read Ollama's "
+                           "token probabilities yet. Send the request without it.", param="logprobs")
     out: dict[str, Any] = {"model": model, "stream": ctx.stream}
     think = _think(body)
     if think is not None:
@@ -254,7 +268,7 @@ def _calls_to_ollama(calls: Any, i: int, names: dict[str, str]) -> list[dict[str
     return out
 
 
-def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+def _tools(body: dict[str, Any], ctx: MapContext) -> list[dict[str, Any]] | None:
     tools = body.get("tools")
     if tools is None:
         return None
@@ -267,7 +281,10 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     if choice == "none":
         return None
     if choice not in (None, "auto"):
-        raise MappingError("Ollama cannot be made to call a tool: 'tool_choice' may be \"auto\" or \"none\" only.", param="tool_choice")
+        raise MappingError(f"'tool_choice' demands a call, and target '{ctx.target.name}' cannot be made to call a tool: "
+                           "Ollama's /api/chat takes 'tool_choice' \"auto\" or \"none\" only. Send one of those, or give the "
+                           "target a prompter and its raw_prompt option (a JSON schema then holds the answer to a call).",
+                           param="tool_choice")
     return tools
 
 
@@ -277,6 +294,7 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
 def chat_answer(body: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     _check(body, ctx)
     text, thinking, calls = _pieces(body, ctx)
+    calls = calls[:_calls_allowed(ctx)]
     finish = "tool_calls" if calls else FINISH.get(body.get("done_reason") or "", "stop")
     answer = oa.answer(ctx, oa.CHAT, [(text, finish)], _usage(body))
     message = answer["choices"][0]["message"]
@@ -308,6 +326,13 @@ def _pieces(event: dict[str, Any], ctx: MapContext) -> tuple[str, str, list[dict
     return message.get("content") or "", message.get("thinking") or "", message.get("tool_calls") or []
 
 
+def _calls_allowed(ctx: MapContext) -> int | None:
+    """How many of the calls a model made may reach the client: with ``parallel_tool_calls: false``, the first only.
+    Ollama has no such switch, so a model may still call several tools at once; the client asked to handle one."""
+    request = ctx.request if isinstance(ctx.request, dict) else {}
+    return 1 if request.get("parallel_tool_calls") is False else None
+
+
 def _call_to_openai(call: dict[str, Any], index: int, *, streamed: bool = False) -> dict[str, Any]:
     fn = call.get("function") or {}
     out: dict[str, Any] = {"id": call.get("id") or oa.new_id("call"), "type": "function",
@@ -336,6 +361,7 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
     chunks = oa.Chunks(ctx, kind)
     started = False
     calls = 0
+    allowed = _calls_allowed(ctx)
     async for event in events:
         if not isinstance(event, dict):
             continue
@@ -353,6 +379,8 @@ async def _stream(events: AsyncIterator[Any], ctx: MapContext, kind: str) -> Asy
             yield chunks.delta({"reasoning_content": thinking})
         if text:
             yield chunks.text(text)
+        if allowed is not None:
+            tool_calls = tool_calls[:max(allowed - calls, 0)]
         if tool_calls:
             yield chunks.delta({"tool_calls": [_call_to_openai(c, calls + j, streamed=True) for j, c in enumerate(tool_calls)]})
             calls += len(tool_calls)

@@ -45,10 +45,8 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/completions`` → ``/generate`` with the prompt as given; a list of prompts, one call each."""
-    if body.get("suffix"):
-        raise MappingError("'suffix' is not supported by TGI; put the text into the prompt instead.", param="suffix")
-    if body.get("echo"):
-        raise MappingError("'echo' is not supported by TGI.", param="echo")
+    oa.refuse_unsupported(body, ctx, COMPLETION_UNSUPPORTED, API)
+    oa.refuse_best_of(body, ctx, API)  # TGI's own best_of ranks, but only for one answer; n of them are n calls
     prompts, _ = oa.completion_prompts(body, ctx)
     return _generate(prompts, body, ctx, oa.COMPLETION)
 
@@ -58,11 +56,17 @@ UNSUPPORTED = {
     "logit_bias": "biasing tokens by id",
     "prediction": "predicted outputs",
     "audio": "audio output",
+    "reasoning_effort": "a reasoning effort",
+    "web_search_options": "searching the web",
+    "min_p": "min-p sampling",
 }
+# Of a completions request: what /generate cannot do with the prompt as given.
+COMPLETION_UNSUPPORTED = {"suffix": "filling in the middle", "echo": "the prompt given back with the answer"}
+API = "TGI's /generate"
 
 
 def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: str) -> dict[str, Any] | Fanout:
-    oa.refuse_unsupported(body, ctx, UNSUPPORTED, "TGI's /generate")
+    oa.refuse_unsupported(body, ctx, UNSUPPORTED, API)
     params: dict[str, Any] = {"details": True}  # details: the finish reason, the token counts, each token's logprob
     top = oa.logprobs_asked(body, kind)
     if top:  # the alternatives of each step, for top_logprobs

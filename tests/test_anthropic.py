@@ -15,6 +15,7 @@ import pytest
 
 from mooltiproxy.dataset.sinks import read_jsonl
 
+from . import field_table
 from .conftest import KEY, ProxyFactory
 from .servers import serve
 from .stubs.anthropic_upstream import AnthropicStub
@@ -127,10 +128,52 @@ def test_errors(claude: tuple[AnthropicStub, str], client: openai.OpenAI) -> Non
     assert "Overloaded" in str(streamed.value)
 
 
-def test_bad_input_is_400(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], n=2)
-    assert "'n' must be 1" in str(info.value)
+# Each field the Messages API cannot honour, in a request of the API it belongs to: (api, field, extra body).
+REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "presence_penalty", {"presence_penalty": 0.5}),
+    ("chat", "frequency_penalty", {"frequency_penalty": 0.5}),
+    ("chat", "repetition_penalty", {"repetition_penalty": 1.1}),
+    ("chat", "logit_bias", {"logit_bias": {"15043": -100}}),
+    ("chat", "seed", {"seed": 0}),  # 0 is a seed like any other
+    ("chat", "min_p", {"min_p": 0.05}),
+    ("chat", "typical_p", {"typical_p": 0.9}),
+    ("chat", "reasoning_effort", {"reasoning_effort": "low"}),
+    ("chat", "prediction", {"prediction": field_table.PREDICTION}),
+    ("chat", "audio", {"audio": field_table.AUDIO}),
+    ("chat", "modalities", {"modalities": ["text", "audio"]}),
+    ("chat", "web_search_options", {"web_search_options": {}}),  # empty: the search with its defaults
+    ("chat", "response_format", {"response_format": {"type": "json_object"}}),
+    ("chat", "logprobs", {"logprobs": True}),
+    ("completions", "logprobs", {"logprobs": 0}),  # 0 still asks for each token's own logprob
+    ("chat", "n", {"n": 2}),
+    ("completions", "prompt", {"prompt": ["One", "Two"]}),
+    ("completions", "suffix", {"suffix": "The end."}),
+    ("completions", "echo", {"echo": True}),
+    ("completions", "best_of", {"best_of": 2}),
+    ("completions", "seed", {"seed": 7}),
+]
+
+
+@pytest.mark.parametrize(("api", "field", "extra"), REFUSED, ids=[f"{api}-{field}-{i}" for i, (api, field, _) in enumerate(REFUSED)])
+def test_fields_anthropic_cannot_honour_are_refused_by_name(claude: tuple[AnthropicStub, str], client: openai.OpenAI, api: str,
+                                                           field: str, extra: dict[str, Any]) -> None:
+    with pytest.raises(openai.BadRequestError, match=r"(?i)target 'claude'") as info:
+        field_table.send(client, api, "m", extra)
+    assert info.value.param == field and claude[0].seen == []
+
+
+def test_the_readme_says_what_anthropic_refuses() -> None:
+    assert field_table.refused("anthropic") == {field for _, field, _ in REFUSED}
+
+
+def test_values_that_ask_for_nothing_are_not_refused(claude: tuple[AnthropicStub, str], client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], user="ann", extra_body={
+        "presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1, "typical_p": 1, "logit_bias": {}, "logprobs": False,
+        "response_format": {"type": "text"}, "modalities": ["text"], "metadata": {"a": "b"}, "store": True, "service_tier": "auto"})
+    sent = claude[0].seen[-1]
+    assert sent["metadata"] == {"user_id": "ann"} and set(sent) == {"model", "max_tokens", "messages", "metadata"}
+    client.completions.create(model="m", prompt="x", best_of=1, n=1)
+    assert claude[0].seen[-1]["messages"] == [{"role": "user", "content": "x"}]
 
 
 # -------------------------------------------------------------------------- the Messages front

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from . import field_table
 from .conftest import KEY, ProxyFactory, http
 from .servers import serve
 from .stubs.kobold_upstream import KoboldStub
@@ -16,6 +17,8 @@ from .stubs.kobold_upstream import KoboldStub
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
 LLAMA2 = "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi! [/INST]"
 TEMPLATE_STOPS = ["</s>", "[INST]"]
+WEATHER = {"type": "function", "function": {"name": "get_weather",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 @pytest.fixture
@@ -68,6 +71,7 @@ def test_chat(kobold: tuple[KoboldStub, str], client: openai.OpenAI) -> None:
         ({"repetition_penalty": 1.1, "presence_penalty": 2}, {"rep_pen": 1.1}),
         ({"top_k": 40, "top_a": 0.2, "tfs": 0.95, "typical_p": 0.9, "rep_pen_range": 320},
          {"top_k": 40, "top_a": 0.2, "tfs": 0.95, "typical": 0.9, "rep_pen_range": 320}),
+        ({"response_format": {"type": "text"}, "logit_bias": {}, "user": "ann", "metadata": {"a": "b"}, "store": True}, {}),
     ],
 )
 def test_parameters(kobold: tuple[KoboldStub, str], client: openai.OpenAI, extra: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -161,6 +165,42 @@ def test_completions(kobold: tuple[KoboldStub, str], client: openai.OpenAI) -> N
     assert streamed == "Hello there, friend." and stub.paths[-1] == "/api/extra/generate/stream"
 
 
+# Each field the KoboldAI API cannot honour, in a request of the API it belongs to: (api, field, extra body).
+REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "logit_bias", {"logit_bias": {"15043": -100}}),
+    ("chat", "reasoning_effort", {"reasoning_effort": "high"}),
+    ("chat", "prediction", {"prediction": field_table.PREDICTION}),
+    ("chat", "audio", {"audio": field_table.AUDIO}),
+    ("chat", "modalities", {"modalities": ["text", "audio"]}),
+    ("chat", "web_search_options", {"web_search_options": {}}),  # empty: the search with its defaults
+    ("chat", "response_format", {"response_format": {"type": "json_object"}}),
+    ("chat", "response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+    ("chat", "logprobs", {"logprobs": True, "top_logprobs": 2}),
+    ("completions", "logprobs", {"logprobs": 0}),  # 0 still asks for each token's own logprob
+    ("chat", "presence_penalty", {"presence_penalty": -1}),
+    ("chat", "frequency_penalty", {"frequency_penalty": -0.5, "presence_penalty": 1}),
+    ("chat", "tool_choice", {"tools": [WEATHER], "tool_choice": "required"}),
+    ("chat", "tool_choice", {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    ("completions", "suffix", {"suffix": "The end."}),
+    ("completions", "echo", {"echo": True}),
+    ("completions", "best_of", {"best_of": 2}),
+]
+
+
+@pytest.mark.parametrize(("api", "field", "extra"), REFUSED, ids=[f"{api}-{field}-{i}" for i, (api, field, _) in enumerate(REFUSED)])
+def test_fields_kobold_cannot_honour_are_refused_by_name(kobold: tuple[KoboldStub, str], start_proxy: ProxyFactory, api: str,
+                                                        field: str, extra: dict[str, Any]) -> None:
+    url = start(start_proxy, kobold[1], prompter="qwen2.5")  # a template with a place for tools
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=r"(?i)target 'local'") as info:
+        field_table.send(client, api, "m", extra)
+    assert info.value.param == field and kobold[0].seen == []
+
+
+def test_the_readme_says_what_kobold_refuses() -> None:
+    assert field_table.refused("kobold") == {field for _, field, _ in REFUSED}
+
+
 def test_kobold_errors_pass_through(kobold: tuple[KoboldStub, str], client: openai.OpenAI) -> None:
     stub = kobold[0]
     with pytest.raises(openai.UnprocessableEntityError) as info:
@@ -199,11 +239,8 @@ def test_errors_inside_a_stream(kobold: tuple[KoboldStub, str], client: openai.O
         ("/v1/chat/completions", {"model": "m", "messages": []}, "'messages' is empty"),
         ("/v1/chat/completions", {"model": "m", "messages": CHAT, "temperature": 3}, "'temperature' must be between 0 and 2"),
         ("/v1/chat/completions", {"model": "m", "messages": CHAT, "seed": -1}, "'seed' must be between 0 and"),
-        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "presence_penalty": -1}, "cannot reward repetition"),
         ("/v1/chat/completions", {"model": "m", "messages": CHAT, "repetition_penalty": 0.9}, "'repetition_penalty' must be between 1"),
         ("/v1/chat/completions", {"model": "m", "messages": CHAT, "n": 0}, "'n' must be at least 1"),
-        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "logprobs": True}, "'logprobs' cannot be translated"),
-        ("/v1/completions", {"model": "m", "prompt": "x", "suffix": "y"}, "'suffix' is not supported"),
         ("/v1/completions", {"model": "m", "prompt": "x", "stop": 5}, "'stop' must be a string or a list"),
     ],
 )

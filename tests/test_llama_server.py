@@ -170,6 +170,15 @@ def test_completion_logprobs_in_the_completions_shape(llama: LlamaServer, client
     assert offsets == probs.text_offset
 
 
+def test_logit_bias_reaches_the_servers_sampler(llama: LlamaServer, client: openai.OpenAI) -> None:
+    """Banning the token greedy decoding picks first changes the answer, to the server's own answer with that ban."""
+    first = direct(llama, PROMPT, n_predict=4, return_tokens=True)["tokens"][0]
+    plain = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, **GREEDY)  # type: ignore[arg-type]
+    banned = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, logit_bias={str(first): -100}, **GREEDY)  # type: ignore[arg-type]
+    own = direct(llama, PROMPT, n_predict=4, logit_bias=[[first, -100]])["content"]
+    assert banned.choices[0].message.content == own != plain.choices[0].message.content
+
+
 def test_the_servers_tokenizer_through_the_proxy(llama: LlamaServer, proxy: str) -> None:
     counted = http.post(proxy + "/tokenize", json={"content": PROMPT, "add_special": True})
     assert counted.status_code == 200 and counted.json()["tokens"] == tokens(llama, PROMPT)

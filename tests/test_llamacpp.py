@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from . import field_table
 from .conftest import KEY, ProxyFactory, http
 from .servers import serve
 from .stubs.llamacpp_upstream import LlamaCppStub
@@ -67,6 +68,9 @@ def test_chatml_prompter_and_cache_prompt_option(llama: tuple[LlamaCppStub, str]
         ({"response_format": {"type": "json_object"}}, {"json_schema": {"type": "object"}}),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}},
          {"json_schema": {"type": "array"}}),
+        # OpenAI's token id → bias map, as the [[token id, bias]] pairs every llama-server takes.
+        ({"logit_bias": {"15043": -100, "7": 2.5}}, {"logit_bias": [[15043, -100], [7, 2.5]]}),
+        ({"logit_bias": {}}, {}),
     ],
 )
 def test_parameters(llama: tuple[LlamaCppStub, str], client: openai.OpenAI, extra: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -121,6 +125,38 @@ def test_completions(llama: tuple[LlamaCppStub, str], client: openai.OpenAI) -> 
     assert streamed == "Hello there, friend."
 
 
+# Each field llama.cpp's /completion cannot honour, in a request of the API it belongs to: (api, field, extra body).
+REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "reasoning_effort", {"reasoning_effort": "high"}),
+    ("chat", "prediction", {"prediction": field_table.PREDICTION}),
+    ("chat", "audio", {"audio": field_table.AUDIO}),
+    ("chat", "modalities", {"modalities": ["text", "audio"]}),
+    ("chat", "web_search_options", {"web_search_options": {}}),  # empty: the search with its defaults
+    ("completions", "reasoning_effort", {"reasoning_effort": "low"}),
+    ("completions", "suffix", {"suffix": "The end."}),
+    ("completions", "echo", {"echo": True}),
+    ("completions", "best_of", {"best_of": 3, "n": 2}),
+]
+
+
+@pytest.mark.parametrize(("api", "field", "extra"), REFUSED, ids=[f"{api}-{field}" for api, field, _ in REFUSED])
+def test_fields_llamacpp_cannot_honour_are_refused_by_name(llama: tuple[LlamaCppStub, str], client: openai.OpenAI, api: str,
+                                                          field: str, extra: dict[str, Any]) -> None:
+    sent = len(llama[0].seen)
+    with pytest.raises(openai.BadRequestError, match=r"(?i)target 'local'") as info:
+        field_table.send(client, api, "m", extra)
+    assert info.value.param == field and len(llama[0].seen) == sent
+
+
+def test_the_readme_says_what_llamacpp_refuses() -> None:
+    assert field_table.refused("llamacpp") == {field for _, field, _ in REFUSED}
+
+
+def test_best_of_no_more_than_n_is_n_answers(llama: tuple[LlamaCppStub, str], client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="m", prompt="Once", n=2, best_of=2)
+    assert len(answer.choices) == 2 and all("best_of" not in s for s in llama[0].seen[-2:])
+
+
 def test_llamacpp_errors_pass_through(llama: tuple[LlamaCppStub, str], client: openai.OpenAI) -> None:
     stub = llama[0]
     stub.n_ctx = 3
@@ -165,8 +201,10 @@ def test_errors_inside_a_stream(llama: tuple[LlamaCppStub, str], client: openai.
         ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
          "image"),
         ("/v1/completions", {"model": "m", "prompt": [1, 2, 3]}, "token ids cannot be sent"),
-        ("/v1/completions", {"model": "m", "prompt": "x", "suffix": "y"}, "'suffix' is not supported"),
-        ("/v1/completions", {"model": "m", "prompt": "x", "echo": True}, "'echo' is not supported"),
+        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "logit_bias": [[15043, -100]]}, "'logit_bias' must be an object"),
+        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "logit_bias": {"Hello": -100}}, "keys are token ids"),
+        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "logit_bias": {"15043": -101}}, "from -100 to 100"),
+        ("/v1/completions", {"model": "m", "prompt": "x", "best_of": 0}, "'best_of' must be at least 1"),
     ],
 )
 def test_bad_requests_are_400s(llama: tuple[LlamaCppStub, str], proxy: str, path: str, body: dict[str, Any], message: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from . import field_table
 from .conftest import KEY, ProxyFactory, http
 from .servers import serve
 from .stubs.ollama_upstream import OllamaStub
@@ -67,6 +68,7 @@ def stub_prompt_tokens(messages: Any) -> int:
         ({"max_tokens": 50, "max_completion_tokens": 30}, {"num_predict": 30}, {}),
         ({"frequency_penalty": 0.5, "presence_penalty": -1}, {"frequency_penalty": 0.5, "presence_penalty": -1}, {}),
         ({"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1}, {"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, {}),
+        ({"typical_p": 0.9, "logit_bias": {}, "user": "ann", "metadata": {"a": "b"}, "store": True}, {"typical_p": 0.9}, {}),
         ({"stop": ["END", "\nUser:"]}, {"stop": ["END", "\nUser:"]}, {}),
         ({"options": {"num_ctx": 8192, "mirostat": 2}, "temperature": 1}, {"num_ctx": 8192, "mirostat": 2, "temperature": 1}, {}),
         ({"response_format": {"type": "json_object"}}, {}, {"format": "json"}),
@@ -130,6 +132,51 @@ def test_tool_calls_streamed(ollama: tuple[OllamaStub, str], client: openai.Open
     assert [(c.index, c.function.name, json.loads(c.function.arguments or "")) for c in calls if c.function] == [
         (0, "get_weather", {"city": "Oslo"}), (1, "get_weather", {"city": "Rome"})]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(ollama: tuple[OllamaStub, str], client: openai.OpenAI) -> None:
+    """Ollama has no such switch: a model may still call two tools at once, and the client that asked for one gets one."""
+    ollama[0].tool_calls = [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+                            {"function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]
+    answer = client.chat.completions.create(model="llama3.2", messages=CHAT, tools=[WEATHER], parallel_tool_calls=False)  # type: ignore[list-item]
+    calls = answer.choices[0].message.tool_calls or []
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Oslo"}] and answer.choices[0].finish_reason == "tool_calls"
+    chunks = list(client.chat.completions.create(model="llama3.2", messages=CHAT, tools=[WEATHER], stream=True,  # type: ignore[list-item]
+                                                 parallel_tool_calls=False))
+    streamed = [c for chunk in chunks if chunk.choices for c in chunk.choices[0].delta.tool_calls or []]
+    assert [(c.index, json.loads(c.function.arguments or "")) for c in streamed if c.function] == [(0, {"city": "Oslo"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    both = client.chat.completions.create(model="llama3.2", messages=CHAT, tools=[WEATHER], parallel_tool_calls=True)  # type: ignore[list-item]
+    assert len(both.choices[0].message.tool_calls or []) == 2
+
+
+# Each field Ollama cannot honour, in a request of the API it belongs to: (api, field, extra body).
+REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "logit_bias", {"logit_bias": {"15043": -100}}),
+    ("chat", "prediction", {"prediction": field_table.PREDICTION}),
+    ("chat", "audio", {"audio": field_table.AUDIO}),
+    ("chat", "modalities", {"modalities": ["text", "audio"]}),
+    ("chat", "web_search_options", {"web_search_options": {}}),  # empty: the search with its defaults
+    ("chat", "logprobs", {"logprobs": True, "top_logprobs": 2}),
+    ("completions", "logprobs", {"logprobs": 0}),  # 0 still asks for each token's own logprob
+    ("chat", "tool_choice", {"tools": [WEATHER], "tool_choice": "required"}),
+    ("completions", "logit_bias", {"logit_bias": {"15043": -100}}),
+    ("completions", "echo", {"echo": True}),
+    ("completions", "best_of", {"best_of": 3, "n": 2}),
+]
+
+
+@pytest.mark.parametrize(("api", "field", "extra"), REFUSED, ids=[f"{api}-{field}" for api, field, _ in REFUSED])
+def test_fields_ollama_cannot_honour_are_refused_by_name(ollama: tuple[OllamaStub, str], client: openai.OpenAI, api: str, field: str,
+                                                        extra: dict[str, Any]) -> None:
+    sent = len(ollama[0].seen)
+    with pytest.raises(openai.BadRequestError, match=r"(?i)target 'local'") as info:
+        field_table.send(client, api, "llama3.2", extra)
+    assert info.value.param == field and len(ollama[0].seen) == sent
+
+
+def test_the_readme_says_what_ollama_refuses() -> None:
+    assert field_table.refused("ollama") == {field for _, field, _ in REFUSED}
 
 
 def test_thinking_becomes_reasoning_content(ollama: tuple[OllamaStub, str], client: openai.OpenAI) -> None:
@@ -251,13 +298,11 @@ def image(url: str) -> dict[str, Any]:
         ({"model": "llama3.2", "messages": [{"role": "function", "name": "f", "content": "x"}]}, "has role 'function'"),
         ({"model": "llama3.2", "messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}, "arguments is not valid JSON"),
-        ({"model": "llama3.2", "messages": CHAT, "tools": [WEATHER], "tool_choice": "required"}, "'tool_choice' may be"),
         ({"model": "llama3.2", "messages": CHAT, "tools": [{"name": "f"}]}, "'tools' must be a list"),
         ({"model": "llama3.2", "messages": CHAT, "think": "max"}, "'think' must be"),
         ({"model": "llama3.2", "messages": CHAT, "reasoning_effort": "huge"}, "'reasoning_effort' must be one of"),
         ({"model": "llama3.2", "messages": CHAT, "response_format": {"type": "grammar"}}, "response_format type 'grammar'"),
         ({"model": "llama3.2", "messages": CHAT, "options": [1]}, "'options' must be an object"),
-        ({"model": "llama3.2", "messages": CHAT, "logprobs": True}, "'logprobs' cannot be translated"),
     ],
 )
 def test_bad_requests_are_400s(ollama: tuple[OllamaStub, str], proxy: str, body: dict[str, Any], message: str) -> None:

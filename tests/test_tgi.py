@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from . import field_table
 from .conftest import AUTH, KEY, ROOT, ProxyFactory, http
 from .dataset_kit import records
 from .servers import serve
@@ -191,13 +192,32 @@ def test_the_model_list_of_a_tgi_target_is_the_model_it_serves(tgi: tuple[TGIStu
     assert [m.id for m in client.models.list().data] == ["stub/llama"]
 
 
-@pytest.mark.parametrize(("field", "value"), [("logit_bias", {"50256": -100}), ("prediction", {"type": "content", "content": "x"}),
-                                              ("modalities", ["text", "audio"])])
-def test_fields_tgi_cannot_honour_are_refused_by_name(tgi: tuple[TGIStub, str], client: openai.OpenAI, field: str, value: Any) -> None:
+# Each field TGI's /generate cannot honour, in a request of the API it belongs to: (api, field, extra body).
+REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "logit_bias", {"logit_bias": {"50256": -100}}),
+    ("chat", "prediction", {"prediction": field_table.PREDICTION}),
+    ("chat", "audio", {"audio": field_table.AUDIO}),
+    ("chat", "modalities", {"modalities": ["text", "audio"]}),
+    ("chat", "reasoning_effort", {"reasoning_effort": "high"}),
+    ("chat", "web_search_options", {"web_search_options": {}}),  # empty: the search with its defaults
+    ("chat", "min_p", {"min_p": 0.1}),
+    ("completions", "suffix", {"suffix": "The end."}),
+    ("completions", "echo", {"echo": True}),
+    ("completions", "best_of", {"best_of": 3, "n": 2}),
+]
+
+
+@pytest.mark.parametrize(("api", "field", "extra"), REFUSED, ids=[f"{api}-{field}" for api, field, _ in REFUSED])
+def test_fields_tgi_cannot_honour_are_refused_by_name(tgi: tuple[TGIStub, str], client: openai.OpenAI, api: str, field: str,
+                                                      extra: dict[str, Any]) -> None:
     sent = len(tgi[0].seen)
     with pytest.raises(openai.BadRequestError, match=r"(?i)target 'local'") as info:
-        client.chat.completions.create(model="m", messages=CHAT, extra_body={field: value})
+        field_table.send(client, api, "m", extra)
     assert info.value.param == field and len(tgi[0].seen) == sent
+
+
+def test_the_readme_says_what_tgi_refuses() -> None:
+    assert field_table.refused("tgi") == {field for _, field, _ in REFUSED}
 
 
 def test_logprobs_from_tgis_token_details(tgi: tuple[TGIStub, str], client: openai.OpenAI) -> None:
@@ -566,6 +586,18 @@ def test_tool_choice_that_cannot_be_honoured_is_refused_by_name(tgi: tuple[TGISt
     answer = qwen.chat.completions.create(tool_choice="required", **ask)
     assert [c.function.name for c in answer.choices[0].message.tool_calls or []] == ["weather"]  # type: ignore[union-attr]
     assert tgi[0].seen[-1]["parameters"]["grammar"]["value"]["required"] == ["name", "arguments"]
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:
+    tgi[0].reply = QWEN_CALLS  # the model writes two calls all the same
+    ask: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER],
+                           "parallel_tool_calls": False}
+    answer = qwen.chat.completions.create(**ask)
+    assert [json.loads(c.function.arguments) for c in answer.choices[0].message.tool_calls or []] == [{"city": "Paris"}]  # type: ignore[union-attr]
+    chunks = list(qwen.chat.completions.create(stream=True, **ask))
+    deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [json.loads(d.function.arguments) for d in deltas] == [{"city": "Paris"}]  # type: ignore[union-attr,arg-type]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
 def test_what_only_looks_like_a_call_stays_text(tgi: tuple[TGIStub, str], qwen: openai.OpenAI) -> None:

@@ -166,8 +166,8 @@ class Responder:
 
     async def _emit_answer(self, plan: Plan, ex: Exchange, status: int, answer: Any, ctx: MapContext | None, send: Send) -> None:
         fmt = toolcalls.wanted(ctx) if ctx is not None else None
-        if fmt is not None:  # tools offered to a template that renders them: the calls the model wrote
-            answer = toolcalls.in_answer(answer, fmt)
+        if fmt is not None and ctx is not None:  # tools offered to a template that renders them: the calls the model wrote
+            answer = toolcalls.in_answer(answer, fmt, toolcalls.single(ctx))
         if ex.tape is not None:
             ex.tape.answer = answer
         if plan.front is not None and plan.front.answer is not None:
@@ -180,8 +180,8 @@ class Responder:
         """Events written in the front's framing (OpenAI's without one). The status line waits for the first event,
         so an error the upstream reports before any token still becomes a proper HTTP error."""
         fmt = toolcalls.wanted(ctx) if ctx is not None else None
-        if fmt is not None:
-            events = toolcalls.in_stream(events, fmt)
+        if fmt is not None and ctx is not None:
+            events = toolcalls.in_stream(events, fmt, toolcalls.single(ctx))
         if ex.tape is not None:
             events = ex.tape.tap(events)
         front = plan.front

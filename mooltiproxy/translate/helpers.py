@@ -122,12 +122,41 @@ def integers(body: dict[str, Any], fields: Mapping[str, str], low: int = 0) -> d
     return out
 
 
+# Values that ask for nothing (no penalty, no filtering, the best of one answer): a client sending defaults is not refused.
+NEUTRAL: Mapping[str, Any] = {"repetition_penalty": 1, "typical_p": 1, "best_of": 1, "top_p": 1}
+# Fields that ask for something whatever their value: a seed of 0 is a seed, and an empty web_search_options turns
+# OpenAI's web search on with its defaults.
+ALWAYS_ASKS = ("seed", "web_search_options")
+
+
+def asks(body: dict[str, Any], name: str) -> bool:
+    """Whether the request asks for something with ``name``: set, not false, not empty, not its neutral value."""
+    value = body.get(name)
+    if value is None or value is False:
+        return False
+    if name in ALWAYS_ASKS:
+        return True
+    if name in NEUTRAL and value == NEUTRAL[name]:
+        return False
+    return bool(value)
+
+
+def refuse_best_of(body: dict[str, Any], ctx: MapContext, api: str) -> None:
+    """A 400 for ``best_of`` above ``n``: choosing the likeliest of more answers than are returned needs the server to
+    rank them, which ``api`` does not. ``best_of`` equal to ``n`` (or 1) asks for nothing more than ``n`` answers."""
+    best_of = integer(body, "best_of", 1)
+    if best_of is not None and best_of > n_of(body):
+        raise MappingError(f"'best_of' ({best_of} answers ranked to return the likeliest) cannot be honoured by target "
+                           f"'{ctx.target.name}': {api} does not rank answers. Send the request without it, or ask for "
+                           f"n={best_of} answers and choose among them.", param="best_of")
+
+
 def refuse_unsupported(body: dict[str, Any], ctx: MapContext, fields: Mapping[str, str], api: str) -> None:
-    """A 400 naming the first of ``fields`` (name → what it asks for) the request sets, and the target: for what
-    changes the answer and that ``api`` has no place for, which must never be dropped in silence. Non-text
+    """A 400 naming the first of ``fields`` (name → what it asks for) the request asks for (``asks``), and the target:
+    for what changes the answer and that ``api`` has no place for, which must never be dropped in silence. Non-text
     ``modalities`` are refused too: every prompt-string backend answers with text only."""
     for name, what in fields.items():
-        if body.get(name):
+        if asks(body, name):
             raise MappingError(f"'{name}' ({what}) cannot be honoured by target '{ctx.target.name}': {api} has no such "
                                "parameter. Send the request without it.", param=name)
     modalities = body.get("modalities")

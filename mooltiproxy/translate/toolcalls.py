@@ -20,7 +20,8 @@ Two families, each told by its template:
 When ``tool_choice`` demands a call and the backend constrains generation by a JSON schema, the answer is
 that call's ``{"name", "arguments"}`` alone, read as ``llama3_json`` is.
 
-A choice that made a call ends with ``finish_reason: "tool_calls"``.
+A choice that made a call ends with ``finish_reason: "tool_calls"``. With ``parallel_tool_calls: false`` only the
+first call the model wrote is kept: the client asked to handle one at a time, and a model may write several.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def short_id(call_id: Any) -> Any:
         return call_id
     number = int.from_bytes(hashlib.blake2b(call_id.encode(), digest_size=8).digest(), "big")
     return "".join(_ALNUM[(number // 62 ** i) % 62] for i in range(9))
+
+
+def single(ctx: MapContext) -> bool:
+    """Whether the request asked for one call at most (``parallel_tool_calls: false``)."""
+    return isinstance(ctx.request, dict) and ctx.request.get("parallel_tool_calls") is False
 
 
 def _call(name: str, arguments: Any, fmt: str = HERMES) -> dict[str, Any]:
@@ -148,7 +154,7 @@ def _loads(text: str) -> Any:
         return None
 
 
-def in_answer(answer: Any, fmt: str = HERMES) -> Any:
+def in_answer(answer: Any, fmt: str = HERMES, one: bool = False) -> Any:
     """A chat answer with the calls its choices' text holds made ``tool_calls``."""
     if not isinstance(answer, dict):
         return answer
@@ -161,6 +167,8 @@ def in_answer(answer: Any, fmt: str = HERMES) -> Any:
         if fmt == MISTRAL and _MISTRAL_MARK not in message["content"] and not message["content"].lstrip().startswith("["):
             continue
         text, calls = parse(message["content"], fmt)
+        if one:
+            calls = calls[:1]
         if calls:
             message["content"] = text or None
             message["tool_calls"] = [*(message.get("tool_calls") or ()), *calls]
@@ -186,7 +194,7 @@ def _partial(text: str, mark: str = _OPEN) -> int:
     return 0
 
 
-async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES) -> AsyncIterator[Any]:
+async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES, one: bool = False) -> AsyncIterator[Any]:
     """Chat chunks with the calls their text holds sent as ``tool_calls`` deltas."""
     feed = {HERMES: _feed, LLAMA3_JSON: _feed_json, MISTRAL: _feed_mistral}[fmt]
     choices: dict[int, _Choice] = {}
@@ -218,6 +226,8 @@ async def in_stream(events: AsyncIterator[Any], fmt: str = HERMES) -> AsyncItera
                 else:  # a call left unclosed, or text held back: it was text after all
                     pieces.append({"content": (_OPEN if state.inside else "") + state.held})
                 state.held, state.inside = "", False
+            if one:  # calls after the first are not the client's to see (their deltas become empty ones)
+                pieces = [{} if any(c.get("index", 0) > 0 for c in d.get("tool_calls") or ()) else d for d in pieces]
             for k, d in enumerate(pieces):
                 last = k == len(pieces) - 1
                 finish = choice.get("finish_reason") if last else None
