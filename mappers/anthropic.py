@@ -42,24 +42,9 @@ MESSAGES_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stop_
 # dropped. ``response_format`` other than text, ``logprobs`` and ``n`` above 1 are refused where they are read. Of the
 # fields that change nothing generated, ``user`` becomes ``metadata.user_id``; OpenAI's ``metadata``, ``store`` and
 # ``service_tier`` label, keep or bill an exchange on OpenAI's side, and are left out.
-UNSUPPORTED = {
-    "presence_penalty": "a presence penalty",
-    "frequency_penalty": "a frequency penalty",
-    "repetition_penalty": "a repetition penalty",
-    "logit_bias": "biasing tokens by id",
-    "seed": "reproducible sampling",
-    "min_p": "min-p sampling",
-    "typical_p": "typical sampling",
-    "reasoning_effort": "a reasoning effort",
-    "prediction": "predicted outputs",
-    "audio": "audio output",
-    "web_search_options": "searching the web",
-}
-COMPLETION_UNSUPPORTED = {
-    "suffix": "filling in the middle",
-    "echo": "the prompt given back with the answer",
-    "best_of": "the likeliest of several answers",
-}
+UNSUPPORTED = ("presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "min_p", "typical_p",
+               "reasoning_effort", "prediction", "audio", "web_search_options")
+COMPLETION_UNSUPPORTED = ("suffix", "echo", "best_of")
 API = "the Anthropic Messages API"
 
 

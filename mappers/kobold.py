@@ -35,19 +35,10 @@ PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "
 # token biases, no JSON schema to hold an answer to, no token probabilities): refused by name, never dropped.
 # ``response_format`` other than text, ``logprobs`` and a ``tool_choice`` that demands a call are refused in
 # ``_params``. The fields that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label,
-# keep or bill an exchange, and are left out. ``parallel_tool_calls: false`` is not held yet: the calls a model writes
-# are read from its text after generation (translate/toolcalls.py), every one of them.
-UNSUPPORTED = {
-    "logit_bias": "biasing tokens by id",
-    "reasoning_effort": "a reasoning effort",
-    "prediction": "predicted outputs",
-    "audio": "audio output",
-    "web_search_options": "searching the web",
-}
-COMPLETION_UNSUPPORTED = {
-    "suffix": "filling in the middle",
-    "echo": "the prompt given back with the answer",
-}
+# keep or bill an exchange, and are left out. ``parallel_tool_calls: false`` keeps the first call the model writes
+# (translate/toolcalls.py).
+UNSUPPORTED = ("logit_bias", "reasoning_effort", "prediction", "audio", "web_search_options")
+COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "the KoboldAI API"
 
 

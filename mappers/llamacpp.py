@@ -31,19 +31,11 @@ EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
 # OpenAI fields that change what is generated and that /completion has no place for: refused by name, never dropped.
 # (``reasoning_effort`` would have to reach the chat template, which the prompter renders without it.) The fields that
 # change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange, and
-# are left out. ``parallel_tool_calls: false`` is not held yet: the calls a model writes are read from its text after
-# generation (translate/toolcalls.py), every one of them.
-UNSUPPORTED = {
-    "reasoning_effort": "a reasoning effort",
-    "prediction": "predicted outputs",
-    "audio": "audio output",
-    "web_search_options": "searching the web",
-}
+# are left out. ``parallel_tool_calls: false`` keeps the first call the model writes (translate/toolcalls.py).
+# A suffix is llama-server's /infill, another API.
+UNSUPPORTED = ("reasoning_effort", "prediction", "audio", "web_search_options")
 # Of a completions request: what /completion cannot do with the prompt as given.
-COMPLETION_UNSUPPORTED = {
-    "suffix": "filling in the middle, which llama-server does on /infill, another API",
-    "echo": "the prompt given back with the answer",
-}
+COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "llama.cpp's /completion"
 
 

@@ -40,12 +40,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # ``logprobs`` and a ``tool_choice`` that demands a call (on /api/chat) are refused where they are read. The fields
 # that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange,
 # and are left out.
-UNSUPPORTED = {
-    "logit_bias": "biasing tokens by id",
-    "prediction": "predicted outputs",
-    "audio": "audio output",
-    "web_search_options": "searching the web",
-}
+UNSUPPORTED = ("logit_bias", "prediction", "audio", "web_search_options")
 API = "Ollama's API"
 
 
@@ -73,7 +68,7 @@ def chat_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fano
 
 def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] | Fanout:
     """``/v1/completions`` → ``/api/generate`` with the prompt sent raw; a list of prompts, one call each."""
-    oa.refuse_unsupported(body, ctx, {"echo": "the prompt given back with the answer"}, API)
+    oa.refuse_unsupported(body, ctx, ("echo",), API)
     oa.refuse_best_of(body, ctx, API)
     prompts, _ = oa.completion_prompts(body, ctx)
     out = _common(body, ctx, oa.COMPLETION)

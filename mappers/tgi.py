@@ -52,16 +52,9 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 
 # OpenAI fields that change what is generated and that /generate has no place for: refused by name, never dropped.
-UNSUPPORTED = {
-    "logit_bias": "biasing tokens by id",
-    "prediction": "predicted outputs",
-    "audio": "audio output",
-    "reasoning_effort": "a reasoning effort",
-    "web_search_options": "searching the web",
-    "min_p": "min-p sampling",
-}
+UNSUPPORTED = ("logit_bias", "prediction", "audio", "reasoning_effort", "web_search_options", "min_p")
 # Of a completions request: what /generate cannot do with the prompt as given.
-COMPLETION_UNSUPPORTED = {"suffix": "filling in the middle", "echo": "the prompt given back with the answer"}
+COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "TGI's /generate"
 
 

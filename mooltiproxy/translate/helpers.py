@@ -151,12 +151,24 @@ def refuse_best_of(body: dict[str, Any], ctx: MapContext, api: str) -> None:
                            f"n={best_of} answers and choose among them.", param="best_of")
 
 
-def refuse_unsupported(body: dict[str, Any], ctx: MapContext, fields: Mapping[str, str], api: str) -> None:
-    """A 400 naming the first of ``fields`` (name → what it asks for) the request asks for (``asks``), and the target:
-    for what changes the answer and that ``api`` has no place for, which must never be dropped in silence. Non-text
+# What each OpenAI field a backend may have no place for asks of it, for the sentence that refuses it.
+ASKS_FOR: Mapping[str, str] = {
+    "logit_bias": "biasing tokens by id", "prediction": "predicted outputs", "audio": "audio output",
+    "reasoning_effort": "a reasoning effort", "web_search_options": "searching the web", "min_p": "min-p sampling",
+    "typical_p": "typical sampling", "seed": "reproducible sampling", "presence_penalty": "a presence penalty",
+    "frequency_penalty": "a frequency penalty", "repetition_penalty": "a repetition penalty",
+    "suffix": "filling in the middle", "echo": "the prompt given back with the answer",
+    "best_of": "the likeliest of several answers",
+}
+
+
+def refuse_unsupported(body: dict[str, Any], ctx: MapContext, fields: Sequence[str], api: str) -> None:
+    """A 400 naming the first of ``fields`` the request asks for (``asks``), what it asks for, and the target: for what
+    changes the answer and that ``api`` has no place for, which must never be dropped in silence. Non-text
     ``modalities`` are refused too: every prompt-string backend answers with text only."""
-    for name, what in fields.items():
+    for name in fields:
         if asks(body, name):
+            what = ASKS_FOR.get(name, name)
             raise MappingError(f"'{name}' ({what}) cannot be honoured by target '{ctx.target.name}': {api} has no such "
                                "parameter. Send the request without it.", param=name)
     modalities = body.get("modalities")
