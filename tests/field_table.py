@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import openai
+import pytest
 
 from .conftest import ROOT
 
@@ -33,3 +34,13 @@ def send(client: openai.OpenAI, api: str, model: str, extra: dict[str, Any]) -> 
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi!"}], extra_body=extra)
     else:
         client.completions.create(model=model, prompt="Once", extra_body=extra)
+
+
+def refused_by_name(client: openai.OpenAI, api: str, model: str, extra: dict[str, Any], field: str, seen: list[Any],
+                    target: str = "local") -> None:
+    """The request is a 400 whose ``param`` is ``field`` and whose message names the target, and nothing reached the stub
+    upstream (``seen``: what it was sent)."""
+    sent = len(seen)
+    with pytest.raises(openai.BadRequestError, match=rf"(?i)target '{target}'") as info:
+        send(client, api, model, extra)
+    assert info.value.param == field and len(seen) == sent
