@@ -287,3 +287,21 @@ def test_the_readmes_example(tgi: tuple[TGIStub, str], proxy: str, monkeypatch: 
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out == "Sunny in Paris.\n"
     assert "<tool_response>\nsunny\n</tool_response>" in tgi[0].seen[-1]["inputs"]
+
+
+def test_reasoning_the_backend_returns_is_a_reasoning_item(stack: Any, start_proxy: ProxyFactory) -> None:
+    """Over Ollama, whose thinking models answer with their reasoning apart: reasoning.effort becomes Ollama's think, and
+    the reasoning comes back as a reasoning item before the message, streamed as reasoning_text events."""
+    from .stubs.ollama_upstream import OllamaStub
+
+    stub = OllamaStub()
+    url = start_proxy({"targets": {"default": "o", "o": {"type": "ollama", "url": stack.enter_context(serve(stub.app())).url}}}).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    response = client.responses.create(model="llama3.2", input="Hi!", reasoning={"effort": "high"})
+    assert stub.seen[-1]["think"] == "high"
+    assert [item.type for item in response.output] == ["reasoning", "message"] and response.output_text == "Hello there, friend."
+    assert response.output[0].content[0].text == "Let me think."  # type: ignore[union-attr,index]
+    with client.responses.stream(model="llama3.2", input="Hi!", reasoning={"effort": "low"}) as stream:
+        events = list(stream)
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Let me think."
+    assert [e.item.type for e in events if e.type == "response.output_item.done"] == ["reasoning", "message"]
