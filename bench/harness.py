@@ -102,6 +102,7 @@ class Harness:
         self.recording: Recording = configs.probe_recording(workdir)
         self._nginx: str | None = None
         self._relay: str | None = None
+        self._aiohttp_relay: Service | None = None
         self._stub: Service | None = None
         self._proxies: dict[str, Service] = {}
         self.results: dict[str, Result] = {}
@@ -123,6 +124,13 @@ class Harness:
         return self._relay
 
     @property
+    def aiohttp_relay(self) -> Service:
+        """A minimal aiohttp relay (``bench/relay.py``) to the nginx upstream, on the proxy's core."""
+        if self._aiohttp_relay is None:
+            self._aiohttp_relay = launch.relay(self.procs, self.nginx)
+        return self._aiohttp_relay
+
+    @property
     def stub(self) -> Service:
         if self._stub is None:
             self._stub = launch.stub(self.procs, ttft=0.05, tokens=50, token_delay=0.02)
@@ -132,13 +140,18 @@ class Harness:
         """Recording stays on wherever the build can record."""
         return Variant(kind, self.recording.available)
 
-    def proxy(self, variant: Variant, upstream: str, *, fresh: str = "") -> Service:
-        """A running mooltiproxy for ``variant`` in front of ``upstream``; ``fresh`` names a new, separate instance."""
-        key = f"{variant.name}@{upstream}{'#' + fresh if fresh else ''}"
+    def proxy(self, variant: Variant, upstream: str, *, fresh: str = "", client: str | None = None,
+              log_level: str | None = None) -> Service:
+        """A running mooltiproxy for ``variant`` in front of ``upstream``; ``fresh`` names a new, separate instance.
+        ``client`` and ``log_level`` override the run's ``--client`` and ``--log-level`` for this one."""
+        client = client or self.client
+        log_level = log_level or self.log_level
+        extra = (f"-{client}" if client != self.client else "") + (f"-log-{log_level}" if log_level != self.log_level else "")
+        key = f"{variant.name}{extra}@{upstream}{'#' + fresh if fresh else ''}"
         if key not in self._proxies:
-            label = f"{variant.name}-{'nginx' if upstream == self._nginx else 'stub'}{'-' + fresh if fresh else ''}"
-            self._proxies[key] = launch.mooltiproxy(self.procs, self.workdir, variant, upstream, self.recording, client=self.client,
-                                                    log_level=self.log_level, label=label)
+            label = f"{variant.name}{extra}-{'nginx' if upstream == self._nginx else 'stub'}{'-' + fresh if fresh else ''}"
+            self._proxies[key] = launch.mooltiproxy(self.procs, self.workdir, variant, upstream, self.recording, client=client,
+                                                    log_level=log_level, label=label)
         return self._proxies[key]
 
     def stop(self, service: Service) -> None:

@@ -47,3 +47,12 @@ def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream:
     proc = procs.start(name, argv, core=PROXY_CORE, env=configs.proxy_env(), cwd=configs.ROOT)
     wait_listening(proc, port)
     return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None)
+
+
+def relay(procs: Procs, upstream: str) -> Service:
+    """The minimal aiohttp relay (bench/relay.py) on the proxy's core."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream", upstream]
+    proc = procs.start("aiohttp-relay", argv, core=PROXY_CORE, cwd=configs.ROOT)
+    wait_listening(proc, port)
+    return Service("aiohttp-relay", f"http://127.0.0.1:{port}", proc)
