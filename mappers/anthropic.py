@@ -43,7 +43,7 @@ MESSAGES_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stop_
 # fields that change nothing generated, ``user`` becomes ``metadata.user_id``; OpenAI's ``metadata``, ``store`` and
 # ``service_tier`` label, keep or bill an exchange on OpenAI's side, and are left out.
 UNSUPPORTED = ("presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "min_p", "typical_p",
-               "reasoning_effort", "prediction", "audio", "web_search_options")
+               "reasoning_effort", "prediction", "audio", "web_search_options", "functions", "function_call")
 COMPLETION_UNSUPPORTED = ("suffix", "echo", "best_of")
 API = "the Anthropic Messages API"
 

@@ -37,7 +37,7 @@ PASSTHROUGH = ("top_a", "tfs", "typical", "min_p", "rep_pen", "rep_pen_range", "
 # ``_params``. The fields that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label,
 # keep or bill an exchange, and are left out. ``parallel_tool_calls: false`` keeps the first call the model writes
 # (translate/toolcalls.py).
-UNSUPPORTED = ("logit_bias", "reasoning_effort", "prediction", "audio", "web_search_options")
+UNSUPPORTED = ("logit_bias", "reasoning_effort", "prediction", "audio", "web_search_options", "functions", "function_call")
 COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "the KoboldAI API"
 

@@ -33,7 +33,7 @@ EXTRA_INTEGERS = {"top_k": "top_k", "repeat_last_n": "repeat_last_n"}
 # change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange, and
 # are left out. ``parallel_tool_calls: false`` keeps the first call the model writes (translate/toolcalls.py).
 # A suffix is llama-server's /infill, another API.
-UNSUPPORTED = ("reasoning_effort", "prediction", "audio", "web_search_options")
+UNSUPPORTED = ("reasoning_effort", "prediction", "audio", "web_search_options", "functions", "function_call")
 # Of a completions request: what /completion cannot do with the prompt as given.
 COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "llama.cpp's /completion"

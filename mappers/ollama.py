@@ -40,7 +40,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # ``logprobs`` and a ``tool_choice`` that demands a call (on /api/chat) are refused where they are read. The fields
 # that change nothing generated — ``user``, ``metadata``, ``store``, ``service_tier`` — label, keep or bill an exchange,
 # and are left out.
-UNSUPPORTED = ("logit_bias", "prediction", "audio", "web_search_options")
+UNSUPPORTED = ("logit_bias", "prediction", "audio", "web_search_options", "functions", "function_call")
 API = "Ollama's API"
 
 

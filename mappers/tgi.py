@@ -52,7 +52,7 @@ def completion_request(body: dict[str, Any], ctx: MapContext) -> dict[str, Any] 
 
 
 # OpenAI fields that change what is generated and that /generate has no place for: refused by name, never dropped.
-UNSUPPORTED = ("logit_bias", "prediction", "audio", "reasoning_effort", "web_search_options", "min_p")
+UNSUPPORTED = ("logit_bias", "prediction", "audio", "reasoning_effort", "web_search_options", "min_p", "functions", "function_call")
 # Of a completions request: what /generate cannot do with the prompt as given.
 COMPLETION_UNSUPPORTED = ("suffix", "echo")
 API = "TGI's /generate"

@@ -130,6 +130,7 @@ def test_errors(claude: tuple[AnthropicStub, str], client: openai.OpenAI) -> Non
 
 # Each field the Messages API cannot honour, in a request of the API it belongs to: (api, field, extra body).
 REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "functions", {"functions": [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]}),
     ("chat", "presence_penalty", {"presence_penalty": 0.5}),
     ("chat", "frequency_penalty", {"frequency_penalty": 0.5}),
     ("chat", "repetition_penalty", {"repetition_penalty": 1.1}),

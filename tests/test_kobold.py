@@ -167,6 +167,7 @@ def test_completions(kobold: tuple[KoboldStub, str], client: openai.OpenAI) -> N
 
 # Each field the KoboldAI API cannot honour, in a request of the API it belongs to: (api, field, extra body).
 REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "functions", {"functions": [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]}),
     ("chat", "logit_bias", {"logit_bias": {"15043": -100}}),
     ("chat", "reasoning_effort", {"reasoning_effort": "high"}),
     ("chat", "prediction", {"prediction": field_table.PREDICTION}),

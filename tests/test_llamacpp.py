@@ -127,6 +127,7 @@ def test_completions(llama: tuple[LlamaCppStub, str], client: openai.OpenAI) -> 
 
 # Each field llama.cpp's /completion cannot honour, in a request of the API it belongs to: (api, field, extra body).
 REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "functions", {"functions": [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]}),
     ("chat", "reasoning_effort", {"reasoning_effort": "high"}),
     ("chat", "prediction", {"prediction": field_table.PREDICTION}),
     ("chat", "audio", {"audio": field_table.AUDIO}),

@@ -152,6 +152,7 @@ def test_parallel_tool_calls_false_keeps_the_first_call(ollama: tuple[OllamaStub
 
 # Each field Ollama cannot honour, in a request of the API it belongs to: (api, field, extra body).
 REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "functions", {"functions": [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]}),
     ("chat", "logit_bias", {"logit_bias": {"15043": -100}}),
     ("chat", "prediction", {"prediction": field_table.PREDICTION}),
     ("chat", "audio", {"audio": field_table.AUDIO}),

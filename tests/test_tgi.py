@@ -194,6 +194,7 @@ def test_the_model_list_of_a_tgi_target_is_the_model_it_serves(tgi: tuple[TGIStu
 
 # Each field TGI's /generate cannot honour, in a request of the API it belongs to: (api, field, extra body).
 REFUSED: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat", "functions", {"functions": [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]}),
     ("chat", "logit_bias", {"logit_bias": {"50256": -100}}),
     ("chat", "prediction", {"prediction": field_table.PREDICTION}),
     ("chat", "audio", {"audio": field_table.AUDIO}),

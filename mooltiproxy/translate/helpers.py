@@ -159,6 +159,8 @@ ASKS_FOR: Mapping[str, str] = {
     "frequency_penalty": "a frequency penalty", "repetition_penalty": "a repetition penalty",
     "suffix": "filling in the middle", "echo": "the prompt given back with the answer",
     "best_of": "the likeliest of several answers",
+    "functions": "OpenAI's older function calling; send the functions as tools",
+    "function_call": "OpenAI's older function calling; send it as tool_choice",
 }
 
 
