@@ -51,7 +51,9 @@ def auth_headers(key: str = MASTER_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
 
-def config(variant: Variant, upstream: str, dataset_dir: Path, recording: Recording) -> dict[str, Any]:
+def config(variant: Variant, upstream: str, dataset_dir: Path, recording: Recording,
+           extra_targets: dict[str, str] | None = None) -> dict[str, Any]:
+    """The proxy's config; ``extra_targets`` adds pass-through targets (name → URL) that a ``target`` header picks."""
     if variant.kind == "passthrough":
         target: dict[str, Any] = {"url": upstream}
     elif variant.kind == "tgi":
@@ -62,6 +64,8 @@ def config(variant: Variant, upstream: str, dataset_dir: Path, recording: Record
     else:
         raise ValueError(f"unknown variant kind {variant.kind!r}")
     doc: dict[str, Any] = {"server": {"host": "127.0.0.1"}, "targets": {"default": "up", "up": target}}
+    for name, url in (extra_targets or {}).items():
+        doc["targets"][name] = {"url": url}
     if variant.recording:
         doc["dataset"] = {"sink": "jsonl", "dir": str(dataset_dir)}
     elif recording.available:

@@ -21,7 +21,7 @@ from typing import Any
 from . import configs, launch, nginx, wrk
 from .configs import Recording, Variant
 from .launch import Service
-from .procs import LOAD_CORE, Procs
+from .procs import LOAD_CORE, Proc, Procs
 
 Measure = Callable[[float], dict[str, Any]]
 
@@ -45,12 +45,19 @@ class Settings:
     concurrent_tokens: int  # events 200 ms apart: how long S4's concurrent streams stay open
     drop_clients: int
     slow_hold_s: float
+    big_readers: int  # S7: slow readers, each of one big answer
+    big_bytes: int  # S7: the answer's size
+    big_rate: int  # S7: bytes per second each slow reader takes
+    scale_streams: int  # S8: concurrent translated streams
+    scale_tokens: int  # S8: tokens per stream, 20 ms apart
 
     @classmethod
     def make(cls, quick: bool, rounds: int | None = None) -> Settings:
         if quick:
-            return cls(True, rounds or 3, 1, 1, 0.6, 0.3, 10, 20_000, 200, 10, 100, 1.5)
-        return cls(False, rounds or 5, 2, 5, 5.0, 4.0, 50, 100_000, 1000, 40, 500, 5.0)
+            return cls(True, rounds or 3, 1, 1, 0.6, 0.3, 10, 20_000, 200, 10, 100, 1.5,
+                       big_readers=100, big_bytes=2 * 2**20, big_rate=2**20, scale_streams=200, scale_tokens=50)
+        return cls(False, rounds or 5, 2, 5, 5.0, 4.0, 50, 100_000, 1000, 40, 500, 5.0,
+                   big_readers=100, big_bytes=10 * 2**20, big_rate=2**20, scale_streams=1000, scale_tokens=300)
 
 
 @dataclass
@@ -141,9 +148,11 @@ class Harness:
         return Variant(kind, self.recording.available)
 
     def proxy(self, variant: Variant, upstream: str, *, fresh: str = "", client: str | None = None,
-              log_level: str | None = None) -> Service:
+              log_level: str | None = None, extra_targets: dict[str, str] | None = None) -> Service:
         """A running mooltiproxy for ``variant`` in front of ``upstream``; ``fresh`` names a new, separate instance.
-        ``client`` and ``log_level`` override the run's ``--client`` and ``--log-level`` for this one."""
+        ``client`` and ``log_level`` override the run's ``--client`` and ``--log-level`` for this one; ``extra_targets``
+        (name → URL) are pass-through targets beside the default, picked by a ``target`` header (give such a proxy a
+        ``fresh`` name)."""
         client = client or self.client
         log_level = log_level or self.log_level
         extra = (f"-{client}" if client != self.client else "") + (f"-log-{log_level}" if log_level != self.log_level else "")
@@ -151,12 +160,15 @@ class Harness:
         if key not in self._proxies:
             label = f"{variant.name}{extra}-{'nginx' if upstream == self._nginx else 'stub'}{'-' + fresh if fresh else ''}"
             self._proxies[key] = launch.mooltiproxy(self.procs, self.workdir, variant, upstream, self.recording, client=client,
-                                                    log_level=log_level, label=label)
+                                                    log_level=log_level, label=label, extra_targets=extra_targets)
         return self._proxies[key]
 
     def stop(self, service: Service) -> None:
+        """Stop a proxy (or the aiohttp relay); asked for again, it starts anew."""
         self.procs.stop(service.proc)
         self._proxies = {k: v for k, v in self._proxies.items() if v is not service}
+        if service is self._aiohttp_relay:
+            self._aiohttp_relay = None
 
     def stub_stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.stub.url + "/_stats", timeout=5) as r:
@@ -177,19 +189,26 @@ class Harness:
 
     def load(self, spec: dict[str, Any], timeout: float = 600.0, *, core: int = LOAD_CORE) -> dict[str, Any]:
         """One ``bench.load`` run on the load core (or ``core``); its JSON result."""
-        proc = self.procs.start(f"load-{spec['mode']}", [sys.executable, "-m", "bench.load", json.dumps(spec)], core=core,
+        return self.finish_load(self.start_load(spec, core=core), timeout)
+
+    def start_load(self, spec: dict[str, Any], *, core: int = LOAD_CORE) -> Proc:
+        """A ``bench.load`` run started in the background (another load can run beside it); ``finish_load`` waits for it."""
+        return self.procs.start(f"load-{spec['mode']}", [sys.executable, "-m", "bench.load", json.dumps(spec)], core=core,
                                 cwd=configs.ROOT, stdout=subprocess.PIPE)
+
+    def finish_load(self, proc: Proc, timeout: float = 600.0) -> dict[str, Any]:
         assert proc.popen.stdout is not None
         out = proc.popen.stdout.read()
         rc = proc.popen.wait(timeout)
         self.procs.stop(proc)
         if rc != 0:
-            raise RuntimeError(f"load run {spec['mode']} failed with status {rc}:\n{proc.tail()}")
+            raise RuntimeError(f"load run {proc.name} failed with status {rc}:\n{proc.tail()}")
         return dict(json.loads(out))
 
     def wrk(self, service_url: str, key: str, connections: int, duration: float, *, path: str = CHAT_PATH,
-            body: str = CHAT_BODY) -> dict[str, Any]:
-        return wrk.run(self.procs, service_url + path, connections=connections, duration=max(1, round(duration)), key=key, body=body)
+            body: str = CHAT_BODY, raw: bool = False) -> dict[str, Any]:
+        return wrk.run(self.procs, service_url + path, connections=connections, duration=max(1, round(duration)), key=key, body=body,
+                       raw=raw)
 
     def openloop(self, url: str, key: str, rate: float, duration: float, *, capture: str = "") -> dict[str, Any]:
         return self.load({"mode": "openloop", "url": url, "body": CHAT_BODY, "headers": configs.auth_headers(key), "rate": rate,

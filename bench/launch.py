@@ -34,10 +34,10 @@ def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Servi
 
 
 def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream: str, recording: configs.Recording, *,
-                client: str = "serve", log_level: str = "info", label: str = "") -> Service:
+                client: str = "serve", log_level: str = "info", label: str = "", extra_targets: dict[str, str] | None = None) -> Service:
     name = f"mooltiproxy-{label or variant.name}"
     dataset_dir = workdir / f"dataset-{label or variant.name}"
-    path = configs.write(configs.config(variant, upstream, dataset_dir, recording), workdir / f"{name}.yaml")
+    path = configs.write(configs.config(variant, upstream, dataset_dir, recording, extra_targets), workdir / f"{name}.yaml")
     port = free_port()
     if client == "serve":
         argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]

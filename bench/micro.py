@@ -1,9 +1,12 @@
 """What single steps of the request path cost, in microseconds of one core, for explaining the scenarios.
 
     python -m bench.micro [--quick]
+    python -m bench.micro --big BYTES
 
 Each step runs on its own, warm, best of several repeats (timeit); the figures are CPU the proxy spends
 per exchange on the step, not latency. They explain S6 (translation to TGI) and S2's recording on/off.
+``--big`` times the record of one answer of BYTES instead, step by step, in milliseconds (S7: a record is
+built on the event loop, so a big one holds up every request waiting behind it).
 """
 
 from __future__ import annotations
@@ -37,7 +40,40 @@ def per_call(step: Callable[[], Any], number: int = 2000, repeat: int = 7) -> fl
     return min(timeit.repeat(step, number=number, repeat=repeat)) / number * 1e6
 
 
+def big_record(size: int, repeat: int = 5) -> None:
+    """The record of one chat answer of ``size`` bytes (S7's big answers): parse, build, redact, encode, in ms."""
+    choice: dict[str, Any] = {**OPENAI_ANSWER["choices"][0], "message": {"role": "assistant", "content": ""}}  # type: ignore[index]
+    answer: dict[str, Any] = {**OPENAI_ANSWER, "choices": [choice]}
+    room = max(0, size - len(orjson.dumps(answer)))
+    choice["message"]["content"] = "".join(f"{i:09d} " for i in range(room // 10 + 1))[:room]
+    raw, raw_chat = orjson.dumps(answer), orjson.dumps(CHAT)
+    sink = JsonlSink(Path("."), "unused")
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        parsed = orjson.loads(raw)
+        t1 = time.perf_counter()
+        capture = Capture(request_id="r", endpoint="/v1/chat/completions", target="t", request=orjson.loads(raw_chat), answer=parsed,
+                          key="master", latency_ms=1.0, created=time.time())
+        records, _ = build_with_keys(capture, "s")
+        t2 = time.perf_counter()
+        redacted = [redact(r, []) for r in records]
+        t3 = time.perf_counter()
+        sink.encode(redacted)
+        t4 = time.perf_counter()
+        for name, took in (("parse the answer (orjson)", t1 - t0), ("build the record", t2 - t1), ("redact", t3 - t2),
+                           ("encode", t4 - t3), ("the whole record", t4 - t0)):
+            best[name] = min(best.get(name, took), took)
+    print(f"ms for the record of one {len(raw)}-byte answer, best of {repeat}, one core")
+    width = max(len(name) for name in best)
+    for name, took in best.items():
+        print(f"  {name:<{width}}  {took * 1000:7.1f}")
+
+
 def main() -> None:
+    if "--big" in sys.argv[1:]:
+        big_record(int(sys.argv[sys.argv.index("--big") + 1]))
+        return
     quick = "--quick" in sys.argv[1:]  # a check that every step runs, not a measurement
     number, repeat = (20, 1) if quick else (2000, 7)
     config = parse({"targets": {"t": {"type": "tgi", "url": "http://127.0.0.1:9", "prompter": "llama2-chat"}}}, environ={},

@@ -136,8 +136,27 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) a process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def quiet(pid: int, *, share: float = 0.05, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until a process uses less than ``share`` of a core over ``window`` seconds (work left over from a load,
+    such as records being built, done); the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if cpu_seconds(pid) - before < share * window:
+            break
+    return time.monotonic() - t0
+
+
 class RssSampler:
-    """Samples a process's resident memory in a thread while a load runs: baseline, peak, last."""
+    """Samples a process's resident memory in a thread while a load runs: baseline, peak, last, and every sample
+    (``series``: seconds since the start, bytes)."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
@@ -145,6 +164,8 @@ class RssSampler:
         self.baseline = rss_bytes(pid)
         self.peak = self.baseline
         self.last = self.baseline
+        self.series: list[tuple[float, int]] = []
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -153,8 +174,14 @@ class RssSampler:
             with contextlib.suppress(OSError, RuntimeError):
                 self.last = rss_bytes(self.pid)
                 self.peak = max(self.peak, self.last)
+                self.series.append((time.monotonic() - self._t0, self.last))
+
+    def at(self, seconds: float) -> int:
+        """The sample nearest to ``seconds`` after the start (the baseline before any)."""
+        return min(self.series, key=lambda s: abs(s[0] - seconds), default=(0.0, self.baseline))[1]
 
     def __enter__(self) -> RssSampler:
+        self._t0 = time.monotonic()
         self._thread.start()
         return self
 

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from .http1 import Conn, Handler, Target
+from .procs import cpu_seconds
 from .stats import summary
 
 _DONE = (b"data: [DONE]", b"data:[DONE]")
@@ -168,9 +169,13 @@ async def closed_loop(url: str, body: bytes, headers: dict[str, str], *, concurr
 
 
 async def burst(url: str, body: bytes, headers: dict[str, str], *, n: int, drop_after: int | None = None,
-                expect_done: bool = True, timeout: float = 60.0) -> dict[str, Any]:
+                expect_done: bool = True, timeout: float = 60.0, warm_url: str | None = None,
+                cpu_pid: int | None = None) -> dict[str, Any]:
     """``n`` connections opened first, then ``n`` streams started together and read to the end (or
-    dropped after ``drop_after`` events)."""
+    dropped after ``drop_after`` events). With ``warm_url``, each connection first carries one request to it,
+    all at once, read to the end: the server has then accepted every connection (and a proxy has its upstream
+    connections pooled) before the measured streams start, as with a client's pool of kept-alive connections.
+    With ``cpu_pid``, also the CPU seconds that process used while the measured streams ran."""
     target = Target(url, body, headers)
     gate = asyncio.Semaphore(64)
 
@@ -179,12 +184,22 @@ async def burst(url: str, body: bytes, headers: dict[str, str], *, n: int, drop_
             return await target.connect()
 
     conns = await asyncio.gather(*(opened() for _ in range(n)))
+    warm_failed = 0
+    if warm_url is not None:
+        warm = Target(warm_url, body, headers)
+        warming = [_Stream(c) for c in conns]
+        for s in warming:
+            s.start(warm.request)
+        await asyncio.wait([s.fut for s in warming], timeout=timeout)
+        warm_failed = sum(1 for s in warming if not s.fut.done() or s.error is not None or s.status != 200 or not s.conn.idle)
     streams = [_Stream(c, drop_after) for c in conns]
+    cpu0 = cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     t0 = time.perf_counter()
     for s in streams:
         s.start(target.request)
     await asyncio.wait([s.fut for s in streams], timeout=timeout)
     elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(cpu_pid) - cpu0 if cpu_pid is not None else None
     tally = _Tally()
     for s in streams:
         if not s.fut.done():
@@ -194,7 +209,8 @@ async def burst(url: str, body: bytes, headers: dict[str, str], *, n: int, drop_
         c.close()
     drops = [s.dropped_at for s in streams if s.dropped_at is not None]
     out = tally.result()
-    out.update(n=n, elapsed_s=elapsed, dropped=len(drops), first_drop=min(drops, default=0.0), last_drop=max(drops, default=0.0))
+    out.update(n=n, elapsed_s=elapsed, dropped=len(drops), first_drop=min(drops, default=0.0), last_drop=max(drops, default=0.0),
+               warm_failed=warm_failed, cpu_s=cpu)
     return out
 
 

@@ -1,10 +1,12 @@
 """The streaming and failure stand-in upstream: an OpenAI-compatible server with knobs.
 
     python -m bench.stub --port 9100 [--ttft 0.05] [--tokens 50] [--token-delay 0.02] [--status 200]
-                         [--drop-after N]
+                         [--drop-after N] [--size BYTES]
 
-Non-stream requests are answered after ``ttft`` seconds; ``"stream": true`` requests get ``tokens``
-chunks, the first after ``ttft`` and then one every ``token-delay`` seconds, then ``[DONE]``
+Non-stream requests are answered after ``ttft`` seconds; with ``size``, by a chat completion of that many
+bytes whose text counts up (a piece lost, doubled or moved shows in its hash), written 64 KiB at a time as
+the reader takes it. ``"stream": true`` requests get ``tokens`` chunks, the first after ``ttft`` and then
+one every ``token-delay`` seconds, then ``[DONE]``
 (``/generate`` and ``/generate_stream`` answer in TGI's framing instead). Each knob can be overridden
 per request in the query string (``?tokens=100000&token_delay=0``), which the proxy forwards, so one
 stub serves every scenario. ``GET /_stats`` counts active (and the most at once), finished and
@@ -18,10 +20,11 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 
 from aiohttp import web
 
-CHAT = {
+CHAT: dict[str, Any] = {
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "bench",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog."},
                  "finish_reason": "stop", "logprobs": None}],
@@ -61,6 +64,29 @@ def build(args: argparse.Namespace) -> web.Application:
             event["details"] = {"finish_reason": "length", "generated_tokens": tokens, "seed": None, "input_length": 12}
         return b"data:" + json.dumps(event).encode() + b"\n\n"
 
+    big: dict[int, bytes] = {}
+
+    def big_answer(size: int) -> bytes:
+        """A chat completion of exactly ``size`` bytes (or the smallest one, if larger): its text counts up in
+        fixed-width numbers, so a piece lost, doubled or moved shows in the hash. Built once per size."""
+        if size not in big:
+            shell = json.dumps({**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": ""}}]})
+            room = max(0, size - len(shell.encode()))
+            text = "".join(f"{i:09d} " for i in range(room // 10 + 1))[:room]
+            body = json.dumps({**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant", "content": text}}]})
+            big[size] = body.encode()
+        return big[size]
+
+    async def write_big(request: web.Request, size: int) -> web.StreamResponse:
+        body = memoryview(big_answer(size))
+        resp = web.StreamResponse(headers={"content-type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        for start in range(0, len(body), 65536):
+            await resp.write(body[start:start + 65536])  # waits while the reader's side is full: nothing piles up here
+        await resp.write_eof()
+        return resp
+
     def knobs(request: web.Request) -> argparse.Namespace:
         if not request.query:
             return args
@@ -68,7 +94,7 @@ def build(args: argparse.Namespace) -> web.Application:
         for name, value in request.query.items():
             if name in ("ttft", "token_delay"):
                 setattr(k, name, float(value))
-            elif name in ("tokens", "status", "drop_after"):
+            elif name in ("tokens", "status", "drop_after", "size"):
                 setattr(k, name, int(value))
         return k
 
@@ -86,6 +112,10 @@ def build(args: argparse.Namespace) -> web.Application:
             if not stream:
                 if k.ttft:
                     await asyncio.sleep(k.ttft)
+                if k.size:
+                    resp = await write_big(request, k.size)
+                    stats.finished += 1
+                    return resp
                 stats.finished += 1
                 if request.path == "/generate":
                     text = "".join(f" tok{j}" for j in range(k.tokens))
@@ -141,6 +171,7 @@ def main() -> None:
     p.add_argument("--token-delay", type=float, default=0.0)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--drop-after", type=int, default=None)
+    p.add_argument("--size", type=int, default=0, help="bytes of a non-stream answer (0: the small fixed one)")
     args = p.parse_args()
     try:
         import uvloop

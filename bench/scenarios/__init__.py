@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..harness import Harness, Result
-from . import peer, s1_latency, s2_capacity, s3_slow, s4_memory, s5_drops, s6_translation, s9_llama
+from . import fairness, peer, s1_latency, s2_capacity, s3_slow, s4_memory, s5_drops, s6_translation, s7_big, s8_scale, s9_llama
 
-ORDER = ["S2", "S1", "OVERHEAD", "S3", "S6", "S4", "S5", "S9", "PEER"]
+ORDER = ["S2", "S1", "OVERHEAD", "S3", "S6", "S4", "S5", "FAIR", "S7", "S8", "S9", "PEER"]
 
 
 def runners(selected: set[str]) -> dict[str, Callable[[Harness], Result]]:
@@ -21,6 +21,9 @@ def runners(selected: set[str]) -> dict[str, Callable[[Harness], Result]]:
         "S4": s4_memory.run,
         "S5": s5_drops.run,
         "S6": s6_translation.run,
+        "S7": s7_big.run,
+        "S8": s8_scale.run,
+        "FAIR": fairness.run,
         "S9": s9_llama.run,
         "PEER": peer.run,
     }
