@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -179,6 +180,105 @@ def test_a_long_relayed_stream_is_held_as_text_not_bytes() -> None:
     assert isinstance(capture.answer, PendingStream)
     answer, why_cut = capture.answer.resolve()
     assert why_cut is None and answer["choices"][0]["message"]["content"] == "".join(pieces)
+
+
+def _big_chat_answer(size: int) -> tuple[str, bytes]:
+    """A chat completion's text of ``size`` characters that counts up (a piece lost or moved shows), and its bytes."""
+    text = "".join(f"{i:09d} " for i in range(size // 10))
+    body = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+    return text, body.encode()
+
+
+def test_a_big_answer_waits_for_its_record_in_a_file_not_in_memory() -> None:
+    """Past tape.SPOOL_AT a non-streamed answer goes to a temporary file as it passes: what the tape holds in memory
+    stays under SPOOL_AT plus one chunk, and the record gets every byte back. Past dataset.max_text it is dropped,
+    file and all, and the record says so."""
+    from mooltiproxy.dataset import tape as tape_module
+    from mooltiproxy.dataset.records import CHAT
+    from mooltiproxy.dataset.tape import Spooled, Tape
+
+    text, body = _big_chat_answer(5 * 1024 * 1024)
+    chunk = 65536
+    tape, held = Tape(CHAT, limit=16 * 1024 * 1024), 0
+    for at in range(0, len(body), chunk):
+        tape.relayed(body[at:at + chunk], False)
+        held = max(held, sum(len(c) for c in tape.relayed_body))
+    assert held <= tape_module.SPOOL_AT + chunk and tape.spool is not None
+    capture = tape.capture(request_id="r", target="t", request={}, status=200, key=None, stream=False, prompt=None, started=0.0,
+                           tried=[])
+    assert isinstance(capture.answer, Spooled) and capture.answer.size == len(body)
+    assert json.loads(capture.answer.read())["choices"][0]["message"]["content"] == text
+
+    small = Tape(CHAT, limit=2 * 1024 * 1024)
+    for at in range(0, len(body), chunk):
+        small.relayed(body[at:at + chunk], False)
+    assert small.spool is None and not small.relayed_body  # nothing kept once past the limit
+    capture = small.capture(request_id="r", target="t", request={}, status=200, key=None, stream=False, prompt=None, started=0.0,
+                            tried=[])
+    assert capture.answer is None and capture.truncated
+
+
+def test_a_big_answers_record_is_built_off_the_event_loop_and_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big answer's record is built on the recorder's own thread while the event loop goes on (here: a timer keeps
+    firing); the exchanges after it wait, so the next turn of the conversation still finds it and links to it."""
+    import mooltiproxy.dataset.recorder as recorder_module
+    from mooltiproxy.dataset.tape import Spooled
+
+    built_on: list[str] = []
+    build = recorder_module.build_with_keys
+
+    def watched(capture: Capture, session: str) -> Any:
+        built_on.append(threading.current_thread().name)
+        if isinstance(capture.request, dict) and capture.request.get("messages", [{}])[0].get("content") == "one" and \
+                len(capture.request["messages"]) == 1:
+            time.sleep(0.2)  # a slow build, to show the loop is not held and the next exchange waits for it
+        return build(capture, session)
+
+    monkeypatch.setattr(recorder_module, "build_with_keys", watched)
+    text, body = _big_chat_answer(2 * 1024 * 1024)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115  (Spooled.read closes it)
+    spool.write(body)
+    first = [{"role": "user", "content": "one"}]
+    second = [*first, {"role": "assistant", "content": text}, {"role": "user", "content": "two"}]
+    recorder = Recorder(JsonlSink(tmp_path, "s"), "s")
+    ticks = 0
+
+    async def run() -> None:
+        nonlocal ticks
+        recorder.start()
+        recorder.submit(Capture(request_id="big", endpoint="/v1/chat/completions", target="t", request={"model": "m", "messages": first},
+                                answer=Spooled(spool, len(body)), key="k"))
+        recorder.submit(Capture(request_id="next", endpoint="/v1/chat/completions", target="t",
+                                request={"model": "m", "messages": second}, key="k", answer={"choices": [
+                                    {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}))
+        for _ in range(30):  # 0.3 s of 10 ms ticks: the big build's 0.2 s must not hold them up
+            await asyncio.sleep(0.01)
+            ticks += 1
+        while len(built_on) < 2:
+            await asyncio.sleep(0.01)
+        recorder.stop()
+
+    started = time.monotonic()
+    asyncio.run(run())
+    assert ticks == 30 and time.monotonic() - started < 1.0
+    assert built_on[0].startswith("mooltiproxy-big-records") and built_on[1] == threading.main_thread().name
+    big, after = [r for f in sorted(tmp_path.glob("*.jsonl")) for r in read_jsonl(f)]
+    assert big["meta"]["request_id"] == "big" and big["conversations"][-1]["value"] == text
+    assert after["meta"]["parent"] == big["id"] and after["meta"]["thread"] == big["id"]
+
+
+def test_a_big_answer_through_the_proxy_is_recorded_whole_and_continued(client: openai.OpenAI, tmp_path: Path) -> None:
+    text, _ = _big_chat_answer(3 * 1024 * 1024)
+    messages: list[Any] = [{"role": "user", "content": "one"}]
+    first = client.chat.completions.create(model="m", messages=messages,
+                                           extra_body={"stub": {"message": {"role": "assistant", "content": text}}})
+    assert first.choices[0].message.content == text
+    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "two"}]
+    client.chat.completions.create(model="m", messages=messages)
+    big, after = records(tmp_path / "datasets", 2)
+    assert big["conversations"][-1]["value"] == text and "truncated" not in big["meta"]
+    assert after["meta"]["parent"] == big["id"] and after["meta"]["thread"] == big["id"]
 
 
 def test_a_dropped_client_leaves_a_cut_short_record(proxy: str, tmp_path: Path) -> None:

@@ -14,6 +14,11 @@ shutdown, held batches go to a local JSONL file when the sink has one (``spill_p
 lost. Every spill and loss is counted and logged loudly, never silent; the request has long succeeded.
 
 Records are linked into conversations as they are built (``linking.Linker``).
+
+One kind is built off the event loop: a big answer (``tape.Spooled``: its bytes in a temporary file). Its record
+alone took 34 ms of the loop for a 10 MB answer (reading, hashing, encoding it), which every request waiting then
+sat through (bench/RESULTS.md, S7). It is built on a thread of its own while the loop serves requests and builds
+nothing else, so records are still linked one at a time and in the order the exchanges ended.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import re
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +40,7 @@ import orjson
 from .linking import Linker
 from .records import Capture, build_with_keys, fit, redact
 from .sinks import Sink, fence
-from .tape import PendingStream
+from .tape import PendingStream, Spooled
 
 log = logging.getLogger("mooltiproxy.dataset")
 
@@ -79,6 +85,7 @@ class Recorder:
         self._scheduled = False
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # encoded batches for the writer thread
         self._thread: threading.Thread | None = None
+        self._big: ThreadPoolExecutor | None = None  # builds big answers' records (see the module's docstring)
         self.linker = Linker()
         self.written = 0
         self.lost = 0
@@ -112,21 +119,46 @@ class Recorder:
             self.linker.known(record)
         self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
+        self._big = ThreadPoolExecutor(1, thread_name_prefix="mooltiproxy-big-records")
         if self._pending:
             self._scheduled = True
             self._loop.call_soon(self._build)
 
-    def _build(self) -> None:
-        """One slice: build and encode a few records, then give the event loop back to requests."""
-        batch = [self._pending.popleft() for _ in range(min(SLICE, len(self._pending)))]
+    def _build(self, inline: bool = False) -> None:
+        """One slice: build and encode a few records, then give the event loop back to requests. A big answer ends
+        the slice and is built on the big records' thread (``inline``: here, as at shutdown)."""
         records: list[dict[str, Any]] = []
-        for capture in batch:
+        big = None
+        for _ in range(min(SLICE, len(self._pending))):
+            capture = self._pending.popleft()
+            if isinstance(capture.answer, Spooled) and not inline and self._big is not None:
+                big = capture
+                break
             records.extend(self._records_of(capture))
+        self._hand_over(records)
+        if big is not None and self._loop is not None and self._big is not None:
+            self._loop.run_in_executor(self._big, self._build_big, big).add_done_callback(self._big_built)
+        elif self._pending and self._loop is not None:
+            self._loop.call_soon(self._build)
+        else:
+            self._scheduled = False
+
+    def _hand_over(self, records: list[dict[str, Any]]) -> None:
+        """Encode records and give them to the writer."""
         if records:
             count, payload = self._encode(records)
             if count:
                 self._outbox.put((count, payload))
-        if self._pending and self._loop is not None:
+
+    def _build_big(self, capture: Capture) -> None:
+        """A big answer's record, on its own thread; the event loop builds nothing meanwhile (the linker is not shared)."""
+        self._hand_over(self._records_of(capture))
+
+    def _big_built(self, done: asyncio.Future[None]) -> None:
+        """Back on the event loop: go on with what waited (``_scheduled`` stayed set, so nothing else started it)."""
+        if not done.cancelled() and done.exception() is not None:
+            log.error("a big answer's record could not be built", exc_info=done.exception())
+        if self._pending and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon(self._build)
         else:
             self._scheduled = False
@@ -135,8 +167,11 @@ class Recorder:
         """Build and write what is queued, then close the sink."""
         if self._thread is None:
             return
+        if self._big is not None:
+            self._big.shutdown(wait=True)  # a big record being built is finished first: it is older than what waits
+            self._big = None
         while self._pending:
-            self._build()
+            self._build(inline=True)
         self._outbox.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -289,6 +324,8 @@ class Recorder:
             capture.answer, why_cut = pending.resolve()
             capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
             capture.truncated = pending.truncated
+        if isinstance(capture.answer, Spooled):
+            capture.answer = capture.answer.read()
         if isinstance(capture.answer, (bytes, bytearray)):
             try:
                 capture.answer = orjson.loads(capture.answer)

@@ -190,8 +190,12 @@ def continuation_keys(messages: Sequence[dict[str, Any]]) -> list[str]:
     return _fingerprints(messages)[2]
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
+def _digest(*parts: bytes) -> str:
+    """The fingerprint of the parts joined (without joining them: an answer can be megabytes)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:32]
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -262,8 +266,8 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "finish_reason": choice.get("finish_reason"),
             "reasoning": message.get("reasoning_content") or message.get("reasoning"),
             "turn": turn,
-            "key": _digest(running + answered),
-            "tail": None if completion or tail is None else _digest(tail + answered),
+            "key": _digest(running, answered),
+            "tail": None if completion or tail is None else _digest(tail, answered),
             "conversation": conversation,
             "user": user,
             "parent": None,

@@ -4,6 +4,7 @@ into records later, by the recorder's writer."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 # batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
 # bytes, 6 KiB more per stream than now (bench/RESULTS.md, S4).
 _PARSE_AT = 2 * 1024
+# A non-streamed answer larger than this is held in an unlinked temporary file until its record is built, not in
+# memory: 100 clients reading 10 MB answers slowly held a gigabyte when the proxy kept them (bench/RESULTS.md, S7).
+SPOOL_AT = 1024 * 1024
 
 CLIENT_LEFT = "the client disconnected"
 
@@ -52,12 +56,28 @@ class PendingStream:
         return self.assembler.answer(), why
 
 
+class Spooled:
+    """A big non-streamed answer's bytes, in a temporary file until the recorder reads them (once)."""
+
+    __slots__ = ("file", "size")
+
+    def __init__(self, file: Any, size: int) -> None:
+        self.file, self.size = file, size
+
+    def read(self) -> bytes:
+        try:
+            self.file.seek(0)
+            return bytes(self.file.read())
+        finally:
+            self.file.close()
+
+
 class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
     __slots__ = ("answer", "delivered", "dialect", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size",
-                 "status", "streamed", "why_cut")
+                 "spool", "status", "streamed", "why_cut")
 
     def __init__(self, endpoint: str, limit: int | None = None, dialect: Dialect | None = None) -> None:
         self.endpoint = endpoint
@@ -67,6 +87,7 @@ class Tape:
         self.reassembler: StreamReassembler | None = None
         self.relayed_body: list[bytes] = []
         self.relayed_size = 0
+        self.spool: Any = None  # a big non-streamed answer's file (SPOOL_AT)
         self.error: str | None = None
         self.status = 0
         self.why_cut: str | None = None
@@ -93,8 +114,19 @@ class Tape:
             # A non-streamed answer is kept whole for the record, up to the limit; past it there is no JSON left
             # to read, and the record says the answer was left out.
             self.relayed_size += len(chunk)
-            if self.limit is None or self.relayed_size <= self.limit:
+            if self.limit is not None and self.relayed_size > self.limit:
+                if self.spool is not None:
+                    self.spool.close()
+                    self.spool = None
+                self.relayed_body.clear()
+            elif self.spool is not None:
+                self.spool.write(chunk)  # to the page cache: microseconds for the 64 KiB a socket read gives at most
+            else:
                 self.relayed_body.append(chunk)
+                if self.relayed_size > SPOOL_AT:
+                    self.spool = tempfile.TemporaryFile(prefix="mooltiproxy-answer-")  # noqa: SIM115  (closed by Spooled.read)
+                    self.spool.writelines(self.relayed_body)
+                    self.relayed_body.clear()
         self.streamed = self.streamed or stream
 
     async def tap(self, events: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
@@ -120,9 +152,15 @@ class Tape:
         truncated = False
         if self.reassembler is not None or self.streamed:
             answer = PendingStream(self._assembler(), b"".join(self.relayed_body), self.why_cut, self.delivered)
-        elif answer is None and self.relayed_body:
+        elif answer is None and self.relayed_size:
             truncated = self.limit is not None and self.relayed_size > self.limit
-            answer = None if truncated else b"".join(self.relayed_body)
+            if truncated:
+                answer = None
+            elif self.spool is not None:
+                answer = Spooled(self.spool, self.relayed_size)
+            else:
+                answer = b"".join(self.relayed_body)
+            self.spool = None
         return Capture(
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,
