@@ -110,3 +110,27 @@ def test_tgi_bodies(proxy: str, body: dict[str, Any], path: str) -> None:
 def test_anything_at_all(proxy: str, content: bytes, index: int) -> None:
     path, target = ENDPOINTS[index]
     post(proxy, path, target, content)
+
+
+def _cut_by_hand(pieces: list[str], stops: list[str]) -> str:
+    """What a stream cut at its first stop string sends: the whole text, up to the first stop string in it."""
+    text = "".join(pieces)
+    ends = [i for i in (text.find(s) for s in stops if s) if i != -1]
+    return text[:min(ends)] if ends else text
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.text(alphabet="ab<>/s[]INST", max_size=6), max_size=12),
+       stops=st.lists(st.text(alphabet="ab<>/s[]INST", min_size=1, max_size=6), max_size=4))
+def test_stop_strings_cut_a_stream_wherever_its_pieces_break(pieces: list[str], stops: list[str]) -> None:
+    """Whatever the pieces and stop strings (overlapping, one inside another, split over pieces), what the cutter
+    lets out is the text up to the first stop string, and nothing of a stop string is ever sent before it is ruled out."""
+    from mooltiproxy.translate.helpers import StopCutter
+
+    cutter = StopCutter(stops)
+    sent = ""
+    for piece in pieces:
+        sent += cutter.feed(piece)
+        assert _cut_by_hand(pieces, stops).startswith(sent)
+    sent += cutter.flush()
+    assert sent == _cut_by_hand(pieces, stops)
