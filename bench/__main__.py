@@ -135,9 +135,11 @@ def main() -> None:
     r.add_argument("--quick", action="store_true", help="short runs for a sanity check (about a minute; PEER only when named)")
     r.add_argument("--rounds", type=int, help="interleaved rounds after the warm-up (at least 3)")
     r.add_argument("--profile", action="store_true", help="also sample the proxy with py-spy during one extra load per scenario")
-    r.add_argument("--client", default="serve", choices=["serve", "serve-gc-default", "aiohttp", "httpx", "httpx-aiohttp"],
+    r.add_argument("--client", default="serve", choices=["serve", "serve-gc-default", "serve-granian", "aiohttp", "httpx",
+                                                                  "httpx-aiohttp"],
                    help="the proxy as run: serve (mooltiproxy serve as shipped), serve-gc-default (the same with Python's default "
-                        "garbage collection), or another upstream client for comparison")
+                        "garbage collection), serve-granian (the same app under granian instead of uvicorn; pip install "
+                        "granian), or another upstream client for comparison")
     r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
     r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
     r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")

@@ -39,12 +39,18 @@ def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream:
     dataset_dir = workdir / f"dataset-{label or variant.name}"
     path = configs.write(configs.config(variant, upstream, dataset_dir, recording, extra_targets), workdir / f"{name}.yaml")
     port = free_port()
+    env = configs.proxy_env()
     if client == "serve":
         argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]
+    elif client == "serve-granian":  # the same app under granian (bench/granian_app.py): one worker, one Rust thread
+        argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--workers", "1",
+                "--runtime-threads", "1", "--runtime-mode", "st", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning", "--no-access-log", "bench.granian_app:app"]
+        env = {**env, "MOOLTIPROXY_BENCH_CONFIG": str(path), "MOOLTIPROXY_BENCH_LOG_LEVEL": log_level}
     else:
         swapped = ["--client", "h1", "--gc", "default"] if client == "serve-gc-default" else ["--client", client]
         argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--log-level", log_level, *swapped]
-    proc = procs.start(name, argv, core=PROXY_CORE, env=configs.proxy_env(), cwd=configs.ROOT)
+    proc = procs.start(name, argv, core=PROXY_CORE, env=env, cwd=configs.ROOT)
     wait_listening(proc, port)
     return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None)
 
