@@ -60,6 +60,10 @@ _STOP = object()
 # Records built per turn of the event loop: each turn delays the requests waiting behind it. At 32 (about
 # 0.4 ms a turn) S1's p99 at half capacity was 3.7–4.6 ms over direct; at 8, 1.9–2.4 ms (bench/RESULTS.md).
 SLICE = 8
+# Records encoded but not yet handed to the writer thread: handed over together once the queue is built or this
+# many have gathered. A hand-over per slice woke the writer (and had it take the interpreter lock from the event
+# loop) up to several hundred times a second under load.
+HAND_OVER_AT = 128
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between attempts at a sink that failed, doubling
 
 
@@ -83,7 +87,9 @@ class Recorder:
         self._pending: deque[Capture] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
-        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # encoded batches for the writer thread
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of encoded batches for the writer thread
+        self._ready: list[tuple[int, Any]] = []  # encoded batches not handed over yet (HAND_OVER_AT)
+        self._ready_count = 0
         self._thread: threading.Thread | None = None
         self._big: ThreadPoolExecutor | None = None  # builds big answers' records (see the module's docstring)
         self.linker = Linker()
@@ -135,24 +141,34 @@ class Recorder:
                 big = capture
                 break
             records.extend(self._records_of(capture))
-        self._hand_over(records)
-        if big is not None and self._loop is not None and self._big is not None:
-            self._loop.run_in_executor(self._big, self._build_big, big).add_done_callback(self._big_built)
-        elif self._pending and self._loop is not None:
-            self._loop.call_soon(self._build)
-        else:
-            self._scheduled = False
-
-    def _hand_over(self, records: list[dict[str, Any]]) -> None:
-        """Encode records and give them to the writer."""
         if records:
             count, payload = self._encode(records)
             if count:
-                self._outbox.put((count, payload))
+                self._ready.append((count, payload))
+                self._ready_count += count
+        more = bool(self._pending) and self._loop is not None
+        if big is not None or not more or self._ready_count >= HAND_OVER_AT:
+            self._hand_over()
+        if big is not None and self._loop is not None and self._big is not None:
+            self._loop.run_in_executor(self._big, self._build_big, big).add_done_callback(self._big_built)
+        elif more:
+            self._loop.call_soon(self._build)  # type: ignore[union-attr]
+        else:
+            self._scheduled = False
+
+    def _hand_over(self) -> None:
+        """Give the writer what is encoded, in one piece."""
+        if self._ready:
+            self._outbox.put(self._ready)
+            self._ready, self._ready_count = [], 0
 
     def _build_big(self, capture: Capture) -> None:
         """A big answer's record, on its own thread; the event loop builds nothing meanwhile (the linker is not shared)."""
-        self._hand_over(self._records_of(capture))
+        records = self._records_of(capture)
+        if records:
+            count, payload = self._encode(records)
+            if count:
+                self._outbox.put([(count, payload)])
 
     def _big_built(self, done: asyncio.Future[None]) -> None:
         """Back on the event loop: go on with what waited (``_scheduled`` stayed set, so nothing else started it)."""
@@ -172,6 +188,7 @@ class Recorder:
             self._big = None
         while self._pending:
             self._build(inline=True)
+        self._hand_over()
         self._outbox.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -206,7 +223,7 @@ class Recorder:
                     self._sync()
                 return
             if item is not None:
-                held.append(item)
+                held.extend(item)
             if not held:
                 pass  # woken to sync, below
             elif time.monotonic() < next_try:
