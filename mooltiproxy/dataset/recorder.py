@@ -15,10 +15,11 @@ lost. Every spill and loss is counted and logged loudly, never silent; the reque
 
 Records are linked into conversations as they are built (``linking.Linker``).
 
-One kind is built off the event loop: a big answer (``tape.Spooled``: its bytes in a temporary file). Its record
-alone took 34 ms of the loop for a 10 MB answer (reading, hashing, encoding it), which every request waiting then
-sat through (bench/RESULTS.md, S7). It is built on a thread of its own while the loop serves requests and builds
-nothing else, so records are still linked one at a time and in the order the exchanges ended.
+A big answer (``tape.Spooled``: its bytes waited in a temporary file) is built alone in its slice: its record
+takes tens of milliseconds (34 ms for 10 MB), and eight of them in one turn held every waiting request for a
+quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead, with the event loop
+building nothing else meanwhile to keep records linked in order, let the queue fill behind a run of big
+records under load, and records were lost; so they stay on the loop.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import re
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +60,10 @@ _STOP = object()
 # Records built per turn of the event loop: each turn delays the requests waiting behind it. At 32 (about
 # 0.4 ms a turn) S1's p99 at half capacity was 3.7–4.6 ms over direct; at 8, 1.9–2.4 ms (bench/RESULTS.md).
 SLICE = 8
+# ... unless captures arrive faster: a slice then builds this fraction of what waits, so the recorder keeps up
+# with any load. With 8 a turn at most, a saturated proxy (60 requests and more a turn) fell behind without end
+# and lost records once dataset.queue was full (bench/RESULTS.md, S2).
+CATCH_UP = 8
 # Records encoded but not yet handed to the writer thread: handed over together once the queue is built or this
 # many have gathered. A hand-over per slice woke the writer (and had it take the interpreter lock from the event
 # loop) up to several hundred times a second under load.
@@ -91,7 +95,6 @@ class Recorder:
         self._ready: list[tuple[int, Any]] = []  # encoded batches not handed over yet (HAND_OVER_AT)
         self._ready_count = 0
         self._thread: threading.Thread | None = None
-        self._big: ThreadPoolExecutor | None = None  # builds big answers' records (see the module's docstring)
         self.linker = Linker()
         self.written = 0
         self.lost = 0
@@ -125,33 +128,32 @@ class Recorder:
             self.linker.known(record)
         self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
-        self._big = ThreadPoolExecutor(1, thread_name_prefix="mooltiproxy-big-records")
+
         if self._pending:
             self._scheduled = True
             self._loop.call_soon(self._build)
 
-    def _build(self, inline: bool = False) -> None:
-        """One slice: build and encode a few records, then give the event loop back to requests. A big answer ends
-        the slice and is built on the big records' thread (``inline``: here, as at shutdown)."""
+    def _build(self) -> None:
+        """One slice: build and encode a few records, then give the event loop back to requests. A big answer is built
+        in a slice of its own (see the module's docstring)."""
         records: list[dict[str, Any]] = []
-        big = None
-        for _ in range(min(SLICE, len(self._pending))):
-            capture = self._pending.popleft()
-            if isinstance(capture.answer, Spooled) and not inline and self._big is not None:
-                big = capture
+        waiting = len(self._pending)
+        for built in range(min(waiting, max(SLICE, waiting // CATCH_UP))):
+            big = isinstance(self._pending[0].answer, Spooled)
+            if big and built:
+                break  # a big answer gets a slice of its own: the next one
+            records.extend(self._records_of(self._pending.popleft()))
+            if big:
                 break
-            records.extend(self._records_of(capture))
         if records:
             count, payload = self._encode(records)
             if count:
                 self._ready.append((count, payload))
                 self._ready_count += count
         more = bool(self._pending) and self._loop is not None
-        if big is not None or not more or self._ready_count >= HAND_OVER_AT:
+        if not more or self._ready_count >= HAND_OVER_AT:
             self._hand_over()
-        if big is not None and self._loop is not None and self._big is not None:
-            self._loop.run_in_executor(self._big, self._build_big, big).add_done_callback(self._big_built)
-        elif more:
+        if more:
             self._loop.call_soon(self._build)  # type: ignore[union-attr]
         else:
             self._scheduled = False
@@ -162,32 +164,12 @@ class Recorder:
             self._outbox.put(self._ready)
             self._ready, self._ready_count = [], 0
 
-    def _build_big(self, capture: Capture) -> None:
-        """A big answer's record, on its own thread; the event loop builds nothing meanwhile (the linker is not shared)."""
-        records = self._records_of(capture)
-        if records:
-            count, payload = self._encode(records)
-            if count:
-                self._outbox.put([(count, payload)])
-
-    def _big_built(self, done: asyncio.Future[None]) -> None:
-        """Back on the event loop: go on with what waited (``_scheduled`` stayed set, so nothing else started it)."""
-        if not done.cancelled() and done.exception() is not None:
-            log.error("a big answer's record could not be built", exc_info=done.exception())
-        if self._pending and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(self._build)
-        else:
-            self._scheduled = False
-
     def stop(self, timeout: float = 30.0) -> None:
         """Build and write what is queued, then close the sink."""
         if self._thread is None:
             return
-        if self._big is not None:
-            self._big.shutdown(wait=True)  # a big record being built is finished first: it is older than what waits
-            self._big = None
         while self._pending:
-            self._build(inline=True)
+            self._build()
         self._hand_over()
         self._outbox.put(_STOP)
         self._thread.join(timeout)
