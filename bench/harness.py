@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -169,6 +170,14 @@ class Harness:
         self._proxies = {k: v for k, v in self._proxies.items() if v is not service}
         if service is self._aiohttp_relay:
             self._aiohttp_relay = None
+
+    @staticmethod
+    def lost_records(service: Service) -> int:
+        """Exchange records a proxy says it lost so far (its recorder logs "N lost since start" when the queue is full or
+        the sink fails), read from its log."""
+        log = service.proc.log
+        found = re.findall(r"(\d+) lost since start", log.read_text(errors="replace")) if log.exists() else []
+        return max((int(n) for n in found), default=0)
 
     def stub_stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.stub.url + "/_stats", timeout=5) as r:

@@ -81,6 +81,9 @@ def run(h: Harness, with_tgi: bool = False) -> Result:
         res.checks.append(Check("recording on / off", h.recording.skipped, "≥ 0.9", None, h.recording.reason))
     bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")
     res.checks.append(Check("failed answers through the proxy", str(bad), "0", bad == 0))
+    if h.recording.available:
+        lost = h.lost_records(h.proxy(h.default_variant(), h.nginx))
+        res.checks.append(Check("exchange records lost, recording on (the proxy's log)", str(lost), "0", lost == 0))
     res.data = {"rounds": {str(c): data[c] for c in CONCURRENCY}, "recording": h.recording.available}
     for key in ("S2-profile", "S2-rec-off-profile"):
         if key in h.cache:

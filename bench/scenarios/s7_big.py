@@ -82,6 +82,7 @@ def run(h: Harness) -> Result:
     proxy = h.proxy(h.default_variant(), h.nginx, fresh="s7", extra_targets=big)
     data = measure(proxy, min(h.s.rounds, ROUNDS))
     h.stop(proxy)
+    lost = h.lost_records(proxy)
     off: dict[str, Any] | None = None
     if h.recording.available:
         off_proxy = h.proxy(Variant("passthrough", False), h.nginx, fresh="s7-off", extra_targets=big)
@@ -133,5 +134,7 @@ def run(h: Harness) -> Result:
         res.checks.append(Check("big answers whole, recording off", f"{r['whole']}/{n}", f"{n}/{n}", r["whole"] == n))
     bad = sum(r["wrk"]["non2xx"] + r["wrk"]["socket_errors"] for r in w + wo)
     res.checks.append(Check("fast clients' failed answers", str(bad), "0", bad == 0))
+    res.checks.append(Check(f"exchange records lost ({rec}; the proxy's log)", str(lost), "0", lost == 0))
     res.data = {"rounds": data, "recording_off": off, "window_s": window, "readers": n, "size": size, "rate": rate}
     return res
+

@@ -69,8 +69,10 @@ def run(h: Harness) -> Result:
     if upstream is None:
         res.lines.append(f"skipped: llama-server is not built here; `{BUILD}` builds it (about 5 min on 2 cores, once)")
         return res
-    urls = {"direct": upstream, "passthrough": h.proxy(Variant("passthrough", h.recording.available), upstream).url,
-            "llamacpp": h.proxy(Variant("llamacpp", h.recording.available), upstream).url}
+    # Proxies of their own (fresh): named like the stub's, they would share its config file, which a running proxy
+    # reloads when it changes, and PEER's slow-upstream proxy would then talk to llama-server.
+    urls = {"direct": upstream, "passthrough": h.proxy(Variant("passthrough", h.recording.available), upstream, fresh="s9").url,
+            "llamacpp": h.proxy(Variant("llamacpp", h.recording.available), upstream, fresh="s9").url}
     duration = max(h.s.sse_s * 2, 3.0)
     measures = {name: (lambda d, url=url: h.sse(url + CHAT_PATH, MASTER_KEY, STREAMS, d, body=BODY, core=PROXY_CORE))
                 for name, url in urls.items()}
