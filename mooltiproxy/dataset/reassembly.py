@@ -8,6 +8,7 @@ reached a ``finish_reason`` (or ``[DONE]`` on a relayed stream) was cut short.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -185,7 +186,7 @@ class Reassembler:
         return answer
 
 
-class _TypedStream:
+class _TypedStream(ABC):
     """What the reassemblers of relayed streams in another API than OpenAI's share: the text budget, the SSE parser,
     and whether the stream's last event (``done``) or an error event came. A subclass reads each event (``add``)."""
 
@@ -210,8 +211,9 @@ class _TypedStream:
             if event is not _DONE:
                 self.add(event)
 
+    @abstractmethod
     def add(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Read one event of the stream into the answer being put back together."""
 
 
 class MessagesReassembler(_TypedStream):
