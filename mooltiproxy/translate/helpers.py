@@ -9,6 +9,7 @@ the OpenAI API allows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -408,6 +409,19 @@ def first_stop(text: str, stops: Sequence[str]) -> tuple[int, str | None]:
     return cut, matched
 
 
+@functools.lru_cache(maxsize=256)
+def _beginnings(stops: tuple[str, ...]) -> dict[str, list[tuple[int, str]]]:
+    """Every proper beginning of the stop strings (length, text), by its last character, longest first: the end of a
+    streamed text is looked up by its last character, so most tokens cost one dict lookup (a tenth of S8's
+    translation time went to trying every beginning of every stop string on every token). Worked out once per set
+    of stop strings (a prompter's are the same on every request)."""
+    ends: dict[str, set[tuple[int, str]]] = {}
+    for stop in stops:
+        for k in range(1, len(stop)):
+            ends.setdefault(stop[k - 1], set()).add((k, stop[:k]))
+    return {c: sorted(found, reverse=True) for c, found in ends.items()}
+
+
 class StopCutter:
     """Streamed text in, text safe to send out: what could still grow into a stop string is held back
     until the next piece decides it, and the stream ends at the first stop string."""
@@ -416,14 +430,7 @@ class StopCutter:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = [s for s in stops if s]
-        # Every proper beginning of a stop string, by its last character, longest first: a piece's end is
-        # looked up by its last character, so most pieces cost one dict lookup (a tenth of S8's translation
-        # time went to trying every beginning of every stop string on every token).
-        ends: dict[str, list[tuple[int, str]]] = {}
-        for stop in self._stops:
-            for k in range(1, len(stop)):
-                ends.setdefault(stop[k - 1], []).append((k, stop[:k]))
-        self._ends = {c: sorted(set(found), reverse=True) for c, found in ends.items()}
+        self._ends = _beginnings(tuple(self._stops))
         self._held = ""
         self.stopped = False
         self.matched: str | None = None  # the stop string the stream ended at
