@@ -93,7 +93,6 @@ class Recorder:
         self._scheduled = False
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of encoded batches for the writer thread
         self._ready: list[tuple[int, Any]] = []  # encoded batches not handed over yet (HAND_OVER_AT)
-        self._ready_count = 0
         self._thread: threading.Thread | None = None
         self.linker = Linker()
         self.written = 0
@@ -128,7 +127,6 @@ class Recorder:
             self.linker.known(record)
         self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
-
         if self._pending:
             self._scheduled = True
             self._loop.call_soon(self._build)
@@ -149,9 +147,8 @@ class Recorder:
             count, payload = self._encode(records)
             if count:
                 self._ready.append((count, payload))
-                self._ready_count += count
         more = bool(self._pending) and self._loop is not None
-        if not more or self._ready_count >= HAND_OVER_AT:
+        if not more or sum(count for count, _ in self._ready) >= HAND_OVER_AT:
             self._hand_over()
         if more:
             self._loop.call_soon(self._build)  # type: ignore[union-attr]
@@ -162,7 +159,7 @@ class Recorder:
         """Give the writer what is encoded, in one piece."""
         if self._ready:
             self._outbox.put(self._ready)
-            self._ready, self._ready_count = [], 0
+            self._ready = []
 
     def stop(self, timeout: float = 30.0) -> None:
         """Build and write what is queued, then close the sink."""
