@@ -18,12 +18,8 @@ local function now()
   return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
 end
 
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench")
-local target = os.getenv("BENCH_TARGET")
-if target then wrk.headers["target"] = target end
-wrk.body = os.getenv("BENCH_BODY") or '{"model":"bench","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
+-- The request itself is post.lua's, from beside this file.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "post.lua")
 
 local out = nil
 local n = 0
