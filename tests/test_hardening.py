@@ -303,7 +303,9 @@ def test_f4_one_odd_record_costs_no_other_and_is_kept_itself(openai_stub: tuple[
         depth += 1
     assert isinstance(node, str) and depth > 60
     assert isinstance(json.loads(node), dict) and '{"type":"string"}' in node  # the innermost level, whole
-    metrics = http.get(url + "/metrics").text
+    deadline = time.monotonic() + 5  # the recorder process reports its counts a moment after it writes
+    while "records_altered_total 1" not in (metrics := http.get(url + "/metrics").text) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "mooltiproxy_dataset_records_lost_total 0" in metrics and "mooltiproxy_dataset_records_altered_total 1" in metrics
 
 

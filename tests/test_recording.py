@@ -34,9 +34,10 @@ Stub = tuple[OpenAIStub, str]
 
 
 
-@pytest.fixture
-def proxy(openai_stub: Stub, start_proxy: ProxyFactory) -> str:
-    return start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}}).url
+@pytest.fixture(params=["process", "loop"])
+def proxy(openai_stub: Stub, start_proxy: ProxyFactory, request: pytest.FixtureRequest) -> str:
+    """The proxy, recording in a process of its own and on its event loop: the same records either way."""
+    return start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"recorder": request.param}}).url
 
 
 @pytest.fixture

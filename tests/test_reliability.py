@@ -215,8 +215,10 @@ def test_metrics_after_a_known_sequence(openai_stub: Stub, start_proxy: ProxyFac
     assert "mooltiproxy_overhead_seconds_count 5" in text
     assert "mooltiproxy_active_streams 0" in text
     assert "mooltiproxy_bans 0" in text
-    time.sleep(0.3)
-    assert "mooltiproxy_dataset_records_written_total 4" in http.get(url + "/metrics").text
+    deadline = time.monotonic() + 5  # the recorder process reports its counts a moment after it writes
+    while "mooltiproxy_dataset_records_written_total 4" not in (text := http.get(url + "/metrics").text) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "mooltiproxy_dataset_records_written_total 4" in text
     for _ in range(2):
         httpx.post(url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer wrong"})
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), headers=AUTH) as elsewhere:

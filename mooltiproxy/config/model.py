@@ -70,6 +70,7 @@ class DatasetConfig:
     fsync: str
     queue: int
     max_text: int
+    recorder: str = "process"  # where records are built: a process of their own, or the proxy's event loop
 
 
 @dataclass(frozen=True)

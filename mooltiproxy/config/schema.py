@@ -226,6 +226,7 @@ SCHEMA = section(
                 vol.Optional("redact", default=[]): list_of(_regex),
                 vol.Optional("fsync", default="interval"): one_of("always", "interval", "never"),
                 vol.Optional("queue", default=10000): integer(min=1),
+                vol.Optional("recorder", default="process"): one_of("process", "loop"),
                 vol.Optional("max_text", default="16MiB"): size,
             },
             what="dataset section",

@@ -32,8 +32,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -54,6 +55,35 @@ def new_session() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
 
 
+
+def settle(capture: Capture) -> None:
+    """A streamed answer put back together, and whether the stream was cut short (the rest of a capture is data)."""
+    if isinstance(capture.answer, PendingStream):
+        pending = capture.answer
+        capture.answer, why_cut = pending.resolve()
+        capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
+        capture.truncated = pending.truncated
+
+
+class Recording(Protocol):
+    """What the proxy records through: this module's ``Recorder`` (records built on the event loop) or
+    ``process.ProcessRecorder`` (built in a process of their own), side by side, chosen by ``dataset.recorder``."""
+
+    sink: Sink
+
+    def submit(self, capture: Capture) -> None: ...
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 30.0) -> None: ...
+    @property
+    def written(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def spilled(self) -> int: ...
+    @property
+    def altered(self) -> int: ...
+    @property
+    def held(self) -> int: ...
 
 
 _STOP = object()
@@ -95,6 +125,8 @@ class Recorder:
         self._ready: list[tuple[int, Any]] = []  # encoded batches not handed over yet (HAND_OVER_AT)
         self._thread: threading.Thread | None = None
         self.linker = Linker()
+        self.built = 0  # records encoded for the writer
+        self.on_written: Callable[[], object] | None = None  # called by the writer thread after each round of writing
         self.written = 0
         self.lost = 0
         self.spilled = 0
@@ -120,14 +152,18 @@ class Recorder:
     # --------------------------------------------------------------------- building (event loop)
 
     def start(self) -> None:
-        """Open the sink and start the writer; call from the event loop that will submit."""
-        self._loop = asyncio.get_running_loop()
+        """Open the sink and start the writer; call from the event loop that will submit (or, in a recorder process,
+        from the thread that will ``take``)."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: records are built when they are taken
+            self._loop = None
         self.sink.open()
         for record in self.sink.session_records():
             self.linker.known(record)
         self._thread = threading.Thread(target=self._write_loop, name="mooltiproxy-recorder", daemon=True)
         self._thread.start()
-        if self._pending:
+        if self._pending and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._build)
 
@@ -147,6 +183,7 @@ class Recorder:
             count, payload = self._encode(records)
             if count:
                 self._ready.append((count, payload))
+                self.built += count
         more = bool(self._pending) and self._loop is not None
         if not more or sum(count for count, _ in self._ready) >= HAND_OVER_AT:
             self._hand_over()
@@ -154,6 +191,14 @@ class Recorder:
             self._loop.call_soon(self._build)  # type: ignore[union-attr]
         else:
             self._scheduled = False
+
+    def take(self, captures: list[Capture]) -> None:
+        """Build these exchanges' records now, on this thread, and hand them to the writer (a recorder process's way in:
+        it has no requests to give its time back to)."""
+        self._pending.extend(captures)
+        while self._pending:
+            self._build()
+        self._hand_over()
 
     def _hand_over(self) -> None:
         """Give the writer what is encoded, in one piece."""
@@ -222,6 +267,8 @@ class Recorder:
                 self._spill(count, payload, f"more than dataset.queue ({self.queue_size}) records waited for {self.sink.where} "
                                             f"({self._failure})")
             self.held = held_records
+            if self.on_written is not None:
+                self.on_written()
             now = time.monotonic()
             if self._unsynced and (self.fsync == "always" or (self.fsync == "interval" and now - last_sync >= self.sync_every)):
                 self._sync()
@@ -315,11 +362,7 @@ class Recorder:
         return len(good), self.sink.encode(good) if good else None
 
     def _records(self, capture: Capture) -> list[dict[str, Any]]:
-        if isinstance(capture.answer, PendingStream):
-            pending = capture.answer
-            capture.answer, why_cut = pending.resolve()
-            capture.cut_short, capture.cut_reason = why_cut is not None, why_cut
-            capture.truncated = pending.truncated
+        settle(capture)
         if isinstance(capture.answer, Spooled):
             capture.answer = capture.answer.read()
         if isinstance(capture.answer, (bytes, bytearray)):

@@ -64,6 +64,13 @@ class Capture:
     client: str = ""  # the client's address: only to tell a regeneration from a stranger's same opening; never recorded
 
 
+class RecordOnly(dict[str, Any]):
+    """A chunk for the dataset's record and not for the client: the stream's usage when the client did not ask for
+    it (``stream_options.include_usage``). The recorder reads it; the proxy never sends it."""
+
+    __slots__ = ()
+
+
 def text_of(content: Any) -> str:
     if content is None:
         return ""

@@ -10,9 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProxyError
-from ..translate.helpers import RecordOnly
 from .reassembly import Reassembler, StreamReassembler
-from .records import COMPLETION, Capture
+from .records import COMPLETION, Capture, RecordOnly
 
 if TYPE_CHECKING:
     from ..backends.spec import Dialect

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from ..config.model import Config
 from ..dataset.places import make_sink
-from ..dataset.recorder import Recorder, new_session
+from ..dataset.process import ProcessRecorder, recorder_spec
+from ..dataset.recorder import Recorder, Recording, new_session
 from ..guard.bans import BanLedger
 from ..guard.limits import RateLimits
 from ..proxy.cooldowns import Cooldowns
@@ -50,8 +51,10 @@ class Runtime:
         self.live.state = self.state
         self.session = dataset.session or new_session()
         sink = make_sink(dataset.sink, dataset.dir, self.session, dataset.dsn)
-        self.recorder = None
-        if sink is not None:
+        self.recorder: Recording | None = None
+        if sink is not None and dataset.recorder == "process":
+            self.recorder = ProcessRecorder(sink, self.session, recorder_spec(dataset, self.session), queue_size=dataset.queue)
+        elif sink is not None:
             self.recorder = Recorder(sink, self.session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue)
         self.metrics = Metrics(dataset.dir / "metrics")
         recorder = self.recorder

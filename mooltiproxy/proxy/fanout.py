@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..translate.helpers import RecordOnly
+from ..dataset.records import RecordOnly
 
 _END = object()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.types import Receive, Scope, Send
 
 from ..config.model import ServerConfig
-from ..dataset.recorder import Recorder
+from ..dataset.recorder import Recording
 from ..dataset.tape import CLIENT_LEFT, Tape
 from ..errors import MethodNotAllowed, ProxyError
 from ..http.bodies import parse_json, read_body
@@ -37,7 +37,7 @@ _OWN_PATHS = {"/health": "GET", "/metrics": "GET"}
 
 
 class Pipeline:
-    def __init__(self, client: Callable[[], UpstreamClient], server: ServerConfig, *, recorder: Recorder | None = None,
+    def __init__(self, client: Callable[[], UpstreamClient], server: ServerConfig, *, recorder: Recording | None = None,
                  record_errors: bool = False, cooldowns: Cooldowns | None = None, metrics: Metrics | None = None,
                  max_text: int | None = None) -> None:
         metrics = metrics or Metrics(None)

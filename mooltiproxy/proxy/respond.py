@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
+from ..dataset.records import RecordOnly
 from ..errors import ProxyError, UpstreamError
 from ..http.bodies import upstream_json
 from ..ops.metrics import Metrics
 from ..routing.targets import Route
 from ..translate import sse, toolcalls
-from ..translate.helpers import RecordOnly, stream_of
+from ..translate.helpers import stream_of
 from ..translate.mapping import MapContext, call_mapper, run_stream_mapper
 from ..upstream.client import UpstreamResponse, response_headers
 from .attempts import Answer, Spread

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..dataset.records import RecordOnly as RecordOnly  # mappers found it here
 from ..errors import MappingError
 from .mapping import Fanout, MapContext
 from .prompting import render_chat
@@ -252,13 +253,6 @@ def answer(ctx: MapContext, kind: str, choices: Sequence[tuple[str, str] | tuple
     if use is not None:
         result["usage"] = use
     return result
-
-
-class RecordOnly(dict[str, Any]):
-    """A chunk for the dataset's record and not for the client: the stream's usage when the client did not ask for
-    it (``stream_options.include_usage``). The recorder reads it; the proxy never sends it."""
-
-    __slots__ = ()
 
 
 class Chunks:

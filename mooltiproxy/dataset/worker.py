@@ -1,0 +1,107 @@
+"""The recorder process's main (``python -m mooltiproxy.dataset.worker``, started by ``process.ProcessRecorder``): an
+ordinary ``Recorder`` fed the frames the proxy sends on standard input, reporting its counts on standard output.
+
+The first line in is the dataset's settings as JSON (never on the command line: the DSN may hold a password). Each
+report out is a JSON line of the counts, with ``done``: how many exchanges sent so far are settled (their records
+written, spilled or counted lost), which is how the proxy knows what a recorder process that died had not written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from ..ops.logs import flush_logs, setup_logging
+from .places import make_sink
+from .recorder import Recorder
+from .wire import Closed, installed_dialects, receive
+
+REPORT_EVERY = 0.1  # seconds between reports while the counts change
+
+
+class Reports:
+    """The counts, told to the proxy whenever they changed (a thread), and once more at the end."""
+
+    def __init__(self, recorder: Recorder, out: BinaryIO) -> None:
+        self.recorder, self.out = recorder, out
+        self.frames: deque[tuple[int, int]] = deque()  # (records built up to this frame's end, its exchanges)
+        self.done = 0
+        self.last: bytes = b""
+        self.lock = threading.Lock()
+        self.ended = threading.Event()
+
+    def took(self, exchanges: int) -> None:
+        with self.lock:
+            self.frames.append((self.recorder.built, exchanges))
+
+    def tell(self) -> None:
+        r = self.recorder
+        with self.lock:
+            settled = r.written + r.spilled + r.lost
+            while self.frames and self.frames[0][0] <= settled:
+                self.done += self.frames.popleft()[1]
+            line = orjson.dumps({"written": r.written, "lost": r.lost, "spilled": r.spilled, "altered": r.altered, "held": r.held,
+                                 "done": self.done}) + b"\n"
+            if line != self.last and not self.out.closed:
+                self.last = line
+                try:
+                    self.out.write(line)
+                    self.out.flush()
+                except OSError:  # the proxy is gone (killed): nobody to tell, and everything sent is still written
+                    with contextlib.suppress(OSError):
+                        self.out.close()
+
+    def run(self) -> None:
+        while not self.ended.wait(REPORT_EVERY):
+            self.tell()
+
+
+def main() -> int:
+    # The proxy ends this process by closing the pipe, after sending everything; a signal meant for the proxy's
+    # process group must not cut it short.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    spec: dict[str, Any] = orjson.loads(stdin.readline())
+    setup_logging(spec.get("log_level", "info"), spec.get("log_format", "text"))
+    sink = make_sink(spec["sink"], Path(spec["dir"]), spec["session"], spec.get("dsn"))
+    assert sink is not None
+    recorder = Recorder(sink, spec["session"], redact=spec.get("redact", ()), fsync=spec.get("fsync", "interval"),
+                        queue_size=spec.get("queue", 10_000))
+    recorder.start()
+    reports = Reports(recorder, stdout)
+    recorder.on_written = reports.tell  # what is written is told at once: the proxy counts the rest lost if this process dies
+    reports.tell()  # the first report: ready
+    reporter = threading.Thread(target=reports.run, name="mooltiproxy-recorder-reports", daemon=True)
+    reporter.start()
+    dialects = functools.cache(installed_dialects)
+    code = 0
+    try:
+        while True:
+            captures = receive(stdin, dialects)
+            recorder.take(captures)
+            reports.took(len(captures))
+    except Closed as exc:
+        if exc.args:
+            print(f"mooltiproxy recorder: {exc}", file=sys.stderr)
+            code = 1
+    finally:
+        recorder.stop()
+        reports.ended.set()
+        reporter.join()
+        reports.tell()
+        flush_logs(wait=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
