@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
               f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}", flush=True)
         with pinned(LOAD_CORE), Procs(workdir / "logs") as procs:
             try:
-                h = Harness(settings, procs, workdir, profile=args.profile, client=args.client, log_level=args.log_level)
+                h = Harness(settings, procs, workdir, profile=args.profile, client=args.client, log_level=args.log_level,
+                            recorder_core=LOAD_CORE if args.recorder_core == "load" else None)
                 recording = {"available": h.recording.available, "reason": h.recording.reason}
                 if not h.recording.available:
                     print(f"recording: not available in this build ({h.recording.reason})", flush=True)
@@ -140,6 +141,9 @@ def main() -> None:
                    help="the proxy as run: serve (mooltiproxy serve as shipped), serve-gc-default (the same with Python's default "
                         "garbage collection), serve-granian (the same app under granian instead of uvicorn; pip install "
                         "granian), or another upstream client for comparison")
+    r.add_argument("--recorder-core", default="load", choices=["load", "proxy"],
+                   help="where a recording proxy's recorder process runs: the load core (default; S2 also measures it on the "
+                        "proxy's core) or the proxy's core")
     r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
     r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
     r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")

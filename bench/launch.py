@@ -7,12 +7,13 @@ only ``bench/proxy.py`` can plug in.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import configs
-from .procs import LOAD_CORE, PROXY_CORE, Proc, Procs, free_port, wait_listening
+from .procs import LOAD_CORE, PROXY_CORE, Proc, Procs, free_port, recorder_process, wait_listening
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Service:
     proc: Proc
     key: str = configs.MASTER_KEY
     dataset_dir: Path | None = None
+    recorder: int | None = None  # the pid of its recorder process, when it records in one
 
 
 def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Service:
@@ -34,7 +36,10 @@ def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Servi
 
 
 def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream: str, recording: configs.Recording, *,
-                client: str = "serve", log_level: str = "info", label: str = "", extra_targets: dict[str, str] | None = None) -> Service:
+                client: str = "serve", log_level: str = "info", label: str = "", extra_targets: dict[str, str] | None = None,
+                recorder_core: int | None = None) -> Service:
+    """A proxy on the proxy's core. Its recorder process (recording on) starts there too, as a child of a pinned process;
+    ``recorder_core`` moves it to that core instead."""
     name = f"mooltiproxy-{label or variant.name}"
     dataset_dir = workdir / f"dataset-{label or variant.name}"
     path = configs.write(configs.config(variant, upstream, dataset_dir, recording, extra_targets), workdir / f"{name}.yaml")
@@ -52,7 +57,10 @@ def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream:
         argv = [sys.executable, "-m", "bench.proxy", "--config", str(path), "--port", str(port), "--log-level", log_level, *swapped]
     proc = procs.start(name, argv, core=PROXY_CORE, env=env, cwd=configs.ROOT)
     wait_listening(proc, port)
-    return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None)
+    recorder = recorder_process(proc.pid, timeout=5.0) if variant.recording else None
+    if recorder is not None and recorder_core is not None:
+        os.sched_setaffinity(recorder, {recorder_core})
+    return Service(name, f"http://127.0.0.1:{port}", proc, dataset_dir=dataset_dir if variant.recording else None, recorder=recorder)
 
 
 def relay(procs: Procs, upstream: str) -> Service:

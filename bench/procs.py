@@ -202,3 +202,19 @@ def pinned(core: int) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+def recorder_process(pid: int, timeout: float = 10.0) -> int | None:
+    """The recorder process a proxy started (``dataset.recorder: process``), or None when it has none (Linux /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in task.read_text().split():
+                try:
+                    if b"mooltiproxy.dataset.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        return int(child)
+                except OSError:
+                    continue
+        time.sleep(0.05)
+    return None
+

@@ -6,10 +6,12 @@ figures taken side by side.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..configs import MASTER_KEY, Variant
 from ..harness import Check, Harness, Measure, Result, at_least, fmt_spread
+from ..procs import cpu_seconds
 from ..stats import paired, spread
 
 CONCURRENCY = (8, 128)
@@ -21,6 +23,9 @@ def proxies(h: Harness, with_tgi: bool) -> dict[str, tuple[str, str]]:
     out["proxy"] = (h.proxy(h.default_variant(), h.nginx).url, MASTER_KEY)
     if h.recording.available:
         out["proxy-rec-off"] = (h.proxy(Variant("passthrough", False), h.nginx).url, MASTER_KEY)
+        if h.recorder_core is not None and h.proxy(h.default_variant(), h.nginx).recorder is not None:
+            # The recorder process on the proxy's core too: what recording costs when the proxy has one core in all.
+            out["proxy-one-core"] = (h.proxy(h.default_variant(), h.nginx, one_core=True).url, MASTER_KEY)
     if with_tgi:
         out["tgi"] = (h.proxy(h.default_variant("tgi"), h.nginx).url, MASTER_KEY)
     return out
@@ -30,6 +35,8 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
     if "S2" in h.cache and ("tgi" in h.cache["S2"][8] or not with_tgi):
         return dict(h.cache["S2"])
     targets = proxies(h, with_tgi)
+    recorder = h.proxy(h.default_variant(), h.nginx).recorder
+    cpu_before = cpu_seconds(recorder) if recorder is not None else 0.0
     data = {}
     for c in CONCURRENCY:
         measures: dict[str, Measure] = {
@@ -37,6 +44,10 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
         }
         data[c] = h.rounds(measures, h.s.wrk_s, warmup=None if c == CONCURRENCY[0] else 0)
     h.cache["S2"] = data
+    if recorder is not None:
+        time.sleep(0.5)  # the last exchanges recorded
+        exchanges = sum(r["requests"] for c in CONCURRENCY for r in data[c]["proxy"])
+        h.cache["S2-recorder-cpu"] = {"cpu_s": cpu_seconds(recorder) - cpu_before, "exchanges": exchanges}
     proxy_url = targets["proxy"][0]
     h.cache["capacity"] = max(spread([r["rps"] for r in data[c]["proxy"]])["median"] for c in CONCURRENCY)
     prof = h.profiled(h.proxy(h.default_variant(), h.nginx), "S2-c128", lambda: h.wrk(proxy_url, MASTER_KEY, 128, h.profile_s))
@@ -74,9 +85,17 @@ def run(h: Harness, with_tgi: bool = False) -> Result:
     res.checks.append(at_least(f"proxy req/s on one core (c={best}, {rec})", spread(rps(data[best]["proxy"])), 4000, "", 0))
     res.checks.append(at_least("c128 / c8", paired(rps(data[128]["proxy"]), rps(data[8]["proxy"]), "/"), 0.9))
     if h.recording.available:
+        where = " (recorder process on the load core)" if "proxy-one-core" in data[8] else ""
         for c in CONCURRENCY:
             ratio = paired(rps(data[c]["proxy"]), rps(data[c]["proxy-rec-off"]), "/")
-            res.checks.append(at_least(f"recording on / off (c={c})", ratio, 0.9))
+            res.checks.append(at_least(f"recording on / off (c={c}){where}", ratio, 0.9))
+        for c in CONCURRENCY if "proxy-one-core" in data[8] else ():
+            ratio = paired(rps(data[c]["proxy-one-core"]), rps(data[c]["proxy-rec-off"]), "/")
+            res.lines.append(f"recording on / off (c={c}), the recorder process on the proxy's core too: {fmt_spread(ratio)}")
+        if "S2-recorder-cpu" in h.cache:
+            cpu = h.cache["S2-recorder-cpu"]
+            per = cpu["cpu_s"] / cpu["exchanges"] * 1e6 if cpu["exchanges"] else 0.0
+            res.lines.append(f"recorder process: {cpu['cpu_s']:.1f} s of CPU for {cpu['exchanges']} exchanges, {per:.1f} µs each")
     else:
         res.checks.append(Check("recording on / off", h.recording.skipped, "≥ 0.9", None, h.recording.reason))
     bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")

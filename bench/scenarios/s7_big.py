@@ -15,6 +15,7 @@ Three rounds, not five: a ``with`` round lasts the 10 s read, and the scenario s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -59,7 +60,9 @@ def run(h: Harness) -> Result:
         h.stub_idle()
         quiet(pid)
         before = rss_bytes(pid)
-        with RssSampler(pid) as rss:
+        with RssSampler(pid) as rss, contextlib.ExitStack() as more:
+            # The recorder process (dataset.recorder: process) holds what it builds: its memory is reported beside.
+            recorder = more.enter_context(RssSampler(svc.recorder)) if svc.recorder is not None else None
             readers = h.start_load({**spec, "url": f"{svc.url}{CHAT_PATH}?size={size}&ttft=0"})
             time.sleep(LEAD_S)
             w = fast(svc, window)
@@ -67,7 +70,8 @@ def run(h: Harness) -> Result:
             quiet(pid)  # the records of the big answers are built: their memory counts too
         early, late = (rss.at(SPREAD_S + f * read_s) for f in (0.4, 0.9))
         return {"wrk": w, "readers": r, "rss_before": before, "rss_peak": rss.peak, "rss_after": rss.last, "rss_early": early,
-                "rss_late": late}
+                "rss_late": late, "recorder_before": recorder.baseline if recorder else None,
+                "recorder_peak": recorder.peak if recorder else None}
 
     def measure(svc: Service, rounds: int) -> dict[str, Any]:
         h.wrk(svc.url, MASTER_KEY, FAST, 2)  # warm-up: pools, caches, the stub's answer built
@@ -115,6 +119,9 @@ def run(h: Harness) -> Result:
                      f"{sp(per, ' MB')} per slow reader; {sp([(r['rss_early'] - fresh) / MB for r in w], ' MB', 1)} 40 % into the read, "
                      f"{sp([(r['rss_late'] - fresh) / MB for r in w], ' MB', 1)} 90 % into it; {(w[-1]['rss_after'] - fresh) / MB:.1f} MB "
                      f"still held after the last round")
+    if w[0].get("recorder_peak") is not None:
+        res.lines.append(f"recorder process RSS {w[0]['recorder_before'] / MB:.1f} MB before a round; peak growth "
+                         f"{sp([(r['recorder_peak'] - r['recorder_before']) / MB for r in w], ' MB', 1)}")
     res.checks.append(Check("big answers whole (length and SHA-256)", f"{whole}/{asked}", f"{asked}/{asked}", whole == asked))
     res.checks.append(at_most(f"fast clients' p99 beside the readers − alone (c={FAST}, {rec})",
                               paired([_p(r) for r in w], [_p(r) for r in wo], "-"), 2, " ms"))
