@@ -185,3 +185,49 @@ def test_a_sink_the_recorder_process_cannot_open_stops_the_proxys_start(openai_s
                           env={**os.environ, "MOOLTIPROXY_KEY": KEY}, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "IsADirectoryError" in done.stderr and "the recorder process could not open" in done.stderr
+
+
+def test_a_recorder_process_that_falls_behind_slows_the_proxy_and_loses_nothing(
+        openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past half of dataset.queue waiting to be sent, new requests wait until the recorder process has caught up: the
+    proxy runs at the pace of its recording, as the in-process recorder makes it, and no record is lost."""
+    url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"queue": 40}}).url
+    (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
+    chat(url, "warm")
+    records(tmp_path / "datasets", 1)
+    os.kill(recorder, signal.SIGSTOP)  # it takes nothing in: the pipe fills (big prompts), then the queue
+    prompt = "x" * 60_000
+    done: list[int] = []
+
+    def one(i: int) -> None:
+        answer = http.post(url + "/v1/chat/completions", json={**BODY, "messages": [{"role": "user", "content": f"{i} {prompt}"}]},
+                           timeout=60)
+        done.append(answer.status_code)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(80)]
+        wait_for(lambda: any("new requests wait for it to catch up" in r.getMessage() for r in caplog.records), 20,
+                 "the proxy to say it waits for the recorder")
+        time.sleep(0.5)
+        held = len(done)
+        assert held < 80  # the rest wait
+        time.sleep(0.5)
+        assert len(done) == held  # and stay waiting while the recorder process cannot take anything
+        os.kill(recorder, signal.SIGCONT)
+        for future in futures:
+            future.result(timeout=60)
+    assert done == [200] * 80
+    assert len(records(tmp_path / "datasets", 81, timeout=20)) == 81
+    wait_for(lambda: metric(url, "mooltiproxy_dataset_records_written_total") == 81, 10, "every record written")
+    assert metric(url, "mooltiproxy_dataset_records_lost_total") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
+def test_the_recorder_process_runs_only_when_the_proxy_does_not_need_the_core(start_proxy: ProxyFactory, openai_stub: Stub) -> None:
+    start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
+    (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
+    threads = [int(t.name) for t in Path(f"/proc/{recorder}/task").iterdir()]
+    assert len(threads) >= 3  # reading the pipe, writing the sink, reporting
+    assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}

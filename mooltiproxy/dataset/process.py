@@ -76,6 +76,11 @@ class ProcessRecorder:
         self._before: dict[str, int] = {}  # earlier recorder processes' final counts, summed
         self._lost_here = 0
         self._last_loss_log = 0.0
+        self.behind = False  # too many exchanges wait to be sent: new requests wait (back-pressure)
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        self._resuming = False
+        self._last_behind_log = 0.0
 
     # --------------------------------------------------------------------- counts (the recorder process's, summed)
 
@@ -106,13 +111,40 @@ class ProcessRecorder:
 
     def submit(self, capture: Capture) -> None:
         """Hand over an exchange; never blocks, never raises."""
-        if len(self._pending) + self._queued >= self.queue_size:
+        waiting = len(self._pending) + self._queued
+        if waiting >= self.queue_size:
             self._lose(1, "the recording queue is full (the recorder process is slower than the traffic)")
             return
         self._pending.append(capture)
+        if waiting + 1 >= self.queue_size // 2 and not self.behind:
+            self._fall_behind(waiting + 1)
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_later(LINGER, self._send)
+
+    # --------------------------------------------------------------------- back-pressure
+
+    def _fall_behind(self, waiting: int) -> None:
+        """Half of ``dataset.queue`` waits: new exchanges wait to start until the recorder process has caught up (to a
+        quarter), so the proxy runs at the pace of its recording instead of losing records. (The in-process recorder
+        gets this by itself: it builds on the same core the requests need.)"""
+        self.behind = True
+        self._caught_up.clear()
+        now = time.monotonic()
+        if now - self._last_behind_log >= 1.0:
+            self._last_behind_log = now
+            log.warning("the recorder process is %d exchanges behind: new requests wait for it to catch up", waiting)
+
+    def _check_caught_up(self) -> None:
+        """The writer thread sent a frame: on the event loop, see whether waiting requests may go on."""
+        self._resuming = False
+        if self.behind and len(self._pending) + self._queued <= self.queue_size // 4:
+            self.behind = False
+            self._caught_up.set()
+
+    async def caught_up(self) -> None:
+        """Wait while the recorder process is behind (``behind``)."""
+        await self._caught_up.wait()
 
     def _send(self) -> None:
         """What gathered, pickled in one frame for the writer thread."""
@@ -222,6 +254,9 @@ class ProcessRecorder:
             finally:
                 with self._lock:
                     self._queued -= count
+                if self.behind and not self._resuming and self._loop is not None:
+                    self._resuming = True
+                    self._loop.call_soon_threadsafe(self._check_caught_up)
             self._sent_now += count
 
     def _finish(self) -> None:

@@ -70,8 +70,10 @@ class Recording(Protocol):
     ``process.ProcessRecorder`` (built in a process of their own), side by side, chosen by ``dataset.recorder``."""
 
     sink: Sink
+    behind: bool  # new exchanges should wait for ``caught_up`` before they start
 
     def submit(self, capture: Capture) -> None: ...
+    async def caught_up(self) -> None: ...
     def start(self) -> None: ...
     def stop(self, timeout: float = 30.0) -> None: ...
     @property
@@ -126,6 +128,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self.linker = Linker()
         self.built = 0  # records encoded for the writer
+        self.behind = False  # never: built on the event loop, records take their turn with the requests
         self.on_written: Callable[[], object] | None = None  # called by the writer thread after each round of writing
         self.written = 0
         self.lost = 0
@@ -191,6 +194,9 @@ class Recorder:
             self._loop.call_soon(self._build)  # type: ignore[union-attr]
         else:
             self._scheduled = False
+
+    async def caught_up(self) -> None:
+        return None
 
     def take(self, captures: list[Capture]) -> None:
         """Build these exchanges' records now, on this thread, and hand them to the writer (a recorder process's way in:

@@ -8,7 +8,6 @@ dataset, and one dataset session chosen before they start.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import inspect
 import json
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ..config.model import Config, ServerConfig
+from ..ops.collector import tune_collector
 
 if TYPE_CHECKING:
     from ..app import ProxyApp
@@ -52,17 +52,6 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
                              max_per_address=server.max_connections_per_ip, exempt=server.trusted_proxies, **options)
 
 
-def tune_runtime() -> None:
-    """Garbage collection for a server: what exists after startup is frozen out of every collection, and the
-    young generation is collected every 50 000 allocations instead of every 700. A request allocates a few
-    hundred short-lived objects; with the default, the collector runs several times per request's worth of
-    traffic, and the proxy answers about a tenth fewer requests per second (bench/RESULTS.md, "Garbage
-    collection")."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def _stop_cleanly() -> None:
     # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler makes a
     # requested stop end the process with status 0, as a clean shutdown should.
@@ -75,7 +64,7 @@ def run(app: Any, server: ServerConfig, *, tune: bool = True, **overrides: Any) 
     ``tune=False`` keeps Python's default garbage collection (the benchmark's comparison)."""
     _stop_cleanly()
     if tune:
-        tune_runtime()
+        tune_collector()
     uvicorn.Server(uvicorn_config(app, server, **overrides)).run()
 
 
@@ -113,7 +102,7 @@ def worker_app() -> ProxyApp:
                      dataset=replace(config.dataset, session=spec["session"]))
     logging.getLogger("mooltiproxy").info("worker %d ready", os.getpid())
     app = create_app(config)
-    tune_runtime()
+    tune_collector()
     return app
 
 

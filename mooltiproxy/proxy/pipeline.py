@@ -71,6 +71,8 @@ class Pipeline:
         if plan.pending:
             plan = await planning.complete(plan, info, path, self.served.of)
         tape = Tape(plan.recorded_as, self.max_text, plan.dialect) if plan.recorded_as else None
+        if tape is not None and self.recorder is not None and self.recorder.behind:
+            await self.recorder.caught_up()  # the recording is a promise: the proxy slows to its pace, loses none
         await self._guarded(plan, Exchange(info, scope, tape), receive, send)
 
     async def _guarded(self, plan: Plan, ex: Exchange, receive: Receive, send: Send) -> None:
