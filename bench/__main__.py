@@ -141,9 +141,9 @@ def main() -> None:
                    help="the proxy as run: serve (mooltiproxy serve as shipped), serve-gc-default (the same with Python's default "
                         "garbage collection), serve-granian (the same app under granian instead of uvicorn; pip install "
                         "granian), or another upstream client for comparison")
-    r.add_argument("--recorder-core", default="load", choices=["load", "proxy"],
-                   help="where a recording proxy's recorder process runs: the load core (default; S2 also measures it on the "
-                        "proxy's core) or the proxy's core")
+    r.add_argument("--recorder-core", default="proxy", choices=["proxy", "load"],
+                   help="where a recording proxy's recorder process runs: the proxy's core (default: one core in all; S2 also "
+                        "measures it on the load core, a spare core) or the load core")
     r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
     r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
     r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")

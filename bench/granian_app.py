@@ -15,7 +15,7 @@ from typing import Any
 
 from mooltiproxy import load
 from mooltiproxy.app import create_app
-from mooltiproxy.http.server import tune_runtime
+from mooltiproxy.ops.collector import tune_collector
 from mooltiproxy.ops.logs import setup_logging
 
 CONFIG_ENV = "MOOLTIPROXY_BENCH_CONFIG"
@@ -26,5 +26,5 @@ def app() -> Any:
     """Called by granian in its worker process."""
     setup_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
     built = create_app(load(os.environ[CONFIG_ENV]))
-    tune_runtime()
+    tune_collector()
     return built

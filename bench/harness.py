@@ -100,7 +100,7 @@ def at_least(label: str, s: dict[str, Any], limit: float, unit: str = "", digits
 
 class Harness:
     def __init__(self, settings: Settings, procs: Procs, workdir: Path, *, profile: bool = False, client: str = "serve",
-                 log_level: str = "info", recorder_core: int | None = LOAD_CORE) -> None:
+                 log_level: str = "info", recorder_core: int | None = None) -> None:
         self.s = settings
         self.recorder_core = recorder_core  # where a proxy's recorder process runs: None, the proxy's own core
         self.procs = procs
@@ -150,21 +150,21 @@ class Harness:
         return Variant(kind, self.recording.available)
 
     def proxy(self, variant: Variant, upstream: str, *, fresh: str = "", client: str | None = None,
-              log_level: str | None = None, extra_targets: dict[str, str] | None = None, one_core: bool = False) -> Service:
+              log_level: str | None = None, extra_targets: dict[str, str] | None = None, spare_core: bool = False) -> Service:
         """A running mooltiproxy for ``variant`` in front of ``upstream``; ``fresh`` names a new, separate instance.
         ``client`` and ``log_level`` override the run's ``--client`` and ``--log-level`` for this one; ``extra_targets``
         (name → URL) are pass-through targets beside the default, picked by a ``target`` header (give such a proxy a
-        ``fresh`` name). ``one_core`` keeps its recorder process on the proxy's core whatever ``--recorder-core`` says."""
+        ``fresh`` name). ``spare_core`` runs its recorder process on the load core whatever ``--recorder-core`` says."""
         client = client or self.client
         log_level = log_level or self.log_level
         extra = (f"-{client}" if client != self.client else "") + (f"-log-{log_level}" if log_level != self.log_level else "")
-        extra += "-one-core" if one_core and self.recorder_core is not None else ""
+        extra += "-spare-core" if spare_core and self.recorder_core is None else ""
         key = f"{variant.name}{extra}@{upstream}{'#' + fresh if fresh else ''}"
         if key not in self._proxies:
             label = f"{variant.name}{extra}-{'nginx' if upstream == self._nginx else 'stub'}{'-' + fresh if fresh else ''}"
             self._proxies[key] = launch.mooltiproxy(self.procs, self.workdir, variant, upstream, self.recording, client=client,
                                                     log_level=log_level, label=label, extra_targets=extra_targets,
-                                                    recorder_core=None if one_core else self.recorder_core)
+                                                    recorder_core=LOAD_CORE if spare_core else self.recorder_core)
         return self._proxies[key]
 
     def stop(self, service: Service) -> None:

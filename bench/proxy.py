@@ -3,7 +3,7 @@
     python -m bench.proxy --config FILE --port P --client h1|aiohttp|httpx|httpx-aiohttp [--gc tuned|default]
 
 ``mooltiproxy serve`` uses its own HTTP/1.1 client (mooltiproxy/h1.py) and tuned garbage collection
-(server.tune_runtime); ``--client`` swaps the first, ``--gc default`` undoes the second. Logging is set
+(ops/collector.py); ``--client`` swaps the first, ``--gc default`` undoes the second. Logging is set
 up as ``serve`` sets it up, so an access line per request costs the same in every variant.
 """
 
