@@ -1,5 +1,9 @@
-"""Recording every exchange without slowing any: a bounded queue, records built in small slices on
-the event loop, one thread for the disk.
+"""Recording every exchange: a bounded queue, records built in small slices on an event loop, one thread for
+the disk.
+
+This ``Recorder`` runs in two places: in the recorder process (``process.py``, ``dataset.recorder: process``, the
+default), fed what the proxy sends it and building records as they come (``take``); or in the proxy itself
+(``dataset.recorder: loop``), where it works as follows.
 
 The pipeline hands over a ``Capture`` (references, no copies) and moves on. Every ``LINGER`` seconds
 the event loop turns what has gathered into records — linked to the earlier exchange each continues,

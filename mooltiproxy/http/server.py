@@ -65,7 +65,10 @@ def run(app: Any, server: ServerConfig, *, tune: bool = True, **overrides: Any) 
     _stop_cleanly()
     if tune:
         tune_collector()
-    uvicorn.Server(uvicorn_config(app, server, **overrides)).run()
+    served = uvicorn.Server(uvicorn_config(app, server, **overrides))
+    served.run()
+    if not served.started:  # the app's startup failed (its error is logged above): not a clean exit, whatever the version
+        raise SystemExit(3)  # uvicorn's own code for a failed startup
 
 
 def run_workers(config: Config, workers: int, *, log_level: str, log_format: str) -> None:
