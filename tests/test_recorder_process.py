@@ -228,6 +228,8 @@ def test_a_recorder_process_that_falls_behind_slows_the_proxy_and_loses_nothing(
 def test_the_recorder_process_runs_only_when_the_proxy_does_not_need_the_core(start_proxy: ProxyFactory, openai_stub: Stub) -> None:
     start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
     (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
-    threads = [int(t.name) for t in Path(f"/proc/{recorder}/task").iterdir()]
-    assert len(threads) >= 3  # reading the pipe, writing the sink, reporting
-    assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
+    def threads() -> list[int]:
+        return [int(t.name) for t in Path(f"/proc/{recorder}/task").iterdir()]
+
+    wait_for(lambda: len(threads()) >= 3, 10, "its threads: reading the pipe, writing the sink, reporting")
+    assert {os.sched_getscheduler(t) for t in threads()} == {os.SCHED_IDLE}
