@@ -4,11 +4,13 @@ killed, when a terminal's Ctrl-C reaches both — every exchange written, or cou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +68,25 @@ def chat(url: str, text: str) -> None:
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the recorder process in /proc")
 
 
+@pytest.fixture
+def stop_process() -> Iterator[Callable[[int], None]]:
+    """SIGSTOP a process for the test; it runs again when the test ends, passed or failed. Listed after ``start_proxy``
+    in a test's arguments, it is torn down first: the proxy's stop waits for its recorder process to finish."""
+    stopped: list[int] = []
+
+    def stop(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    yield stop
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_a_recorder_process_that_dies_is_replaced_and_what_it_had_not_written_is_counted_lost(
-        openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        stop_process: Callable[[int], None]) -> None:
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}}).url
     (first,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
     for i in range(3):
@@ -76,7 +95,7 @@ def test_a_recorder_process_that_dies_is_replaced_and_what_it_had_not_written_is
     wait_for(lambda: metric(url, "mooltiproxy_dataset_records_written_total") == 3, 5, "the written count")
 
     # Stopped, it takes nothing more in: these three wait in the pipe, sent but not written, when it is killed.
-    os.kill(first, signal.SIGSTOP)
+    stop_process(first)
     for i in range(3):
         chat(url, f"unwritten {i}")
     time.sleep(0.3)  # sent into the pipe
@@ -115,14 +134,15 @@ def serve(tmp_path: Path, config: dict[str, Any]) -> tuple[subprocess.Popen[str]
 
 
 @pytest.mark.parametrize("how", ["SIGINT to the process group", "SIGTERM to the process group", "SIGKILL to the proxy"])
-def test_every_exchange_handed_over_is_written_however_the_proxy_ends(openai_stub: Stub, tmp_path: Path, how: str) -> None:
+def test_every_exchange_handed_over_is_written_however_the_proxy_ends(openai_stub: Stub, tmp_path: Path, how: str,
+                                                                      stop_process: Callable[[int], None]) -> None:
     proc, url = serve(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
     try:
         (recorder,) = wait_for(lambda: recorder_processes(proc.pid), 10, "the recorder process")
         chat(url, "exchange 0")
         records(tmp_path / "datasets", 1)  # the recorder process is up and running
         # Stopped, the recorder process has written none of these when the proxy ends.
-        os.kill(recorder, signal.SIGSTOP)
+        stop_process(recorder)
         for i in range(1, 20):
             chat(url, f"exchange {i}")
         time.sleep(0.3)  # handed over: in the pipe
@@ -188,14 +208,15 @@ def test_a_sink_the_recorder_process_cannot_open_stops_the_proxys_start(openai_s
 
 
 def test_a_recorder_process_that_falls_behind_slows_the_proxy_and_loses_nothing(
-        openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        stop_process: Callable[[int], None]) -> None:
     """Past half of dataset.queue waiting to be sent, new requests wait until the recorder process has caught up: the
     proxy runs at the pace of its recording, as the in-process recorder makes it, and no record is lost."""
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"queue": 40}}).url
     (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
     chat(url, "warm")
     records(tmp_path / "datasets", 1)
-    os.kill(recorder, signal.SIGSTOP)  # it takes nothing in: the pipe fills (big prompts), then the queue
+    stop_process(recorder)  # it takes nothing in: the pipe fills (big prompts), then the queue
     prompt = "x" * 60_000
     done: list[int] = []
 
