@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -95,15 +96,16 @@ def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return proxy_factory(stack, tmp_path, monkeypatch)
 
 
-def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict[str, str] | None = None
-                  ) -> tuple[subprocess.Popen[str], str]:
-    """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health."""
+def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict[str, str] | None = None,
+                  new_session: bool = False) -> tuple[subprocess.Popen[str], str]:
+    """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health.
+    ``new_session``: in a process group of its own, as a terminal starts it (Ctrl-C signals the group whole)."""
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), *args],
                             env={**os.environ, "MOOLTIPROXY_KEY": KEY, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -113,6 +115,21 @@ def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict
         except httpx.TransportError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
+
+
+def metric(url: str, name: str) -> float:
+    """A gauge or counter without labels from the proxy's /metrics (0 when it is not there)."""
+    found = re.search(rf"^{name} (\S+)$", http.get(url + "/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``check()`` held; fails the test saying ``what`` did not happen within ``timeout``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def write_certificates(folder: Path) -> None:

@@ -26,7 +26,7 @@ from mooltiproxy.ops.metrics import MAX_SERIES, Metrics
 from mooltiproxy.translate.sse import SSEParser
 from mooltiproxy.upstream.h1 import H1Client
 
-from .conftest import AUTH, KEY, ProxyFactory, http
+from .conftest import AUTH, KEY, ProxyFactory, http, metric, wait_for
 from .servers import serve
 from .stubs.raw_upstream import raw_server
 
@@ -303,9 +303,9 @@ def test_f4_one_odd_record_costs_no_other_and_is_kept_itself(openai_stub: tuple[
         depth += 1
     assert isinstance(node, str) and depth > 60
     assert isinstance(json.loads(node), dict) and '{"type":"string"}' in node  # the innermost level, whole
-    deadline = time.monotonic() + 5  # the recorder process reports its counts a moment after it writes
-    while "records_altered_total 1" not in (metrics := http.get(url + "/metrics").text) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the recorder process reports its counts a moment after it writes
+    wait_for(lambda: metric(url, "mooltiproxy_dataset_records_altered_total") == 1, 5, "the altered record counted")
+    metrics = http.get(url + "/metrics").text
     assert "mooltiproxy_dataset_records_lost_total 0" in metrics and "mooltiproxy_dataset_records_altered_total 1" in metrics
 
 

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from .conftest import KEY, ProxyFactory, http
+from .conftest import KEY, ProxyFactory, http, metric, proxy_process, wait_for
 from .dataset_kit import records
 from .servers import free_port
 from .stubs.openai_upstream import OpenAIStub
@@ -45,19 +44,14 @@ def recorder_processes(parent: int) -> list[int]:
     return found
 
 
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.05)
-    return value
+def recorder_process(parent: int, other_than: int | None = None) -> int:
+    """The one recorder process ``parent`` runs (not ``other_than``), once it is there."""
+    def found() -> list[int]:
+        return [pid for pid in recorder_processes(parent) if pid != other_than]
 
-
-def metric(url: str, name: str) -> float:
-    for line in http.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} is not in /metrics")
+    wait_for(lambda: bool(found()), 10, "the recorder process")
+    (pid,) = found()
+    return pid
 
 
 def chat(url: str, text: str) -> None:
@@ -88,7 +82,7 @@ def test_a_recorder_process_that_dies_is_replaced_and_what_it_had_not_written_is
         openai_stub: Stub, start_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         stop_process: Callable[[int], None]) -> None:
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}}).url
-    (first,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
+    first = recorder_process(os.getpid())
     for i in range(3):
         chat(url, f"before {i}")
     records(tmp_path / "datasets", 3)
@@ -104,8 +98,7 @@ def test_a_recorder_process_that_dies_is_replaced_and_what_it_had_not_written_is
     assert any("LOST 3 exchange record(s): the recorder process ended with code -9 before writing them" in r.getMessage()
                for r in caplog.records)
 
-    (second,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "a new recorder process")
-    assert second != first
+    recorder_process(os.getpid(), other_than=first)  # a new one
     for i in range(2):
         chat(url, f"after {i}")
     written = records(tmp_path / "datasets", 5)
@@ -114,31 +107,13 @@ def test_a_recorder_process_that_dies_is_replaced_and_what_it_had_not_written_is
     assert metric(url, "mooltiproxy_dataset_records_lost_total") == 3
 
 
-def serve(tmp_path: Path, config: dict[str, Any]) -> tuple[subprocess.Popen[str], str]:
-    """``mooltiproxy serve`` as a terminal starts it: in a process group of its own, which Ctrl-C signals whole."""
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port)],
-                            env={**os.environ, "MOOLTIPROXY_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url + "/health")
-            return proc, url
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-
-
 @pytest.mark.parametrize("how", ["SIGINT to the process group", "SIGTERM to the process group", "SIGKILL to the proxy"])
 def test_every_exchange_handed_over_is_written_however_the_proxy_ends(openai_stub: Stub, tmp_path: Path, how: str,
                                                                       stop_process: Callable[[int], None]) -> None:
-    proc, url = serve(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
+    # As a terminal starts it: in a process group of its own, which Ctrl-C signals whole.
+    proc, url = proxy_process(tmp_path, {"targets": {"default": "a", "a": {"url": openai_stub[1]}}}, new_session=True)
     try:
-        (recorder,) = wait_for(lambda: recorder_processes(proc.pid), 10, "the recorder process")
+        recorder = recorder_process(proc.pid)
         chat(url, "exchange 0")
         records(tmp_path / "datasets", 1)  # the recorder process is up and running
         # Stopped, the recorder process has written none of these when the proxy ends.
@@ -213,7 +188,7 @@ def test_a_recorder_process_that_falls_behind_slows_the_proxy_and_loses_nothing(
     """Past half of dataset.queue waiting to be sent, new requests wait until the recorder process has caught up: the
     proxy runs at the pace of its recording, as the in-process recorder makes it, and no record is lost."""
     url = start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}, "dataset": {"queue": 40}}).url
-    (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
+    recorder = recorder_process(os.getpid())
     chat(url, "warm")
     records(tmp_path / "datasets", 1)
     stop_process(recorder)  # it takes nothing in: the pipe fills (big prompts), then the queue
@@ -248,7 +223,7 @@ def test_a_recorder_process_that_falls_behind_slows_the_proxy_and_loses_nothing(
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
 def test_the_recorder_process_runs_only_when_the_proxy_does_not_need_the_core(start_proxy: ProxyFactory, openai_stub: Stub) -> None:
     start_proxy({"targets": {"default": "a", "a": {"url": openai_stub[1]}}})
-    (recorder,) = wait_for(lambda: recorder_processes(os.getpid()), 10, "the recorder process")
+    recorder = recorder_process(os.getpid())
     def threads() -> list[int]:
         return [int(t.name) for t in Path(f"/proc/{recorder}/task").iterdir()]
 

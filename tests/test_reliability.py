@@ -22,7 +22,7 @@ import yaml
 
 from mooltiproxy.dataset.sinks import read_jsonl
 
-from .conftest import AUTH, KEY, ProxyFactory, http, proxy_process
+from .conftest import AUTH, KEY, ProxyFactory, http, metric, proxy_process, wait_for
 from .dataset_kit import records
 from .servers import free_port, read_answer
 from .stubs.openai_upstream import OpenAIStub
@@ -215,10 +215,8 @@ def test_metrics_after_a_known_sequence(openai_stub: Stub, start_proxy: ProxyFac
     assert "mooltiproxy_overhead_seconds_count 5" in text
     assert "mooltiproxy_active_streams 0" in text
     assert "mooltiproxy_bans 0" in text
-    deadline = time.monotonic() + 5  # the recorder process reports its counts a moment after it writes
-    while "mooltiproxy_dataset_records_written_total 4" not in (text := http.get(url + "/metrics").text) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "mooltiproxy_dataset_records_written_total 4" in text
+    # the recorder process reports its counts a moment after it writes
+    wait_for(lambda: metric(url, "mooltiproxy_dataset_records_written_total") == 4, 5, "four records written")
     for _ in range(2):
         httpx.post(url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer wrong"})
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), headers=AUTH) as elsewhere:

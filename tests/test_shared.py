@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import KEY, http, proxy_process
+from .conftest import KEY, http, metric, proxy_process, wait_for
 from .services import PostgresServer, RedisServer
 from .stubs.openai_upstream import OpenAIStub
 
@@ -101,19 +101,6 @@ def output(tmp_path: Path, index: int) -> str:
 
 def from_(address: str, key: str = KEY) -> dict[str, str]:
     return {"authorization": f"Bearer {key}", "x-forwarded-for": address}
-
-
-def metric(url: str, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)$", http.get(url + "/metrics").text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what} within {timeout} s"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 # ------------------------------------------------------------------------------------ Redis
