@@ -35,7 +35,7 @@ import orjson
 from ..backends.spec import Dialect
 from ..config.model import DatasetConfig
 from ..ops.logs import JSONFormatter
-from .recorder import LINGER, settle
+from .recorder import LINGER, Complaints, settle
 from .records import Capture
 from .sinks import Sink
 from .tape import Spooled
@@ -75,12 +75,11 @@ class ProcessRecorder:
         self._counts: dict[str, int] = {}  # the running recorder process's latest report
         self._before: dict[str, int] = {}  # earlier recorder processes' final counts, summed
         self._lost_here = 0
-        self._last_loss_log = 0.0
+        self._complain = Complaints()
         self.behind = False  # too many exchanges wait to be sent: new requests wait (back-pressure)
         self._caught_up = asyncio.Event()
         self._caught_up.set()
         self._resuming = False
-        self._last_behind_log = 0.0
 
     # --------------------------------------------------------------------- counts (the recorder process's, summed)
 
@@ -130,10 +129,8 @@ class ProcessRecorder:
         gets this by itself: it builds on the same core the requests need.)"""
         self.behind = True
         self._caught_up.clear()
-        now = time.monotonic()
-        if now - self._last_behind_log >= 1.0:
-            self._last_behind_log = now
-            log.warning("the recorder process is %d exchanges behind: new requests wait for it to catch up", waiting)
+        self._complain("behind", f"the recorder process is {waiting} exchanges behind: new requests wait for it to catch up",
+                       logging.WARNING)
 
     def _check_caught_up(self) -> None:
         """The writer thread sent a frame: on the event loop, see whether waiting requests may go on."""
@@ -306,10 +303,7 @@ class ProcessRecorder:
 
     def _lose(self, n: int, why: str) -> None:
         self._lost_here += n
-        now = time.monotonic()
-        if now - self._last_loss_log >= 1.0:  # loud, but not a line per request under a flood
-            self._last_loss_log = now
-            log.error("LOST %d exchange record(s): %s. %d lost since start.", n, why, self.lost)
+        self._complain("lost", f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.")
 
 
 # JSON a client sent is at most 1024 levels deep (orjson's limit); pickling recurses a few frames per level.

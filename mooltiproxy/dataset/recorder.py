@@ -69,6 +69,20 @@ def settle(capture: Capture) -> None:
         capture.truncated = pending.truncated
 
 
+class Complaints:
+    """Log lines of each kind at most once a second: loud when records are lost or held, but not a line per request
+    under a flood. Both recorders' (and the recorder process's) way of saying so."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def __call__(self, kind: str, message: str, level: int = logging.ERROR) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -1.0e9) >= 1.0:
+            self._last[kind] = now
+            log.log(level, "%s", message)
+
+
 class Recording(Protocol):
     """What the proxy records through: this module's ``Recorder`` (records built on the event loop) or
     ``process.ProcessRecorder`` (built in a process of their own), side by side, chosen by ``dataset.recorder``."""
@@ -142,7 +156,7 @@ class Recorder:
         self._failure = ""  # the sink's last error, for the messages
         self._unsynced = False  # written since the last fsync (the writer thread's): synced within SYNC_EVERY even when all goes quiet
         self.syncs = 0
-        self._last_loss_log: dict[str, float] = {}
+        self._complain = Complaints()
 
     # --------------------------------------------------------------------- the request side
 
@@ -293,8 +307,8 @@ class Recorder:
                 self.sink.write(payload)
             except Exception as exc:
                 self._failure = str(exc) or type(exc).__name__
-                self._complain(f"the dataset could not be written to {self.sink.where} ({exc}); "
-                               f"{sum(c for c, _ in held)} record(s) held, trying again")
+                self._complain("held", f"the dataset could not be written to {self.sink.where} ({exc}); "
+                                       f"{sum(c for c, _ in held)} record(s) held, trying again")
                 return False
             held.popleft()
             self.written += count
@@ -319,8 +333,8 @@ class Recorder:
             self._lose(count, "write", f"{why}, and {path} could not take them either ({exc})")
             return
         self.spilled += count
-        self._complain(f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
-                       f"{self.spilled} spilled since start; the dataset commands read that file too", kind="spill")
+        self._complain("spill", f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
+                                f"{self.spilled} spilled since start; the dataset commands read that file too")
 
     def _records_of(self, capture: Capture) -> list[dict[str, Any]]:
         """The exchange's records. One the recorder cannot build as it came (JSON nested deeper than a record can
@@ -398,10 +412,4 @@ class Recorder:
 
     def _lose(self, n: int, kind: str, why: str) -> None:
         self.lost += n
-        self._complain(f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.", kind=kind)
-
-    def _complain(self, message: str, kind: str = "held") -> None:
-        now = time.monotonic()
-        if now - self._last_loss_log.get(kind, 0.0) >= 1.0:  # loud, but not a line per request under a flood
-            self._last_loss_log[kind] = now
-            log.error("%s", message)
+        self._complain(kind, f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.")
