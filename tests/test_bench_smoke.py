@@ -68,7 +68,7 @@ def test_micro_timings_run_every_step() -> None:
     run = subprocess.run([sys.executable, "-m", "bench.micro", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("µs per call") and len(lines) == 11
+    assert lines[0].startswith("µs per call") and len(lines) == 12
     assert all(float(line.rsplit(maxsplit=1)[1]) > 0 for line in lines[1:])
 
 
