@@ -205,12 +205,12 @@ class Recorder:
             if count:
                 self._ready.append((count, payload))
                 self.built += count
-        more = bool(self._pending) and self._loop is not None
+        more = bool(self._pending)
         if not more or sum(count for count, _ in self._ready) >= HAND_OVER_AT:
             self._hand_over()
-        if more:
-            self._loop.call_soon(self._build)  # type: ignore[union-attr]
-        else:
+        if more and self._loop is not None:
+            self._loop.call_soon(self._build)
+        else:  # done, or ``take`` builds the rest
             self._scheduled = False
 
     async def caught_up(self) -> None:
