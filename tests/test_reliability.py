@@ -215,6 +215,7 @@ def test_metrics_after_a_known_sequence(openai_stub: Stub, start_proxy: ProxyFac
     assert "mooltiproxy_overhead_seconds_count 5" in text
     assert "mooltiproxy_active_streams 0" in text
     assert "mooltiproxy_bans 0" in text
+    assert "mooltiproxy_dataset_recorder_core_seconds_total 0" in text  # it had a core of its own (or idle time)
     # the recorder process reports its counts a moment after it writes
     wait_for(lambda: metric(url, "mooltiproxy_dataset_records_written_total") == 4, 5, "four records written")
     for _ in range(2):

@@ -35,6 +35,7 @@ import orjson
 from ..backends.spec import Dialect
 from ..config.model import DatasetConfig
 from ..ops.logs import JSONFormatter
+from .pacing import CpuState, Pacer, cpu_state
 from .recorder import LINGER, Complaints, settle
 from .records import Capture
 from .sinks import Sink
@@ -80,6 +81,7 @@ class ProcessRecorder:
         self._caught_up = asyncio.Event()
         self._caught_up.set()
         self._resuming = False
+        self.pacer = Pacer(self._unrecorded, self._recorder_cpu)
 
     # --------------------------------------------------------------------- counts (the recorder process's, summed)
 
@@ -119,7 +121,7 @@ class ProcessRecorder:
             self._fall_behind(waiting + 1)
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
-            self._loop.call_later(LINGER, self._send)
+            self._loop.call_later(LINGER, self._send_and_pace)
 
     # --------------------------------------------------------------------- back-pressure
 
@@ -150,6 +152,20 @@ class ProcessRecorder:
         self._pending.clear()
         if captures:
             self._hand(captures)
+
+    def _send_and_pace(self) -> None:
+        """The event loop's turn: send what gathered, and share the core if the recorder process waits for it."""
+        self._send()
+        assert self._loop is not None
+        self.pacer.poke(self._loop)
+
+    def _unrecorded(self) -> int:
+        """Exchanges handed to the writer thread or the recorder process and not yet recorded."""
+        return self._queued + self._sent_now - self._counts.get("done", 0)
+
+    def _recorder_cpu(self) -> CpuState | None:
+        proc = self._proc
+        return cpu_state(proc.pid) if proc is not None else None
 
     def _hand(self, captures: list[Capture]) -> None:
         for capture in captures:

@@ -40,6 +40,8 @@ HELP = {
                                                              "JSONL file instead."),
     "mooltiproxy_dataset_records_altered_total": ("counter", "Dataset records written with a part that could not be written as it "
                                                              "was (nested too deep, say) kept as text; meta.altered says what."),
+    "mooltiproxy_dataset_recorder_core_seconds_total": ("counter", "Seconds the proxy paused to give its core to the recorder "
+                                                        "process, which was behind and waiting for it: give it a core of its own."),
     "mooltiproxy_dataset_records_held": ("gauge", "Dataset records waiting for a sink that failed, to be tried again."),
     "mooltiproxy_bans": ("gauge", "Addresses banned now."),
     "mooltiproxy_state_up": ("gauge", "Whether the shared state (Redis) is reachable: 1, or 0 while this instance runs on its own state."),

@@ -63,6 +63,9 @@ class Runtime:
                                ("spilled_total", lambda: recorder.spilled), ("altered_total", lambda: recorder.altered),
                                ("held", lambda: recorder.held)):
                 self.metrics.gauges[f"mooltiproxy_dataset_records_{name}"] = read
+        if isinstance(recorder, ProcessRecorder):
+            pacer = recorder.pacer
+            self.metrics.gauges["mooltiproxy_dataset_recorder_core_seconds_total"] = lambda: pacer.given
         self._tasks: list[asyncio.Task[None]] = []
         self._unwatch: Callable[[], object] = lambda: None
 

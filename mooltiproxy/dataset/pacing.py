@@ -1,0 +1,108 @@
+"""Sharing one core with the recorder process: when it is behind and waits for the core the proxy holds, the event
+loop gives the core away in short, regular slices.
+
+The recorder process runs under ``SCHED_IDLE`` (``worker.idle_priority``): on a core the proxy saturates it gets no
+time at all, falls behind, and back-pressure (``ProcessRecorder.behind``) then stops new requests until it has caught
+up — one long stretch that only the requests arriving in it pay: FAIR's p99/p50 went from 1.27× to 3.90× (bench/
+RESULTS.md). Paid in slices of a few milliseconds every 20, the same work is spread over every request. (Slices of
+up to 2 ms every 5 cost more of the saturated proxy's throughput: both processes refill their caches after each
+switch.) Where the recorder process has a core of its own it never waits for one, and nothing here sleeps.
+
+Linux only (``/proc/<pid>/stat`` and ``/proc/<pid>/schedstat``: whether its building thread is runnable, on which
+core's queue, and the CPU time it has had); elsewhere the recorder process runs at normal priority and the operating
+system shares the core by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+TICK = 0.02  # seconds between looks while the recorder process is behind: the longest a request waits for a slice
+BEHIND = 64  # exchanges handed over and not yet recorded before the proxy looks at all (a frame holds up to ~130)
+STARVED = 0.5  # runnable, yet it ran less than this share of the last tick: it waits for a core, not on a disk
+PER_EXCHANGE = 5e-6  # seconds of slice per exchange behind: a quarter of one's cost, so it is still busy as a slice ends
+MAX_SLICE = 0.008  # at most 40 % of the core; beyond that back-pressure takes over
+
+
+class CpuState(NamedTuple):
+    runnable: bool  # running or waiting for a core (not sleeping, not waiting on a disk)
+    ran: int  # nanoseconds of CPU it has had
+    cpu: int  # the core it runs on, or whose queue it waits in
+
+
+def cpu_state(pid: int, thread: str = "") -> CpuState | None:
+    """The main thread of ``pid`` (the one that builds records), or ``/proc/thread-self`` with ``thread="self"``; None
+    where Linux does not say (or the process is gone).
+
+    Runnable and not running is the only sign of waiting for a core that is up to date: the run-queue delay in
+    ``schedstat`` is added only once a waiting thread gets the core."""
+    where = "/proc/thread-self" if thread == "self" else f"/proc/{pid}"
+    try:
+        with open(f"{where}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        with open(f"{where}/schedstat", "rb") as f:
+            ran = int(f.read().split(None, 1)[0])
+        return CpuState(fields[0] == b"R", ran, int(fields[36]))  # state is stat's 3rd field, the core its 39th
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def here() -> int | None:
+    """The core this thread runs on."""
+    state = cpu_state(0, "self")
+    return state.cpu if state is not None else None
+
+
+class Pacer:
+    """Looks every ``TICK`` while ``behind()`` exchanges exceed ``BEHIND``; when the recorder process waits in this
+    core's queue and ran less than half of the last tick, sleeps on the event loop for a slice that grows with how far
+    behind it is."""
+
+    def __init__(self, behind: Callable[[], int], probe: Callable[[], CpuState | None], *,
+                 sleep: Callable[[float], None] = time.sleep, core: Callable[[], int | None] = here) -> None:
+        """``probe``: the recorder process's ``cpu_state`` (None while there is none to look at); ``core``: this one."""
+        self._behind = behind
+        self._probe = probe
+        self._sleep = sleep
+        self._core = core
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False
+        self._able = here() is not None  # whether this platform says
+        self._last = (0, 0)  # (monotonic ns, its CPU ns) at the last look
+        self.slices = 0  # given, and their seconds: for tests and /metrics
+        self.given = 0.0
+
+    def poke(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called as exchanges are handed over: start looking if the recorder process is behind."""
+        if self._armed or not self._able or self._behind() <= BEHIND:
+            return
+        state = self._probe()
+        if state is None:
+            return
+        self._loop, self._armed, self._last = loop, True, (time.monotonic_ns(), state.ran)
+        loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        behind = self._behind()
+        state = self._probe() if behind > BEHIND else None
+        if state is None:
+            self._armed = False
+            return
+        now, ran = time.monotonic_ns(), state.ran
+        then, ran_then = self._last
+        # Waiting in another core's queue, the core this one gives away would not reach it.
+        if state.runnable and ran - ran_then < STARVED * (now - then) and state.cpu == self._core():
+            give = min(MAX_SLICE, behind * PER_EXCHANGE)
+            # Blocking on purpose: the core is what the recorder process needs, and an await would hand it to the next
+            # request instead. One sleep, not steps that look whether it is done: each look takes the core back, and
+            # both processes refill their caches after every switch (bench/RESULTS.md: steps cost throughput).
+            self._sleep(give)
+            self.slices += 1
+            self.given += give
+            now, ran = time.monotonic_ns(), (self._probe() or state).ran
+        self._last = (now, ran)
+        assert self._loop is not None
+        self._loop.call_later(TICK, self._tick)
