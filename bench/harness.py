@@ -182,6 +182,14 @@ class Harness:
         found = re.findall(r"(\d+) lost since start", log.read_text(errors="replace")) if log.exists() else []
         return max((int(n) for n in found), default=0)
 
+    @staticmethod
+    def core_given(service: Service) -> float:
+        """Seconds a recording proxy has so far paused to give its core to its recorder process (its /metrics)."""
+        req = urllib.request.Request(service.url + "/metrics", headers={"authorization": f"Bearer {configs.MASTER_KEY}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            found = re.search(r"^mooltiproxy_dataset_recorder_core_seconds_total (\S+)$", r.read().decode(), re.M)
+        return float(found.group(1)) if found else 0.0
+
     def stub_stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.stub.url + "/_stats", timeout=5) as r:
             return dict(json.load(r))

@@ -65,13 +65,14 @@ def run_pacer(recorder: Recorder, seconds: float = 0.25) -> Pacer:
 @linux
 def test_a_starved_recorder_process_gets_slices_that_grow_with_its_backlog() -> None:
     given = {}
-    for behind in (200, 100_000):
+    some = pacing.BEHIND + 100
+    for behind in (some, 100_000):
         recorder = Recorder(behind, True, 0.0)
         pacer = run_pacer(recorder)
         assert pacer.slices >= 5  # a look every TICK (20 ms) over a quarter of a second
         assert pacer.given == pytest.approx(sum(recorder.slept)) and len(recorder.slept) == pacer.slices
         given[behind] = pacer.given / pacer.slices
-    assert given[200] == pytest.approx(200 * pacing.PER_EXCHANGE, rel=0.3)  # a slice as long as the backlog asks…
+    assert given[some] == pytest.approx(some * pacing.PER_EXCHANGE, rel=0.3)  # a slice as long as the backlog asks…
     assert given[100_000] == pytest.approx(pacing.MAX_SLICE, rel=0.3)  # …up to a cap
 
 

@@ -40,7 +40,11 @@ def run(h: Harness) -> Result:
         return lambda d: h.wrk(svc.url, MASTER_KEY, C, d, raw=True)
 
     measures = {name: load(svc) for name, svc in svcs.items()}
+    recording = {name: svc for name, svc in svcs.items() if svc.dataset_dir is not None}
+    given = {name: h.core_given(svc) for name, svc in recording.items()}
     data = h.rounds(measures, h.s.wrk_s)
+    for name, svc in recording.items():
+        res.lines.append(f"{name} paused {h.core_given(svc) - given[name]:.2f} s in all to give its core to its recorder process")
     for name in ("log-warning", "gc-default", "relay"):
         h.stop(svcs[name])  # idle, but not left on the proxy's core for the scenarios after this one
 

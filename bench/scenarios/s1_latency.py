@@ -35,11 +35,14 @@ def measure(h: Harness, rates: list[float]) -> dict[float, dict[str, list[dict[s
         if rate in data:
             continue
         warm = 1.0 if not data else 0
+        given = h.core_given(proxy) if h.recording.available else 0.0
         data[rate] = h.rounds({
             "direct": lambda d, rate=rate: h.openloop(h.nginx + CHAT_PATH, MASTER_KEY, rate, d),
             "proxy": lambda d, rate=rate: h.openloop(proxy.url + CHAT_PATH, MASTER_KEY, rate, d, capture=HEADER),
             "floor": lambda d, rate=rate: h.openloop(h.relay + CHAT_PATH, MASTER_KEY, rate, d),
         }, h.s.openloop_s, warmup=warm)
+        if h.recording.available:
+            h.cache.setdefault("S1-core-given", {})[rate] = h.core_given(proxy) - given
     return {r: data[r] for r in rates}
 
 
@@ -74,6 +77,9 @@ def run(h: Harness) -> Result:
         f99 = paired(col(f, "latency_ms", "p99"), col(d, "latency_ms", "p99"), "-")
         res.lines.append(f"             floor (nginx relay on core 0): Δp50 {fmt_spread(f50, ' ms')} Δp99 {fmt_spread(f99, ' ms')}; "
                          f"the proxy's own part of Δp50: {d50['median'] - f50['median']:.2f} ms")
+        given = h.cache.get("S1-core-given", {}).get(rate)
+        if given is not None:
+            res.lines.append(f"             the proxy paused {given:.2f} s in all to give its core to the recorder process")
         res.checks.append(at_most(f"Δp50 at {rate:.0f} req/s", d50, 0.5, " ms"))
         res.checks.append(at_most(f"Δp99 at {rate:.0f} req/s", d99, 2, " ms"))
         bad = sum(r["sent"] - r["ok"] for r in p)

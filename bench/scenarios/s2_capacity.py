@@ -11,6 +11,7 @@ from typing import Any
 
 from ..configs import MASTER_KEY, Variant
 from ..harness import Check, Harness, Measure, Result, at_least, fmt_spread
+from ..launch import Service
 from ..procs import cpu_seconds
 from ..stats import paired, spread
 
@@ -23,11 +24,21 @@ def proxies(h: Harness, with_tgi: bool) -> dict[str, tuple[str, str]]:
     out["proxy"] = (h.proxy(h.default_variant(), h.nginx).url, MASTER_KEY)
     if h.recording.available:
         out["proxy-rec-off"] = (h.proxy(Variant("passthrough", False), h.nginx).url, MASTER_KEY)
-        if h.recorder_core is None and h.proxy(h.default_variant(), h.nginx).recorder is not None:
-            # The recorder process on another core (the load core): what recording costs with a core to spare.
-            out["proxy-spare-core"] = (h.proxy(h.default_variant(), h.nginx, spare_core=True).url, MASTER_KEY)
+        if "proxy-spare-core" in (recording := recording_proxies(h)):
+            out["proxy-spare-core"] = (recording["proxy-spare-core"].url, MASTER_KEY)
     if with_tgi:
         out["tgi"] = (h.proxy(h.default_variant("tgi"), h.nginx).url, MASTER_KEY)
+    return out
+
+
+def recording_proxies(h: Harness) -> dict[str, Service]:
+    """S2's proxies that record, by their name in the rounds."""
+    if not h.recording.available:
+        return {}
+    out = {"proxy": h.proxy(h.default_variant(), h.nginx)}
+    if h.recorder_core is None and out["proxy"].recorder is not None:
+        # The recorder process on another core (the load core): what recording costs with a core to spare.
+        out["proxy-spare-core"] = h.proxy(h.default_variant(), h.nginx, spare_core=True)
     return out
 
 
@@ -37,6 +48,7 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
     targets = proxies(h, with_tgi)
     recorder = h.proxy(h.default_variant(), h.nginx).recorder
     cpu_before = cpu_seconds(recorder) if recorder is not None else 0.0
+    given = {name: h.core_given(svc) for name, svc in recording_proxies(h).items()}
     data = {}
     for c in CONCURRENCY:
         measures: dict[str, Measure] = {
@@ -48,6 +60,7 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
         time.sleep(0.5)  # the last exchanges recorded
         exchanges = sum(r["requests"] for c in CONCURRENCY for r in data[c]["proxy"])
         h.cache["S2-recorder-cpu"] = {"cpu_s": cpu_seconds(recorder) - cpu_before, "exchanges": exchanges}
+        h.cache["S2-core-given"] = {name: h.core_given(svc) - given[name] for name, svc in recording_proxies(h).items()}
     proxy_url = targets["proxy"][0]
     h.cache["capacity"] = max(spread([r["rps"] for r in data[c]["proxy"]])["median"] for c in CONCURRENCY)
     prof = h.profiled(h.proxy(h.default_variant(), h.nginx), "S2-c128", lambda: h.wrk(proxy_url, MASTER_KEY, 128, h.profile_s))
@@ -95,6 +108,8 @@ def run(h: Harness, with_tgi: bool = False) -> Result:
             cpu = h.cache["S2-recorder-cpu"]
             per = cpu["cpu_s"] / cpu["exchanges"] * 1e6 if cpu["exchanges"] else 0.0
             res.lines.append(f"recorder process: {cpu['cpu_s']:.1f} s of CPU for {cpu['exchanges']} exchanges, {per:.1f} µs each")
+        for name, seconds in h.cache.get("S2-core-given", {}).items():
+            res.lines.append(f"{name} paused {seconds:.2f} s in all to give its core to its recorder process")
     else:
         res.checks.append(Check("recording on / off", h.recording.skipped, "≥ 0.9", None, h.recording.reason))
     bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")

@@ -21,7 +21,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 TICK = 0.02  # seconds between looks while the recorder process is behind: the longest a request waits for a slice
-BEHIND = 64  # exchanges handed over and not yet recorded before the proxy looks at all (a frame holds up to ~130)
+# Exchanges handed over and not yet recorded before the proxy looks at all: two frames of a saturated proxy (a frame
+# is what 25 ms brought, about 130), four at half load, where the recorder process keeps up in the idle moments. (At
+# 64 a frame of half load was enough, and a look that fell just after one gave a slice it did not need.)
+BEHIND = 256
 STARVED = 0.5  # runnable, yet it ran less than this share of the last tick: it waits for a core, not on a disk
 PER_EXCHANGE = 5e-6  # seconds of slice per exchange behind: a quarter of one's cost, so it is still busy as a slice ends
 MAX_SLICE = 0.008  # at most 40 % of the core; beyond that back-pressure takes over
