@@ -6,7 +6,9 @@ figures taken side by side.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import Counter
 from typing import Any
 
 from ..configs import MASTER_KEY, Variant
@@ -18,16 +20,16 @@ from ..stats import paired, spread
 CONCURRENCY = (8, 128)
 
 
-def proxies(h: Harness, with_tgi: bool) -> dict[str, tuple[str, str]]:
-    """name → (url, key). ``proxy`` is the variant that is checked: recording on where the build records."""
-    out = {"direct": (h.nginx, MASTER_KEY)}
-    out["proxy"] = (h.proxy(h.default_variant(), h.nginx).url, MASTER_KEY)
+def services(h: Harness, with_tgi: bool) -> dict[str, Service]:
+    """The proxies S2 loads, by their name in the rounds. ``proxy`` is the variant that is checked: recording on where
+    the build records."""
+    out = {"proxy": h.proxy(h.default_variant(), h.nginx)}
     if h.recording.available:
-        out["proxy-rec-off"] = (h.proxy(Variant("passthrough", False), h.nginx).url, MASTER_KEY)
+        out["proxy-rec-off"] = h.proxy(Variant("passthrough", False), h.nginx)
         if "proxy-spare-core" in (recording := recording_proxies(h)):
-            out["proxy-spare-core"] = (recording["proxy-spare-core"].url, MASTER_KEY)
+            out["proxy-spare-core"] = recording["proxy-spare-core"]
     if with_tgi:
-        out["tgi"] = (h.proxy(h.default_variant("tgi"), h.nginx).url, MASTER_KEY)
+        out["tgi"] = h.proxy(h.default_variant("tgi"), h.nginx)
     return out
 
 
@@ -45,17 +47,30 @@ def recording_proxies(h: Harness) -> dict[str, Service]:
 def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, Any]]]]:
     if "S2" in h.cache and ("tgi" in h.cache["S2"][8] or not with_tgi):
         return dict(h.cache["S2"])
-    targets = proxies(h, with_tgi)
-    recorder = h.proxy(h.default_variant(), h.nginx).recorder
+    svcs = services(h, with_tgi)
+    targets = {"direct": (h.nginx, MASTER_KEY), **{name: (svc.url, MASTER_KEY) for name, svc in svcs.items()}}
+    recorder = svcs["proxy"].recorder
+    proxy_cpu = {name: cpu_seconds(svc.proc.pid) for name, svc in svcs.items()}
     cpu_before = cpu_seconds(recorder) if recorder is not None else 0.0
     given = {name: h.core_given(svc) for name, svc in recording_proxies(h).items()}
     data = {}
+    served: Counter[str] = Counter()  # requests each proxy answered, warm-ups included: what its CPU time was spent on
+
+    def load(name: str, url: str, key: str, c: int, d: float) -> dict[str, Any]:
+        result = h.wrk(url, key, c, d)
+        served[name] += result["requests"]
+        return result
+
     for c in CONCURRENCY:
         measures: dict[str, Measure] = {
-            name: (lambda d, url=url, key=key, c=c: h.wrk(url, key, c, d)) for name, (url, key) in targets.items()
+            name: functools.partial(load, name, url, key, c) for name, (url, key) in targets.items()
         }
         data[c] = h.rounds(measures, h.s.wrk_s, warmup=None if c == CONCURRENCY[0] else 0)
     h.cache["S2"] = data
+    # Each proxy works only in its own rounds and warm-ups: its CPU time over the requests it answered there is what
+    # one request costs it (its recorder process apart).
+    h.cache["S2-proxy-cpu-us"] = {name: (cpu_seconds(svc.proc.pid) - proxy_cpu[name]) * 1e6 / max(1, served[name])
+                                  for name, svc in svcs.items()}
     if recorder is not None:
         time.sleep(0.5)  # the last exchanges recorded
         exchanges = sum(r["requests"] for c in CONCURRENCY for r in data[c]["proxy"])
@@ -112,6 +127,8 @@ def run(h: Harness, with_tgi: bool = False) -> Result:
             res.lines.append(f"{name} paused {seconds:.2f} s in all to give its core to its recorder process")
     else:
         res.checks.append(Check("recording on / off", h.recording.skipped, "≥ 0.9", None, h.recording.reason))
+    cpu_us = h.cache.get("S2-proxy-cpu-us", {})
+    res.lines.append("proxy CPU per request (its own process): " + ", ".join(f"{name} {us:.0f} µs" for name, us in cpu_us.items()))
     bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")
     res.checks.append(Check("failed answers through the proxy", str(bad), "0", bad == 0))
     if h.recording.available:

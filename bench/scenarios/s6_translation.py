@@ -22,6 +22,10 @@ def run(h: Harness) -> Result:
 
     for c in s2_capacity.CONCURRENCY:
         ratio(f"S2 c={c} req/s", s2_capacity.rps(s2[c]["tgi"]), s2_capacity.rps(s2[c]["proxy"]))
+    cpu_us = h.cache.get("S2-proxy-cpu-us", {})
+    if "tgi" in cpu_us and "proxy" in cpu_us:
+        res.lines.append(f"proxy CPU per request under S2's load: tgi {cpu_us['tgi']:.0f} µs · pass-through {cpu_us['proxy']:.0f} µs: "
+                         f"the translation costs {cpu_us['tgi'] - cpu_us['proxy']:.0f} µs a request")
     ratio("S3 non-stream c=64 req/s", [r["rps"] for r in s3["wrk64"]["tgi"]], [r["rps"] for r in s3["wrk64"]["proxy"]])
     for c in s3_slow.SSE_CONCURRENCY:
         s = s3["sse" + str(c)]
