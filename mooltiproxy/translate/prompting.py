@@ -459,11 +459,17 @@ def _build(
     for key, text in texts.items():
         label = where if len(texts) == 1 else f"{where} (template '{key}')"
         try:
-            compiled[key] = env.from_string(text)
+            template = env.from_string(text)
         except jinja2.TemplateSyntaxError as exc:
             raise PrompterError(f"{label} has a syntax error on line {exc.lineno}: {exc.message}") from None
         except SecurityError as exc:  # a constant expression the sandbox refuses, met while compiling
             raise PrompterError(f"{label} is refused by the sandbox: {exc.message}") from None
+        # Jinja keeps a template's globals as a ChainMap over the environment's and copies them twice a render (into
+        # the context, and their names into a set); a ChainMap copies key by key in Python. The environment's
+        # globals are final once it is built, so a plain dict holds the same names: 4 µs less a render of
+        # llama2-chat, 13.7 → 9.5 (python -m bench.micro).
+        template.globals = dict(template.globals)
+        compiled[key] = template
     stops = tuple(dict.fromkeys(s for s in (*stop, *extra_stop) if s))
     return Prompter(name=name, stop=stops, bos_token=bos, eos_token=eos, templates=compiled, sources=dict(texts),
                     special_tokens=dict(special or {}), environment=env)
