@@ -36,13 +36,13 @@ class CpuState(NamedTuple):
     cpu: int  # the core it runs on, or whose queue it waits in
 
 
-def cpu_state(pid: int, thread: str = "") -> CpuState | None:
-    """The main thread of ``pid`` (the one that builds records), or ``/proc/thread-self`` with ``thread="self"``; None
-    where Linux does not say (or the process is gone).
+def cpu_state(pid: int | None) -> CpuState | None:
+    """The main thread of ``pid`` (in the recorder process, the one that builds records), or with None the calling
+    thread; None where Linux does not say (or the process is gone).
 
     Runnable and not running is the only sign of waiting for a core that is up to date: the run-queue delay in
     ``schedstat`` is added only once a waiting thread gets the core."""
-    where = "/proc/thread-self" if thread == "self" else f"/proc/{pid}"
+    where = "/proc/thread-self" if pid is None else f"/proc/{pid}"
     try:
         with open(f"{where}/stat", "rb") as f:
             fields = f.read().rpartition(b")")[2].split()
@@ -55,7 +55,7 @@ def cpu_state(pid: int, thread: str = "") -> CpuState | None:
 
 def here() -> int | None:
     """The core this thread runs on."""
-    state = cpu_state(0, "self")
+    state = cpu_state(None)
     return state.cpu if state is not None else None
 
 
