@@ -8,7 +8,8 @@ closed. When a client disconnects while the proxy works on its request, the requ
 cancelled at once (the pipeline marks when it can be), so the upstream request is dropped with it;
 this costs nothing per request, where a task watching for the disconnect would. That needs uvicorn's
 ``_start_asgi_task`` (0.45 and later), a private hook: it is looked for, and where it is missing the
-protocol says so on the scope and the pipeline watches for the disconnect itself. The limits travel on
+protocol says so on the scope and the pipeline watches for the disconnect itself. Each request's cycle writes
+through a transport that joins the answer's head to its body (``HeadWithBody``). The limits travel on
 the uvicorn config (``ProxyServerConfig``), so worker processes get them too; connections are counted
 per server (per worker).
 """
@@ -131,7 +132,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self.scope[PROTOCOL_CANCELS] = True  # type: ignore[literal-required]
         self.scope[ARRIVED] = self._arrived  # type: ignore[literal-required]
         self.scope[PEER] = self.client[0] if self.client else None  # type: ignore[literal-required]
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:  # not an upgrade: a cycle for this request, its task not yet run
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
         timeout = getattr(self.config, "body_timeout", None)
         if timeout is not None and self._body_timer is None:
             self._body_timer = self.loop.call_later(timeout, self._body_too_slow)
@@ -180,3 +184,50 @@ class GuardedProtocol(HttpToolsProtocol):
                     f"The request's headers did not arrive within {timeout:g} s (server.header_timeout).",
                     status=408, type="invalid_request_error", code="request_timeout")))
             self.transport.close()
+
+
+class HeadWithBody:
+    """The client's transport as one request's cycle sees it: the answer's head is held until the body's first write.
+
+    uvicorn writes the status line and headers on ``http.response.start`` and the body on ``http.response.body``,
+    each as a write of its own: two ``send`` system calls and two TCP segments for an answer sent whole, which the
+    client reads in two wake-ups. Held, the head leaves with the body when that comes in the same turn of the event
+    loop; otherwise (a stream whose first chunk is still upstream) it leaves at the end of the turn, so a client never
+    waits for headers the proxy has. Everything else is the transport's own.
+    """
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    JOIN_UP_TO = 256 * 1024  # a larger body is written after the head, not copied behind it
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = b""  # b"": nothing written yet; None: the head is out
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            self._transport.write(data)
+        elif not head:
+            self._head = data
+            self._loop.call_soon(self._release)
+        else:
+            self._head = None
+            if len(data) <= self.JOIN_UP_TO:
+                self._transport.write(head + data)
+            else:
+                self._transport.write(head)
+                self._transport.write(data)
+
+    def _release(self) -> None:
+        head, self._head = self._head, None
+        if head and not self._transport.is_closing():
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self._release()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
