@@ -306,3 +306,18 @@ def test_a_stalled_log_reader_never_stalls_logging() -> None:
     text = stream.getvalue()
     assert "line 0000 of a log" in text
     assert re.search(r"^\d+ log line\(s\) dropped: the log's reader did not keep up$", text, re.M)
+
+
+def test_text_log_lines_carry_the_same_time_as_loggings_own_formatter() -> None:
+    """The text formatter formats a second's part of the time once; every line still reads as logging's own."""
+    from mooltiproxy.ops.logs import TextFormatter
+
+    ours, theirs = TextFormatter(), logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    start = time.time()
+    for offset in (0.0, 0.001, 0.5, 0.999, 1.0, 1.2, 61.7, -3600.25, 0.3):  # within a second, across seconds, back in time
+        record = logging.LogRecord("mooltiproxy.access", logging.INFO, __file__, 0, "line %d", (1,), None)
+        record.created = start + offset
+        record.msecs = int((record.created - int(record.created)) * 1000) + 0.0
+        assert ours.format(record) == theirs.format(record)
+    record.created = start
+    assert ours.formatTime(record, "%H:%M") == theirs.formatTime(record, "%H:%M")

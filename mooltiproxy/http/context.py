@@ -157,11 +157,13 @@ def _access(scope: Scope, info: RequestInfo, total: float) -> None:
     upstream = f"{info.upstream_ms:.1f}" if info.upstream_ms is not None else "-"
     fields = {"client": info.client, "method": scope["method"], "path": scope["path"], "status": info.status, "target": info.target,
               "key": info.key_name, "upstream_ms": info.upstream_ms, "total_ms": round(total, 3), "request_id": info.id}
-    access_log.info(
-        "%s %s %s status=%d target=%s key=%s upstream_ms=%s total_ms=%.1f id=%s",
-        _printable(info.client), scope["method"], _printable(scope["path"]), info.status, info.target or "-", info.key_name or "-",
-        upstream, total, info.id, extra={"fields": fields},
-    )
+    # A record made and handled directly: ``Logger.info`` would also walk the stack for the caller's file and line,
+    # which no access line shows (a tenth of the line's cost).
+    access_log.handle(access_log.makeRecord(
+        access_log.name, logging.INFO, __file__, 0, "%s %s %s status=%d target=%s key=%s upstream_ms=%s total_ms=%.1f id=%s",
+        (_printable(info.client), scope["method"], _printable(scope["path"]), info.status, info.target or "-", info.key_name or "-",
+         upstream, total, info.id), None, "_access", {"fields": fields},
+    ))
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
