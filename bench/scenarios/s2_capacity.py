@@ -52,7 +52,8 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
     recorder = svcs["proxy"].recorder
     proxy_cpu = {name: cpu_seconds(svc.proc.pid) for name, svc in svcs.items()}
     cpu_before = cpu_seconds(recorder) if recorder is not None else 0.0
-    given = {name: h.core_given(svc) for name, svc in recording_proxies(h).items()}
+    recording = recording_proxies(h)
+    given = {name: h.core_given(svc) for name, svc in recording.items()}
     data = {}
     served: Counter[str] = Counter()  # requests each proxy answered, warm-ups included: what its CPU time was spent on
 
@@ -75,7 +76,7 @@ def measure(h: Harness, with_tgi: bool) -> dict[int, dict[str, list[dict[str, An
         time.sleep(0.5)  # the last exchanges recorded
         exchanges = sum(r["requests"] for c in CONCURRENCY for r in data[c]["proxy"])
         h.cache["S2-recorder-cpu"] = {"cpu_s": cpu_seconds(recorder) - cpu_before, "exchanges": exchanges}
-        h.cache["S2-core-given"] = {name: h.core_given(svc) - given[name] for name, svc in recording_proxies(h).items()}
+        h.cache["S2-core-given"] = {name: h.core_given(svc) - given[name] for name, svc in recording.items()}
     proxy_url = targets["proxy"][0]
     h.cache["capacity"] = max(spread([r["rps"] for r in data[c]["proxy"]])["median"] for c in CONCURRENCY)
     prof = h.profiled(h.proxy(h.default_variant(), h.nginx), "S2-c128", lambda: h.wrk(proxy_url, MASTER_KEY, 128, h.profile_s))
@@ -132,10 +133,7 @@ def run(h: Harness, with_tgi: bool = False) -> Result:
     bad = sum(failures(data[c][name]) for c in CONCURRENCY for name in data[c] if name != "direct")
     res.checks.append(Check("failed answers through the proxy", str(bad), "0", bad == 0))
     if h.recording.available:
-        recording = [h.proxy(h.default_variant(), h.nginx)]
-        if "proxy-spare-core" in data[8]:
-            recording.append(h.proxy(h.default_variant(), h.nginx, spare_core=True))
-        lost = sum(h.lost_records(svc) for svc in recording)
+        lost = sum(h.lost_records(svc) for svc in recording_proxies(h).values())
         res.checks.append(Check("exchange records lost, recording on (the proxies' logs)", str(lost), "0", lost == 0))
     res.data = {"rounds": {str(c): data[c] for c in CONCURRENCY}, "recording": h.recording.available}
     for key in ("S2-profile", "S2-rec-off-profile"):

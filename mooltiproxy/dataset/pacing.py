@@ -36,17 +36,21 @@ class CpuState(NamedTuple):
     cpu: int  # the core it runs on, or whose queue it waits in
 
 
-def cpu_state(pid: int | None) -> CpuState | None:
-    """The main thread of ``pid`` (in the recorder process, the one that builds records), or with None the calling
-    thread; None where Linux does not say (or the process is gone).
+def _stat(where: str) -> list[bytes]:
+    """The fields of ``<where>/stat`` after the command's name (which may hold spaces): its 3rd field is first."""
+    with open(f"{where}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()
+
+
+def cpu_state(pid: int) -> CpuState | None:
+    """The main thread of ``pid`` (in the recorder process, the one that builds records); None where Linux does not
+    say (or the process is gone).
 
     Runnable and not running is the only sign of waiting for a core that is up to date: the run-queue delay in
     ``schedstat`` is added only once a waiting thread gets the core."""
-    where = "/proc/thread-self" if pid is None else f"/proc/{pid}"
     try:
-        with open(f"{where}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        with open(f"{where}/schedstat", "rb") as f:
+        fields = _stat(f"/proc/{pid}")
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
             ran = int(f.read().split(None, 1)[0])
         return CpuState(fields[0] == b"R", ran, int(fields[36]))  # state is stat's 3rd field, the core its 39th
     except (OSError, ValueError, IndexError):
@@ -54,9 +58,11 @@ def cpu_state(pid: int | None) -> CpuState | None:
 
 
 def here() -> int | None:
-    """The core this thread runs on."""
-    state = cpu_state(None)
-    return state.cpu if state is not None else None
+    """The core the calling thread runs on; None where Linux does not say."""
+    try:
+        return int(_stat("/proc/thread-self")[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Pacer:
@@ -73,7 +79,7 @@ class Pacer:
         self._core = core
         self._loop: asyncio.AbstractEventLoop | None = None
         self._armed = False
-        self._able = here() is not None  # whether this platform says
+        self._able = core() is not None  # whether this platform says
         self._last = (0, 0)  # (monotonic ns, its CPU ns) at the last look
         self.slices = 0  # given, and their seconds: for tests and /metrics
         self.given = 0.0
