@@ -191,6 +191,42 @@ def _big_chat_answer(size: int) -> tuple[str, bytes]:
     return text, body.encode()
 
 
+_LONG_TEXT = "".join(f"{i:09d} " for i in range(20_000))  # past records._LONG: trimmed in place
+
+
+@pytest.mark.parametrize("text", [
+    _LONG_TEXT.strip(),  # nothing to trim: hashed as encoded
+    _LONG_TEXT,  # a space at the end
+    "\u3000\n\t " + _LONG_TEXT + "\xa0\u2029",  # whitespace beyond ASCII at both ends
+    " é" + _LONG_TEXT + "ü\ud800 \u3000",  # non-ASCII next to the trimmed ends, a lone surrogate kept
+    " \n" * 40_000,  # nothing but whitespace
+    " " * 70_000 + "x",
+])
+def test_a_long_texts_fingerprint_is_the_trimmed_text(text: str) -> None:
+    """A long text (a big answer) is trimmed for its fingerprint without a copy: the same bytes ``str.strip`` and UTF-8
+    give, so a follow-up finds it however the two were sent."""
+    from mooltiproxy.dataset.records import _canon, _canon_parts
+
+    expected = b"assistant\x1f" + text.strip().encode("utf-8", "surrogatepass")
+    assert b"".join(bytes(part) for part in _canon_parts({"role": "assistant", "content": text})) == expected
+    assert _canon({"role": "assistant", "content": text}) == expected
+
+
+@pytest.mark.parametrize("sent", [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"}],  # the tail is the whole: hashed once
+    [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "two"}],
+])
+def test_a_big_answers_key_and_tail_are_the_fingerprints_of_what_a_follow_up_sends(sent: list[dict[str, Any]]) -> None:
+    from mooltiproxy.dataset.records import CHAT, build_with_keys, fingerprint
+
+    answer = {"role": "assistant", "content": " " + _LONG_TEXT}
+    capture = Capture(request_id="r", endpoint=CHAT, target="t", request={"model": "m", "messages": sent},
+                      answer={"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]})
+    ((record,), _) = build_with_keys(capture, "s")
+    assert record["meta"]["key"] == fingerprint([*sent, answer])
+    assert record["meta"]["tail"] == fingerprint([m for m in sent if m["role"] == "system"] + [sent[-1], answer])
+
+
 def test_a_big_answer_waits_for_its_record_in_a_file_not_in_memory() -> None:
     """Past tape.SPOOL_AT a non-streamed answer goes to a temporary file as it passes: what the tape holds in memory
     stays under SPOOL_AT plus one chunk, and the record gets every byte back. Past dataset.max_text it is dropped,

@@ -20,7 +20,7 @@ lost. Every spill and loss is counted and logged loudly, never silent; the reque
 Records are linked into conversations as they are built (``linking.Linker``).
 
 A big answer (``tape.Spooled``: its bytes waited in a temporary file) is built alone in its slice: its record
-takes tens of milliseconds (34 ms for 10 MB), and eight of them in one turn held every waiting request for a
+takes tens of milliseconds (21 ms for 10 MB, `bench.micro --big`), and eight of them in one turn held every waiting request for a
 quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead, with the event loop
 building nothing else meanwhile to keep records linked in order, let the queue fill behind a run of big
 records under load, and records were lost; so they stay on the loop.

@@ -124,15 +124,41 @@ _SAME_ROLE = {"developer": "system", "function": "tool"}
 def _canon(message: dict[str, Any]) -> bytes:
     """What makes two messages the same for threading. Not: whitespace at the ends (clients trim), how
     tool-call arguments were spaced, or a tool call's id."""
+    return b"".join(_canon_parts(message))
+
+
+def _canon_parts(message: dict[str, Any]) -> list[bytes | memoryview]:
+    """``_canon(message)`` in parts, so that a long text is hashed where it lies rather than copied into one."""
     role = str(message.get("role"))
     role = _SAME_ROLE.get(role, role)
     content = message.get("content")
-    text = (content if isinstance(content, str) else text_of(content)).strip()
+    text = content if isinstance(content, str) else text_of(content)
     if not message.get("tool_calls"):
-        return role.encode() + b"\x1f" + text.encode("utf-8", "surrogatepass")  # most messages: no JSON to build
+        return [role.encode() + b"\x1f", _stripped_utf8(text)]  # most messages: no JSON to build
     calls = [[(c.get("function") or {}).get("name"), _arguments(c.get("function") or {})]
              for c in message["tool_calls"] if isinstance(c, dict)]
-    return role.encode() + b"\x1f" + orjson.dumps([text, calls], option=orjson.OPT_SORT_KEYS)
+    return [role.encode() + b"\x1f" + orjson.dumps([text.strip(), calls], option=orjson.OPT_SORT_KEYS)]
+
+
+_LONG = 64 * 1024  # characters: a text this long has its ends trimmed in place, not in a copy
+
+
+def _stripped_utf8(text: str) -> bytes | memoryview:
+    """``text.strip()`` in UTF-8. A long text (a 10 MB answer) is encoded once and its ends cut off as a view:
+    ``strip`` and the concatenations around it cost as much again as hashing it (bench.micro --big)."""
+    if len(text) < _LONG:
+        return text.strip().encode("utf-8", "surrogatepass")
+    end = len(text)
+    while end and text[end - 1].isspace():  # the same characters ``strip`` takes (both ask Py_UNICODE_ISSPACE)
+        end -= 1
+    start = 0
+    while start < end and text[start].isspace():
+        start += 1
+    data = text.encode("utf-8", "surrogatepass")
+    if start == 0 and end == len(text):
+        return data
+    lead, trail = len(text[:start].encode()), len(text[end:].encode())  # whitespace: no surrogates to pass
+    return memoryview(data)[lead:len(data) - trail]
 
 
 def fingerprint(messages: Iterable[dict[str, Any]]) -> str:
@@ -197,7 +223,7 @@ def continuation_keys(messages: Sequence[dict[str, Any]]) -> list[str]:
     return _fingerprints(messages)[2]
 
 
-def _digest(*parts: bytes) -> str:
+def _digest(*parts: bytes | memoryview) -> str:
     """The fingerprint of the parts joined (without joining them: an answer can be megabytes)."""
     h = hashlib.sha256()
     for part in parts:
@@ -249,7 +275,8 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             message["content"] = choice.get("text", "")
         elif isinstance(choice.get("message"), dict):
             message = choice["message"]
-        answered = _canon(message) + b"\n"
+        answered = (*_canon_parts(message), b"\n")
+        key = _digest(running, *answered)
         meta = {
             "target": capture.target,
             "model": request.get("model") or answer.get("model"),
@@ -273,8 +300,9 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "finish_reason": choice.get("finish_reason"),
             "reasoning": message.get("reasoning_content") or message.get("reasoning"),
             "turn": turn,
-            "key": _digest(running, answered),
-            "tail": None if completion or tail is None else _digest(tail, answered),
+            "key": key,
+            # A conversation of system messages and one turn ends as it begins: its tail is its key, hashed once.
+            "tail": None if completion or tail is None else key if tail == running else _digest(tail, *answered),
             "conversation": conversation,
             "user": user,
             "parent": None,
