@@ -31,6 +31,9 @@ MB = 1024 * 1024
 SPREAD_S = 1.0  # the readers' requests go out evenly over this time, so that they do not all wake at once
 LEAD_S = SPREAD_S + 0.2  # every reader's answer is flowing before wrk starts
 ROUNDS = 3
+# The readers ask something else than the fast clients: the same conversation answered again would be its regeneration,
+# whose record the recorder must link after the first answer's, in order.
+READER_BODY = CHAT_BODY.replace("Say something short.", "Tell me a long story.")
 PER_READER_MB = 2.0  # bounded: a fifth of a 10 MB answer (the relay holds about 1 MB per connection at most)
 
 
@@ -44,7 +47,8 @@ def run(h: Harness) -> Result:
     window = math.ceil(read_s + (2 if not h.s.quick else 1))
     res = Result("S7", f"{n} slow readers of {size / MB:g} MB answers at {rate / MB:g} MB/s, beside {FAST} fast clients (wrk)")
     big = {"big": h.stub.url}
-    spec: dict[str, Any] = {"mode": "slow_readers", "url": "", "body": CHAT_BODY, "headers": {**auth_headers(MASTER_KEY), "target": "big"},
+    spec: dict[str, Any] = {"mode": "slow_readers", "url": "", "body": READER_BODY,
+            "headers": {**auth_headers(MASTER_KEY), "target": "big"},
             "n": n, "rate": rate, "reference": f"{h.stub.url}{CHAT_PATH}?size={size}&ttft=0",
             "reference_headers": auth_headers(MASTER_KEY), "timeout": read_s * 3 + 60, "spread": SPREAD_S}
 
