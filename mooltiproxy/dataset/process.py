@@ -5,7 +5,8 @@ Building a record is Python work — parsing the answer, fingerprinting the conv
 and one interpreter runs one thread at a time: built on the proxy's event loop it took 17 % of the proxy's
 requests per second, and a 10 MB answer's record held every waiting request for 34 ms (bench/RESULTS.md, S2 and
 S7). Here the event loop spends a few microseconds per exchange; the recorder process is an ordinary
-``Recorder`` (the same linking, redaction, holding and spilling), fed through a pipe (``wire``).
+``Recorder`` (the same linking, redaction, holding and spilling), fed through a pipe, with big answers' files
+handed over beside it on a Unix socket (``wire``).
 
 The way is bounded as the in-process recorder's is: exchanges not yet sent count against ``dataset.queue``, and a
 full queue loses what comes next, counted and logged. The recorder process reports its counts back after each
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -69,6 +71,7 @@ class ProcessRecorder:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._files: socket.socket | None = None  # the proxy's end of the socket big answers' files go through
         self._dialects = installed_dialects()
         self._sent_now = 0  # exchanges the running recorder process has been sent
         self._counter: threading.Thread | None = None  # reads its reports
@@ -160,8 +163,10 @@ class ProcessRecorder:
         self.pacer.poke(self._loop)
 
     def _unrecorded(self) -> int:
-        """Exchanges handed to the writer thread or the recorder process and not yet recorded."""
-        return self._queued + self._sent_now - self._counts.get("done", 0)
+        """Exchanges handed to the writer thread or the recorder process and not yet recorded, less the big answers (and
+        what waits behind them) the recorder process builds when it has time: no reason to give it the proxy's core."""
+        counts = self._counts
+        return self._queued + self._sent_now - counts.get("done", 0) - counts.get("aside", 0)
 
     def _recorder_cpu(self) -> CpuState | None:
         proc = self._proc
@@ -212,20 +217,31 @@ class ProcessRecorder:
 
     def _spawn(self) -> None:
         # A process group of its own: a terminal's Ctrl-C signals the proxy's group, and the proxy then closes the pipe.
-        proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy.dataset.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                bufsize=0, close_fds=True, process_group=0)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        files_fd = theirs.fileno()  # the same number in the recorder process (pass_fds keeps it)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy.dataset.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    bufsize=0, close_fds=True, pass_fds=(theirs.fileno(),), process_group=0)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         assert proc.stdin is not None and proc.stdout is not None
         with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere the pipe keeps its size
             fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        proc.stdin.write(orjson.dumps(self.spec) + b"\n")
+        proc.stdin.write(orjson.dumps({**self.spec, "files_fd": files_fd}) + b"\n")
         # Its first report says the sink is open: a sink that cannot be opened stops the proxy's start, as it does with
         # the in-process recorder, rather than every exchange being lost.
         first = proc.stdout.readline()
         if not first:
+            ours.close()
             code = proc.wait()
             raise RecorderStartError(f"the recorder process could not open {self.sink.where} (it ended with code {code}; "
                                      f"its error is in the log above)")
-        self._proc = proc
+        if self._files is not None:
+            self._files.close()  # the socket of a recorder process that died
+        self._proc, self._files = proc, ours
         self._counts = orjson.loads(first)
         self._counter = threading.Thread(target=self._read_counts, args=(proc,), name="mooltiproxy-recorder-counts", daemon=True)
         self._counter.start()
@@ -254,10 +270,10 @@ class ProcessRecorder:
                     self._died(0, None)
                 continue
             count, frame, spools = item
-            proc = self._proc
+            proc, files = self._proc, self._files
             try:
-                assert proc is not None and proc.stdin is not None
-                send(proc.stdin.fileno(), frame, spools)
+                assert proc is not None and proc.stdin is not None and files is not None
+                send(proc.stdin.fileno(), files, frame, spools)
             except (OSError, AssertionError) as exc:
                 for spooled in spools:
                     with contextlib.suppress(OSError):
@@ -287,6 +303,8 @@ class ProcessRecorder:
             code = proc.wait()
         if self._counter is not None:
             self._counter.join(5.0)  # its last report
+        if self._files is not None:
+            self._files.close()
         if code != 0 or self._counts.get("done", 0) < self._sent_now:
             self._died(0, None, code)
 

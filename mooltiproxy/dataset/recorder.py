@@ -2,7 +2,8 @@
 the disk.
 
 This ``Recorder`` runs in two places: in the recorder process (``process.py``, ``dataset.recorder: process``, the
-default), fed what the proxy sends it and building records as they come (``take``); or in the proxy itself
+default), fed what the proxy sends it and building records as they come (``take``), except big answers' records,
+which wait aside (``aside.py``) until nothing else is to be done (``build_aside``); or in the proxy itself
 (``dataset.recorder: loop``), where it works as follows.
 
 The pipeline hands over a ``Capture`` (references, no copies) and moves on. Every ``LINGER`` seconds
@@ -20,8 +21,8 @@ lost. Every spill and loss is counted and logged loudly, never silent; the reque
 Records are linked into conversations as they are built (``linking.Linker``).
 
 A big answer (``tape.Spooled``: its bytes waited in a temporary file) is built alone in its slice: its record
-takes tens of milliseconds (21 ms for 10 MB, `bench.micro --big`), and eight of them in one turn held every waiting request for a
-quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead, with the event loop
+takes tens of milliseconds (21 ms for 10 MB, ``bench.micro --big``), and eight of them in one turn held every
+waiting request for a quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead, with the event loop
 building nothing else meanwhile to keep records linked in order, let the queue fill behind a run of big
 records under load, and records were lost; so they stay on the loop.
 """
@@ -42,8 +43,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from .aside import Aside, Marks
 from .linking import Linker
-from .records import Capture, build_with_keys, fit, redact
+from .records import Capture, asked, build_with_keys, fit, redact, scope_of, tail_lookup
 from .sinks import Sink, fence
 from .tape import PendingStream, Spooled
 
@@ -119,6 +121,12 @@ CATCH_UP = 8
 # loop) up to several hundred times a second under load.
 HAND_OVER_AT = 128
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between attempts at a sink that failed, doubling
+# How many exchanges may wait aside in a recorder process (``take``), of them big answers: past either, the oldest are
+# built before more are taken. A big answer waits as the temporary file the proxy spooled it to (one descriptor).
+ASIDE_BIGS, ASIDE_ALL = 256, 4096
+# Hand-overs the writer may have yet to take when a big answer's record is built: each holds tens of megabytes until
+# written, and a writer slowed by its disk (an fsync of a gigabyte) let them pile up.
+WRITER_AHEAD = 2
 
 
 class Recorder:
@@ -142,10 +150,15 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of encoded batches for the writer thread
+        self._took = threading.Condition()  # the writer took a hand-over from the outbox
         self._ready: list[tuple[int, Any]] = []  # encoded batches not handed over yet (HAND_OVER_AT)
         self._thread: threading.Thread | None = None
         self.linker = Linker()
-        self.built = 0  # records encoded for the writer
+        self.built = 0  # records encoded for the writer, and records lost while building them (each settled as it is)
+        self.on_built: Callable[[int, int], object] | None = None  # (built so far, exchanges they settle): the recorder process's reports
+        self.aside = Aside()  # exchanges waiting to be built (``take``)
+        self._lost_building = 0
+        self._lost_counted = 0
         self.behind = False  # never: built on the event loop, records take their turn with the requests
         self.on_written: Callable[[], object] | None = None  # called by the writer thread after each round of writing
         self.written = 0
@@ -192,19 +205,16 @@ class Recorder:
         """One slice: build and encode a few records, then give the event loop back to requests. A big answer is built
         in a slice of its own (see the module's docstring)."""
         records: list[dict[str, Any]] = []
-        waiting = len(self._pending)
-        for built in range(min(waiting, max(SLICE, waiting // CATCH_UP))):
+        exchanges = 0
+        for _ in range(min(len(self._pending), max(SLICE, len(self._pending) // CATCH_UP))):
             big = isinstance(self._pending[0].answer, Spooled)
-            if big and built:
+            if big and exchanges:
                 break  # a big answer gets a slice of its own: the next one
             records.extend(self._records_of(self._pending.popleft()))
+            exchanges += 1
             if big:
                 break
-        if records:
-            count, payload = self._encode(records)
-            if count:
-                self._ready.append((count, payload))
-                self.built += count
+        self._batch(records, exchanges)
         more = bool(self._pending)
         if not more or sum(count for count, _ in self._ready) >= HAND_OVER_AT:
             self._hand_over()
@@ -218,11 +228,72 @@ class Recorder:
 
     def take(self, captures: list[Capture]) -> None:
         """Build these exchanges' records now, on this thread, and hand them to the writer (a recorder process's way in:
-        it has no requests to give its time back to)."""
-        self._pending.extend(captures)
-        while self._pending:
-            self._build()
+        it has no requests to give its time back to). A big answer waits aside for ``build_aside``, with whatever must
+        be linked after it (``aside.py``); the rest are recorded at once."""
+        records: list[dict[str, Any]] = []
+        exchanges = 0
+        aside = self.aside
+        for capture in captures:
+            if isinstance(capture.answer, Spooled):
+                try:
+                    self._read_request(capture)
+                    marks = self._marks(capture)
+                except Exception:  # a request the recorder cannot read: recorded now, as well as it can be
+                    records.extend(self._records_of(capture))
+                    exchanges += 1
+                    continue
+                aside.add(capture, None, marks)
+                continue
+            built = self._unlinked_or_none(capture)
+            if aside and built is not None:
+                marks = self._marks(capture, built[0])
+                if aside.must_wait(marks):
+                    aside.add(capture, built, marks)
+                    continue
+            records.extend(self._records_of(capture, built))
+            exchanges += 1
+        self._batch(records, exchanges)
+        while aside.bigs > ASIDE_BIGS or len(aside) > ASIDE_ALL:
+            self.build_aside()
         self._hand_over()
+
+    def build_aside(self) -> None:
+        """The oldest exchange waiting aside built, linked and handed to the writer, with those behind it up to the next
+        big answer (each waited only for what came before it)."""
+        records: list[dict[str, Any]] = []
+        exchanges = 0
+        aside = self.aside
+        if aside.next_is_big() and self._thread is not None:
+            with self._took:
+                self._took.wait_for(lambda: self._outbox.qsize() <= WRITER_AHEAD, timeout=5.0)
+        while aside and not (exchanges and aside.next_is_big()):
+            waiting = aside.popleft()
+            records.extend(self._records_of(waiting.capture, waiting.built))
+            exchanges += 1
+        self._batch(records, exchanges)
+        self._hand_over()
+
+    def _marks(self, capture: Capture, records: list[dict[str, Any]] | None = None) -> Marks:
+        """How the linker will find this exchange and look for earlier ones (its keys: from its records, once built)."""
+        request = asked(capture)
+        lookups = tuple(request.continues)
+        if lookups:
+            tail = tail_lookup(request.sent)
+            lookups += (tail,) if tail is not None else ()
+        keys = tuple(k for r in records or () for k in (r["meta"]["key"], r["meta"]["tail"]) if k)
+        return Marks(scope_of(capture.key, request.user, request.conversation), request.turn, request.conversation, lookups, keys)
+
+    def _batch(self, records: list[dict[str, Any]], exchanges: int) -> None:
+        """Encode a batch of records for the writer, and count what it settles: its records, and any lost on the way."""
+        if records:
+            count, payload = self._encode(records)
+            if count:
+                self._ready.append((count, payload))
+                self.built += count
+        lost, self._lost_counted = self._lost_building - self._lost_counted, self._lost_building
+        self.built += lost
+        if exchanges and self.on_built is not None:
+            self.on_built(self.built, exchanges)
 
     def _hand_over(self) -> None:
         """Give the writer what is encoded, in one piece."""
@@ -236,6 +307,8 @@ class Recorder:
             return
         while self._pending:
             self._build()
+        while self.aside:
+            self.build_aside()
         self._hand_over()
         self._outbox.put(_STOP)
         self._thread.join(timeout)
@@ -261,6 +334,8 @@ class Recorder:
                 item = self._outbox.get(timeout=wait)
             except queue.Empty:
                 item = None
+            with self._took:
+                self._took.notify()
             if item is _STOP:
                 if held:
                     self._write_held(held)
@@ -336,27 +411,34 @@ class Recorder:
         self._complain("spill", f"{count} record(s) written to {path} instead of {self.sink.where}: {why}. "
                                 f"{self.spilled} spilled since start; the dataset commands read that file too")
 
-    def _records_of(self, capture: Capture) -> list[dict[str, Any]]:
-        """The exchange's records. One the recorder cannot build as it came (JSON nested deeper than a record can
-        hold, say) is built again from a fitted copy, its changes noted in ``meta.altered``; one exchange's problem
-        never costs another's record."""
+    def _records_of(self, capture: Capture, built: tuple[list[dict[str, Any]], list[str]] | None = None) -> list[dict[str, Any]]:
+        """The exchange's records, linked (``built``: made already by ``_unlinked``). One the recorder cannot build as it
+        came (JSON nested deeper than a record can hold, say) is built again from a fitted copy, its changes noted in
+        ``meta.altered``; one exchange's problem never costs another's record."""
         try:
-            return self._records(capture)
+            return self._linked(capture, *(built or self._unlinked(capture)))
         except Exception:
             log.warning("exchange %s could not be recorded as it came; recording a fitted copy", capture.request_id, exc_info=True)
         notes: list[str] = []
         capture.request = fit(capture.request, "request", notes)
         capture.answer = fit(capture.answer, "answer", notes)
         try:
-            records = self._records(capture)
+            records = self._linked(capture, *self._unlinked(capture))
         except Exception:  # a capture the recorder cannot read at all must not stop the ones after it
             log.exception("could not turn exchange %s into a record", capture.request_id)
-            self._lose(1, "record", "an exchange could not be turned into a record")
+            self._lose_building(1, "record", "an exchange could not be turned into a record")
             return []
         for record in records:
             record["meta"]["altered"] = notes
         self.altered += len(records)
         return records
+
+    def _unlinked_or_none(self, capture: Capture) -> tuple[list[dict[str, Any]], list[str]] | None:
+        """``_unlinked``, or None when it fails (``_records_of`` then tries a fitted copy)."""
+        try:
+            return self._unlinked(capture)
+        except Exception:
+            return None
 
     def _encode(self, records: list[dict[str, Any]]) -> tuple[int, Any]:
         """The batch encoded for the sink, and how many records it holds. Encoded as one (the common case), else one
@@ -377,7 +459,7 @@ class Recorder:
                 try:
                     self.sink.encode([fitted])
                 except Exception:
-                    self._lose(1, "write", f"a record could not be encoded ({exc})")
+                    self._lose_building(1, "write", f"a record could not be encoded ({exc})")
                     continue
                 log.warning("record %s could not be written as it was (%s); written with: %s", record.get("id"), exc, "; ".join(notes))
                 self.altered += 1
@@ -385,8 +467,18 @@ class Recorder:
             good.append(record)
         return len(good), self.sink.encode(good) if good else None
 
-    def _records(self, capture: Capture) -> list[dict[str, Any]]:
+    def _read_request(self, capture: Capture) -> None:
+        """A stream's answer put back together, and a request relayed in another API's shape turned into the OpenAI one
+        it is recorded in (once: its dialect then reads only the answer)."""
         settle(capture)
+        dialect = capture.dialect
+        if dialect is not None and not isinstance(dialect, _RequestRead):
+            capture.request = dialect.request(capture.request)
+            capture.dialect = _RequestRead(dialect)
+
+    def _unlinked(self, capture: Capture) -> tuple[list[dict[str, Any]], list[str]]:
+        """The exchange's records, not linked yet, and the keys of the earlier records it may continue."""
+        self._read_request(capture)
         if isinstance(capture.answer, Spooled):
             capture.answer = capture.answer.read()
         if isinstance(capture.answer, (bytes, bytearray)):
@@ -394,12 +486,12 @@ class Recorder:
                 capture.answer = orjson.loads(capture.answer)
             except orjson.JSONDecodeError:
                 capture.answer = None
-        dialect = capture.dialect
-        if dialect is not None:  # relayed in another API's shape: recorded in the OpenAI one
-            capture.request = dialect.request(capture.request)
-            if capture.answer is not None:
-                capture.answer = dialect.answer(capture.answer)
-        records, continues = build_with_keys(capture, self.session)
+        if capture.dialect is not None and capture.answer is not None:  # relayed in another API's shape: recorded in the OpenAI one
+            capture.answer = capture.dialect.answer(capture.answer)
+            capture.dialect = _RequestRead(None, capture.dialect.kind)
+        return build_with_keys(capture, self.session)
+
+    def _linked(self, capture: Capture, records: list[dict[str, Any]], continues: list[str]) -> list[dict[str, Any]]:
         self.linker.link(capture, records, continues)
         return [redact(r, self.patterns) for r in records]
 
@@ -410,6 +502,28 @@ class Recorder:
         except OSError as exc:
             log.error("syncing the dataset to disk failed: %s", exc)
 
+    def _lose_building(self, n: int, kind: str, why: str) -> None:
+        """Records lost before they reached the writer: settled at once (``built``)."""
+        self._lost_building += n
+        self._lose(n, kind, why)
+
     def _lose(self, n: int, kind: str, why: str) -> None:
         self.lost += n
         self._complain(kind, f"LOST {n} exchange record(s): {why}. {self.lost} lost since start.")
+
+
+class _RequestRead:
+    """The dialect of an exchange whose request is already in the OpenAI shape: what is left is reading its answer
+    (``dialect`` None: that too), and the kind it is recorded as."""
+
+    __slots__ = ("dialect", "kind")
+
+    def __init__(self, dialect: Any, kind: str | None = None) -> None:
+        self.dialect, self.kind = dialect, kind if kind is not None else dialect.kind
+
+    @staticmethod
+    def request(request: Any) -> Any:
+        return request
+
+    def answer(self, answer: Any) -> Any:
+        return self.dialect.answer(answer) if self.dialect is not None else answer

@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -247,14 +247,23 @@ def build(capture: Capture, session: str) -> list[dict[str, Any]]:
     return build_with_keys(capture, session)[0]
 
 
-def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records, and the fingerprints (longest first) of the earlier exchanges this one may continue (the
-    ``tail_lookup`` of the request is the recorder's to work out, when none of these is found)."""
+class Asked(NamedTuple):
+    """What an exchange's request alone says about its records: enough to link it before its answer is read."""
+
+    completion: bool
+    sent: list[dict[str, Any]]  # the conversation as OpenAI messages
+    head: list[dict[str, Any]]  # the same as the record's turns
+    running: bytes  # its canonical bytes, which each answer's key extends
+    turn: str
+    continues: list[str]  # the keys of earlier records it may continue, longest first
+    tail: bytes | None
+    user: str | None
+    conversation: str | None
+
+
+def asked(capture: Capture) -> Asked:
+    """The request's side of ``build_with_keys``."""
     request = capture.request if isinstance(capture.request, dict) else {}
-    answer = capture.answer if isinstance(capture.answer, dict) else {}
-    choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
-    params = {k: v for k, v in request.items() if k in PARAMS}
-    stamp = _second(int(capture.created)) + f".{int(capture.created * 1000) % 1000:03d}Z"
     completion = capture.endpoint == COMPLETION or getattr(capture.dialect, "kind", "chat") == "completion"
     if completion:
         prompt = request.get("prompt")
@@ -263,11 +272,23 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
     else:
         sent = [m for m in request.get("messages") or () if isinstance(m, dict)]
         head = [t for m in sent for t in turns_of(m)]
-    tools = request.get("tools")
-    tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
     running, turn, continues, tail = _fingerprints(sent)
     user = request.get("user") if isinstance(request.get("user"), str) and request.get("user") else None
-    conversation = conversation_named(request, capture.conversation)
+    return Asked(completion, sent, head, running, turn, [] if completion else continues, tail, user,
+                 conversation_named(request, capture.conversation))
+
+
+def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records, and the fingerprints (longest first) of the earlier exchanges this one may continue (the
+    ``tail_lookup`` of the request is the recorder's to work out, when none of these is found)."""
+    request = capture.request if isinstance(capture.request, dict) else {}
+    answer = capture.answer if isinstance(capture.answer, dict) else {}
+    choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
+    params = {k: v for k, v in request.items() if k in PARAMS}
+    stamp = _second(int(capture.created)) + f".{int(capture.created * 1000) % 1000:03d}Z"
+    completion, _, head, running, turn, continues, tail, user, conversation = asked(capture)
+    tools = request.get("tools")
+    tools_field = orjson.dumps([t.get("function", t) for t in tools if isinstance(t, dict)]).decode() if isinstance(tools, list) else "[]"
     records = []
     for choice in choices:
         message: dict[str, Any] = {"role": "assistant", "content": ""}
@@ -316,7 +337,7 @@ def build_with_keys(capture: Capture, session: str) -> tuple[list[dict[str, Any]
             "tools": tools_field,
             "meta": meta,
         })
-    return records, continues if not completion else []
+    return records, continues
 
 
 @functools.lru_cache(maxsize=4)

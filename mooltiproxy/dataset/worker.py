@@ -1,5 +1,7 @@
 """The recorder process's main (``python -m mooltiproxy.dataset.worker``, started by ``process.ProcessRecorder``): an
-ordinary ``Recorder`` fed the frames the proxy sends on standard input, reporting its counts on standard output.
+ordinary ``Recorder`` fed the frames the proxy sends on standard input (big answers' files on a Unix socket beside it),
+reporting its counts on standard output. What it has set aside (big answers, ``aside.py``) it builds whenever no frame
+is waiting, and all of it before it ends.
 
 The first line in is the dataset's settings as JSON (never on the command line: the DSN may hold a password). Each
 report out is a JSON line of the counts, with ``done``: how many exchanges sent so far are settled (their records
@@ -11,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 from collections import deque
@@ -34,15 +38,15 @@ class Reports:
 
     def __init__(self, recorder: Recorder, out: BinaryIO) -> None:
         self.recorder, self.out = recorder, out
-        self.frames: deque[tuple[int, int]] = deque()  # (records built up to this frame's end, its exchanges)
+        self.frames: deque[tuple[int, int]] = deque()  # (records built up to this batch's end, the exchanges it settles)
         self.done = 0
         self.last: bytes = b""
         self.lock = threading.Lock()
         self.ended = threading.Event()
 
-    def took(self, exchanges: int) -> None:
+    def built(self, built: int, exchanges: int) -> None:
         with self.lock:
-            self.frames.append((self.recorder.built, exchanges))
+            self.frames.append((built, exchanges))
 
     def tell(self) -> None:
         r = self.recorder
@@ -51,7 +55,7 @@ class Reports:
             while self.frames and self.frames[0][0] <= settled:
                 self.done += self.frames.popleft()[1]
             line = orjson.dumps({"written": r.written, "lost": r.lost, "spilled": r.spilled, "altered": r.altered, "held": r.held,
-                                 "done": self.done}) + b"\n"
+                                 "aside": len(r.aside), "done": self.done}) + b"\n"
             if line != self.last and not self.out.closed:
                 self.last = line
                 try:
@@ -84,8 +88,9 @@ def main() -> int:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     idle_priority()  # before any thread starts: each inherits it
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    spec: dict[str, Any] = orjson.loads(stdin.readline())
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
+    spec: dict[str, Any] = orjson.loads(_line(stdin))
+    files = socket.socket(fileno=spec["files_fd"])
     setup_logging(spec.get("log_level", "info"), spec.get("log_format", "text"))
     sink = make_sink(spec["sink"], Path(spec["dir"]), spec["session"], spec.get("dsn"))
     assert sink is not None
@@ -93,6 +98,7 @@ def main() -> int:
                         queue_size=spec.get("queue", 10_000))
     recorder.start()
     reports = Reports(recorder, stdout)
+    recorder.on_built = reports.built
     recorder.on_written = reports.tell  # what is written is told at once: the proxy counts the rest lost if this process dies
     tune_collector()  # a record allocates as many short-lived objects as a request does
     reports.tell()  # the first report: ready
@@ -102,9 +108,9 @@ def main() -> int:
     code = 0
     try:
         while True:
-            captures = receive(stdin, dialects)
-            recorder.take(captures)
-            reports.took(len(captures))
+            while recorder.aside and not select.select([stdin], [], [], 0)[0]:
+                recorder.build_aside()  # nothing else to do: one of what waits aside, then look again
+            recorder.take(receive(stdin, files, dialects))
     except Closed as exc:
         if exc.args:
             print(f"mooltiproxy recorder: {exc}", file=sys.stderr)
@@ -116,6 +122,17 @@ def main() -> int:
         reports.tell()
         flush_logs(wait=True)
     return code
+
+
+def _line(fd: int) -> bytes:
+    """The first line on the pipe, read a byte at a time: nothing after it may be taken from the pipe here."""
+    out = bytearray()
+    while not out.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return bytes(out)
 
 
 if __name__ == "__main__":
