@@ -257,15 +257,19 @@ class Recorder:
             self.build_aside()
         self._hand_over()
 
+    def writer_ready(self) -> bool:
+        """Whether the writer has taken what it was handed, all but ``WRITER_AHEAD``: a big record may be built."""
+        return self._outbox.qsize() <= WRITER_AHEAD
+
     def build_aside(self) -> None:
         """The oldest exchange waiting aside built, linked and handed to the writer, with those behind it up to the next
-        big answer (each waited only for what came before it)."""
+        big answer (each waited only for what came before it). A big answer's waits for the writer (``writer_ready``)."""
         records: list[dict[str, Any]] = []
         exchanges = 0
         aside = self.aside
         if aside.next_is_big() and self._thread is not None:
             with self._took:
-                self._took.wait_for(lambda: self._outbox.qsize() <= WRITER_AHEAD, timeout=5.0)
+                self._took.wait_for(self.writer_ready, timeout=5.0)
         while aside and not (exchanges and aside.next_is_big()):
             waiting = aside.popleft()
             records.extend(self._records_of(waiting.capture, waiting.built))

@@ -108,8 +108,10 @@ def main() -> int:
     code = 0
     try:
         while True:
-            while recorder.aside and not select.select([stdin], [], [], 0)[0]:
-                recorder.build_aside()  # nothing else to do: one of what waits aside, then look again
+            # Nothing else to do: one of what waits aside, then look again; while the writer is behind, frames first.
+            while recorder.aside and not select.select([stdin], [], [], 0 if recorder.writer_ready() else 0.005)[0]:
+                if recorder.writer_ready():
+                    recorder.build_aside()
             recorder.take(receive(stdin, files, dialects))
     except Closed as exc:
         if exc.args:
