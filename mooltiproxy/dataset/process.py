@@ -221,7 +221,7 @@ class ProcessRecorder:
         files_fd = theirs.fileno()  # the same number in the recorder process (pass_fds keeps it)
         try:
             proc = subprocess.Popen([sys.executable, "-m", "mooltiproxy.dataset.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    bufsize=0, close_fds=True, pass_fds=(theirs.fileno(),), process_group=0)
+                                    bufsize=0, close_fds=True, pass_fds=(files_fd,), process_group=0)
         except BaseException:
             ours.close()
             raise

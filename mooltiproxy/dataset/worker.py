@@ -5,7 +5,8 @@ is waiting, and all of it before it ends.
 
 The first line in is the dataset's settings as JSON (never on the command line: the DSN may hold a password). Each
 report out is a JSON line of the counts, with ``done``: how many exchanges sent so far are settled (their records
-written, spilled or counted lost), which is how the proxy knows what a recorder process that died had not written.
+written, spilled or counted lost), which is how the proxy knows what a recorder process that died had not written,
+and ``aside``: how many wait aside (not done, yet not behind: the proxy's pacing leaves them out).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Reports:
 
     def __init__(self, recorder: Recorder, out: BinaryIO) -> None:
         self.recorder, self.out = recorder, out
-        self.frames: deque[tuple[int, int]] = deque()  # (records built up to this batch's end, the exchanges it settles)
+        self.batches: deque[tuple[int, int]] = deque()  # (records built up to this batch's end, the exchanges it settles)
         self.done = 0
         self.last: bytes = b""
         self.lock = threading.Lock()
@@ -46,14 +47,14 @@ class Reports:
 
     def built(self, built: int, exchanges: int) -> None:
         with self.lock:
-            self.frames.append((built, exchanges))
+            self.batches.append((built, exchanges))
 
     def tell(self) -> None:
         r = self.recorder
         with self.lock:
             settled = r.written + r.spilled + r.lost
-            while self.frames and self.frames[0][0] <= settled:
-                self.done += self.frames.popleft()[1]
+            while self.batches and self.batches[0][0] <= settled:
+                self.done += self.batches.popleft()[1]
             line = orjson.dumps({"written": r.written, "lost": r.lost, "spilled": r.spilled, "altered": r.altered, "held": r.held,
                                  "aside": len(r.aside), "done": self.done}) + b"\n"
             if line != self.last and not self.out.closed:
