@@ -22,9 +22,9 @@ Records are linked into conversations as they are built (``linking.Linker``).
 
 A big answer (``tape.Spooled``: its bytes waited in a temporary file) is built alone in its slice: its record
 takes tens of milliseconds (21 ms for 10 MB, ``bench.micro --big``), and eight of them in one turn held every
-waiting request for a quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead, with the event loop
-building nothing else meanwhile to keep records linked in order, let the queue fill behind a run of big
-records under load, and records were lost; so they stay on the loop.
+waiting request for a quarter of a second (bench/RESULTS.md, S7). Building them on a thread of their own instead,
+with the event loop building nothing else meanwhile to keep records linked in order, let the queue fill behind a
+run of big records under load, and records were lost; so they stay on the loop.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class Recorder:
                     continue
                 aside.add(capture, None, marks)
                 continue
-            built = self._unlinked_or_none(capture)
+            built = self._unlinked_or_none(capture)  # None: it cannot be read as it came; its fitted copy is recorded now
             if aside and built is not None:
                 marks = self._marks(capture, built[0])
                 if aside.must_wait(marks):
