@@ -4,10 +4,12 @@ answers' files reach the recorder process over the socket beside the pipe, howev
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,13 @@ import orjson
 import pytest
 
 from mooltiproxy.dataset import recorder as recorder_module
+from mooltiproxy.dataset.process import ProcessRecorder
 from mooltiproxy.dataset.recorder import Recorder
 from mooltiproxy.dataset.records import CHAT, Capture
 from mooltiproxy.dataset.sinks import JsonlSink, read_jsonl
 from mooltiproxy.dataset.tape import Spooled
 from mooltiproxy.dataset.wire import encode, receive, send
+from mooltiproxy.dataset.worker import Reports
 
 STORY = [{"role": "user", "content": "Tell me a long story."}]
 LONG = "".join(f"{i:09d} " for i in range(120_000))  # 1.2 MB: past tape.SPOOL_AT
@@ -99,12 +103,6 @@ def test_the_recorder_process_reports_what_waits_aside_so_the_proxy_does_not_giv
     """The proxy shares its core with a recorder process that is behind (``pacing.py``); big answers waiting aside are
     built when the core is free anyway, so they do not count as behind. They are not done either: a recorder process
     that died now would owe them, and the proxy would count them lost."""
-    import io
-    import time
-
-    from mooltiproxy.dataset.process import ProcessRecorder
-    from mooltiproxy.dataset.worker import Reports
-
     recorder, _ = recording(tmp_path)
     out = io.BytesIO()
     reports = Reports(recorder, out)
