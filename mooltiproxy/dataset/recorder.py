@@ -45,9 +45,10 @@ import orjson
 
 from .aside import Aside, Marks
 from .linking import Linker
-from .records import Capture, asked, build_with_keys, fit, redact, scope_of, tail_lookup
+from .records import Capture, asked, build_with_keys, fit, messages_sent, redact, scope_of, tail_lookup
 from .sinks import Sink, fence
 from .tape import PendingStream, Spooled
+from .wire import AlreadyRead
 
 log = logging.getLogger("mooltiproxy.dataset")
 
@@ -125,7 +126,8 @@ RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between attempts at a sink that fa
 # built before more are taken. A big answer waits as the temporary file the proxy spooled it to (one descriptor).
 ASIDE_BIGS, ASIDE_ALL = 256, 4096
 # Hand-overs the writer may have yet to take when a big answer's record is built: each holds tens of megabytes until
-# written, and a writer slowed by its disk (an fsync of a gigabyte) let them pile up.
+# written, and built faster than the writer wrote them they piled up (368 MB in S7's recorder process on a core of
+# its own; 10 MB with this bound).
 WRITER_AHEAD = 2
 
 
@@ -157,8 +159,6 @@ class Recorder:
         self.built = 0  # records encoded for the writer, and records lost while building them (each settled as it is)
         self.on_built: Callable[[int, int], object] | None = None  # (built so far, exchanges they settle): the recorder process's reports
         self.aside = Aside()  # exchanges waiting to be built (``take``)
-        self._lost_building = 0
-        self._lost_counted = 0
         self.behind = False  # never: built on the event loop, records take their turn with the requests
         self.on_written: Callable[[], object] | None = None  # called by the writer thread after each round of writing
         self.written = 0
@@ -246,7 +246,7 @@ class Recorder:
                 continue
             built = self._unlinked_or_none(capture)  # None: it cannot be read as it came; its fitted copy is recorded now
             if aside and built is not None:
-                marks = self._marks(capture, built[0])
+                marks = self._marks(capture, built)
                 if aside.must_wait(marks):
                     aside.add(capture, built, marks)
                     continue
@@ -277,15 +277,22 @@ class Recorder:
         self._batch(records, exchanges)
         self._hand_over()
 
-    def _marks(self, capture: Capture, records: list[dict[str, Any]] | None = None) -> Marks:
-        """How the linker will find this exchange and look for earlier ones (its keys: from its records, once built)."""
-        request = asked(capture)
-        lookups = tuple(request.continues)
+    def _marks(self, capture: Capture, built: tuple[list[dict[str, Any]], list[str]] | None = None) -> Marks:
+        """How the linker will find this exchange and look for earlier ones: from its records once built (``_unlinked``),
+        else from its request (a big answer: its own keys are not known before its answer is read)."""
+        if built is None:
+            request = asked(capture)
+            user, conversation, turn, continues, keys = request.user, request.conversation, request.turn, request.continues, ()
+        else:
+            records, continues = built
+            meta = records[0]["meta"]
+            user, conversation, turn = meta["user"], meta["conversation"], meta["turn"]
+            keys = tuple(k for r in records for k in (r["meta"]["key"], r["meta"]["tail"]) if k)
+        lookups = tuple(continues)
         if lookups:
-            tail = tail_lookup(request.sent)
+            tail = tail_lookup(messages_sent(capture.request))
             lookups += (tail,) if tail is not None else ()
-        keys = tuple(k for r in records or () for k in (r["meta"]["key"], r["meta"]["tail"]) if k)
-        return Marks(scope_of(capture.key, request.user, request.conversation), request.turn, request.conversation, lookups, keys)
+        return Marks(scope_of(capture.key, user, conversation), turn, conversation, lookups, keys)
 
     def _batch(self, records: list[dict[str, Any]], exchanges: int) -> None:
         """Encode a batch of records for the writer, and count what it settles: its records, and any lost on the way."""
@@ -294,8 +301,6 @@ class Recorder:
             if count:
                 self._ready.append((count, payload))
                 self.built += count
-        lost, self._lost_counted = self._lost_building - self._lost_counted, self._lost_building
-        self.built += lost
         if exchanges and self.on_built is not None:
             self.on_built(self.built, exchanges)
 
@@ -492,7 +497,7 @@ class Recorder:
                 capture.answer = None
         if capture.dialect is not None and capture.answer is not None:  # relayed in another API's shape: recorded in the OpenAI one
             capture.answer = capture.dialect.answer(capture.answer)
-            capture.dialect = _RequestRead(None, capture.dialect.kind)
+            capture.dialect = AlreadyRead(capture.dialect.kind)
         return build_with_keys(capture, self.session)
 
     def _linked(self, capture: Capture, records: list[dict[str, Any]], continues: list[str]) -> list[dict[str, Any]]:
@@ -508,7 +513,7 @@ class Recorder:
 
     def _lose_building(self, n: int, kind: str, why: str) -> None:
         """Records lost before they reached the writer: settled at once (``built``)."""
-        self._lost_building += n
+        self.built += n
         self._lose(n, kind, why)
 
     def _lose(self, n: int, kind: str, why: str) -> None:
@@ -517,17 +522,17 @@ class Recorder:
 
 
 class _RequestRead:
-    """The dialect of an exchange whose request is already in the OpenAI shape: what is left is reading its answer
-    (``dialect`` None: that too), and the kind it is recorded as."""
+    """The dialect of an exchange whose request is already in the OpenAI shape: what is left is reading its answer,
+    and the kind it is recorded as (once the answer is read too: ``wire.AlreadyRead``)."""
 
     __slots__ = ("dialect", "kind")
 
-    def __init__(self, dialect: Any, kind: str | None = None) -> None:
-        self.dialect, self.kind = dialect, kind if kind is not None else dialect.kind
+    def __init__(self, dialect: Any) -> None:
+        self.dialect, self.kind = dialect, dialect.kind
 
     @staticmethod
     def request(request: Any) -> Any:
         return request
 
     def answer(self, answer: Any) -> Any:
-        return self.dialect.answer(answer) if self.dialect is not None else answer
+        return self.dialect.answer(answer)

@@ -261,6 +261,12 @@ class Asked(NamedTuple):
     conversation: str | None
 
 
+def messages_sent(request: Any) -> list[dict[str, Any]]:
+    """A chat request's messages, those that are objects."""
+    messages = request.get("messages") if isinstance(request, dict) else None
+    return [m for m in messages or () if isinstance(m, dict)]
+
+
 def asked(capture: Capture) -> Asked:
     """The request's side of ``build_with_keys``."""
     request = capture.request if isinstance(capture.request, dict) else {}
@@ -270,7 +276,7 @@ def asked(capture: Capture) -> Asked:
         head = [{"from": "human", "value": prompt if isinstance(prompt, str) else text_of(prompt)}]
         sent: list[dict[str, Any]] = [{"role": "user", "content": head[0]["value"]}]
     else:
-        sent = [m for m in request.get("messages") or () if isinstance(m, dict)]
+        sent = messages_sent(request)
         head = [t for m in sent for t in turns_of(m)]
     running, turn, continues, tail = _fingerprints(sent)
     user = request.get("user") if isinstance(request.get("user"), str) and request.get("user") else None
