@@ -98,8 +98,10 @@ def start_proxy(stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict[str, str] | None = None,
                   new_session: bool = False) -> tuple[subprocess.Popen[str], str]:
-    """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health.
-    ``new_session``: in a process group of its own, as a terminal starts it (Ctrl-C signals the group whole)."""
+    """``mooltiproxy serve`` in its own process with ``config`` (written to ``directory``), once it answers /health and,
+    with ``--workers N``, once every worker has written its metrics snapshot (the first worker up answers /health while
+    the others may not listen yet). ``new_session``: in a process group of its own, as a terminal starts it (Ctrl-C
+    signals the group whole)."""
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -108,13 +110,18 @@ def proxy_process(directory: Path, config: dict[str, Any], *args: str, env: dict
                             stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+    snapshots = directory / "datasets" / "metrics"
     while True:
         try:
             httpx.get(url + "/health")
-            return proc, url
+            break
         except httpx.TransportError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
+    if workers > 1:
+        wait_for(lambda: len(list(snapshots.glob("worker-*.json"))) >= workers, 30, "every worker to start")
+    return proc, url
 
 
 def metric(url: str, name: str) -> float:
