@@ -243,3 +243,62 @@ def test_large_bodies_both_ways(make: Callable[[], Client]) -> None:
 
         run(go())
     assert sizes[0] == 9 * 1024 * 1024
+
+
+def test_a_big_answer_read_slowly_is_held_in_small_pieces_and_reading_pauses() -> None:
+    """A slow reader of a big answer: the client hands it over in pieces of at most 256 KiB (never one copy of all
+    that waited) and stops reading from the upstream while 64 KiB or more wait, so the proxy holds about one read's
+    worth a connection, whatever the answer's size (bench S7 measures it through the proxy)."""
+    answer = bytes(range(256)) * (16 * 4096)  # 16 MiB, no piece alike at a given offset
+
+    def handler(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer), answer]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = H1Client()
+            resp = await client.send("POST", f"http://127.0.0.1:{port}/big", [], b"{}", timeout=30, connect_timeout=2, target="t")
+            conn = resp._conn
+            assert conn is not None and conn.transport is not None
+            pauses: list[int] = []
+            pause = conn.transport.pause_reading
+            conn.transport.pause_reading = lambda: (pauses.append(conn.buffered), pause())[1]  # type: ignore[method-assign]
+            pieces: list[bytes] = []
+            held = 0
+            async for piece in resp.chunks():
+                pieces.append(piece)
+                held = max(held, len(piece) + conn.buffered)
+                await asyncio.sleep(0.002)  # the slow reader
+            await resp.aclose()
+            await client.aclose()
+            assert b"".join(pieces) == answer
+            assert max(map(len, pieces)) <= 256 * 1024
+            # Reading stopped, again and again, once 64 KiB waited; what was held at once: one read past that mark.
+            assert len(pauses) > 10 and min(pauses) > 64 * 1024
+            assert held <= 64 * 1024 + 256 * 1024
+
+        run(go())
+
+
+def test_many_small_pieces_waiting_are_handed_over_joined() -> None:
+    """Under load a streamed answer's pieces pile up between two reads of them: they go on joined (one write to
+    the client for many), up to 256 KiB at a time."""
+    events = [b"data: %05d\n\n" % i for i in range(20000)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+    def handler(request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked]
+
+    with raw_server(handler) as (port, _):
+        async def go() -> None:
+            client = H1Client()
+            resp = await client.send("POST", f"http://127.0.0.1:{port}/s", [], b"{}", timeout=30, connect_timeout=2, target="t")
+            await asyncio.sleep(0.2)  # all of it has arrived, or as much as reading took before it paused
+            pieces = [piece async for piece in resp.chunks()]
+            await resp.aclose()
+            await client.aclose()
+            assert b"".join(pieces) == b"".join(events)
+            assert len(pieces) < len(events) / 100
+            assert max(map(len, pieces)) <= 256 * 1024
+
+        run(go())
