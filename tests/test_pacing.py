@@ -10,18 +10,24 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from mooltiproxy.dataset import pacing
 from mooltiproxy.dataset.pacing import CpuState, Pacer, cpu_state, here
 from mooltiproxy.dataset.process import ProcessRecorder
+from mooltiproxy.dataset.recorder import Recorder as RealRecorder
 from mooltiproxy.dataset.records import Capture
 from mooltiproxy.dataset.sinks import JsonlSink
+from mooltiproxy.dataset.tape import Spooled
+from mooltiproxy.dataset.worker import GiveWay
 
 linux = pytest.mark.skipif(here() is None, reason="Linux's /proc/<pid>/stat and schedstat")
 
@@ -49,9 +55,15 @@ class Recorder:
         self.last = time.monotonic_ns()
 
 
-def run_pacer(recorder: Recorder, seconds: float = 0.25) -> Pacer:
+def busy(share: float = 1.0) -> Callable[[], int]:
+    """The event loop's CPU as the pacer reads it: ``share`` of the wall time (1.0: a saturated proxy)."""
+    start = time.monotonic_ns()
+    return lambda: int((time.monotonic_ns() - start) * share)
+
+
+def run_pacer(recorder: Recorder, seconds: float = 0.25, loop_share: float = 1.0) -> Pacer:
     async def main() -> Pacer:
-        pacer = Pacer(lambda: recorder.behind, recorder.probe, sleep=recorder.sleep, core=lambda: 0)
+        pacer = Pacer(lambda: recorder.behind, recorder.probe, sleep=recorder.sleep, core=lambda: 0, own=busy(loop_share))
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end:  # exchanges handed over every LINGER, as ProcessRecorder does
@@ -89,11 +101,21 @@ def test_no_slice_is_given_when_it_would_not_help(why: str, recorder: Recorder) 
 
 
 @linux
+def test_no_slice_is_given_while_the_event_loop_leaves_the_core_idle_at_moments() -> None:
+    """At half load the recorder process runs in the moments the event loop rests, behind the requests it lets go
+    first: runnable and short of CPU, it looks starved, yet a slice would only hold up the requests arriving in it."""
+    for share, given in ((0.6, False), (0.8, False), (0.95, True)):
+        recorder = Recorder(100_000, True, 0.0)
+        pacer = run_pacer(recorder, loop_share=share)
+        assert (pacer.slices > 0) is given, share
+
+
+@linux
 def test_the_pacer_stops_looking_once_the_recorder_process_caught_up() -> None:
     recorder = Recorder(100_000, True, 0.0)
 
     async def main() -> tuple[int, int]:
-        pacer = Pacer(lambda: recorder.behind, recorder.probe, sleep=recorder.sleep, core=lambda: 0)
+        pacer = Pacer(lambda: recorder.behind, recorder.probe, sleep=recorder.sleep, core=lambda: 0, own=busy())
         pacer.poke(asyncio.get_running_loop())
         await asyncio.sleep(0.1)
         given = pacer.slices
@@ -200,3 +222,38 @@ def test_a_recorder_process_on_the_core_of_a_busy_event_loop_records_meanwhile_a
     assert written_while_busy[0] >= sent // 2  # recorded while the loop was busy, not all at the end
     assert recorder.written == sent and recorder.lost == 0
     assert sum(1 for f in tmp_path.glob("*.jsonl") for _ in f.open()) == sent
+
+
+# ------------------------------------------------------------------ the recorder process offers the core back
+
+def test_the_recorder_process_offers_the_core_back_between_records_at_most_every_so_often() -> None:
+    now = [0.0]
+    offered: list[float] = []
+    give = GiveWay(50e-6, clock=lambda: now[0], offer=lambda: offered.append(now[0]))
+    for step in (10e-6, 30e-6, 20e-6, 1e-6, 100e-6, 1e-6):
+        now[0] += step
+        give()
+    assert offered == pytest.approx([60e-6, 161e-6])
+
+
+def test_the_recorder_calls_between_after_every_exchange_and_batch_it_builds_and_before_writing(tmp_path: Path) -> None:
+    recorder = RealRecorder(JsonlSink(tmp_path, "s"), "s")
+    building, writing = [], []
+    recorder.between = lambda: (building if threading.current_thread() is threading.main_thread() else writing).append(1)
+    recorder.start()
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    body = orjson.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 2_000_000},
+                                      "finish_reason": "stop"}]})
+    spool = tempfile.TemporaryFile()  # noqa: SIM115  (Spooled.read closes it)
+    spool.write(body)
+
+    def chat(i: int, answer: Any) -> Capture:
+        return Capture(request_id=f"r{i}", endpoint="/v1/chat/completions", target="t", key="k",
+                       request={"model": "m", "messages": [{"role": "user", "content": f"question {i}"}]}, answer=answer)
+
+    recorder.take([chat(0, Spooled(spool, len(body))), *(chat(i, answer) for i in range(1, 5))])
+    assert len(building) == 4 + 1  # the four small exchanges, built at once, and their batch; the big one waits aside
+    recorder.build_aside()
+    assert len(building) == 5 + 2
+    recorder.stop()
+    assert recorder.written == 5 and len(writing) >= 1

@@ -6,7 +6,9 @@ time at all, falls behind, and back-pressure (``ProcessRecorder.behind``) then s
 up — one long stretch that only the requests arriving in it pay: FAIR's p99/p50 went from 1.27× to 3.90× (bench/
 RESULTS.md). Paid in slices of a few milliseconds every 20, the same work is spread over every request. (Slices of
 up to 2 ms every 5 cost more of the saturated proxy's throughput: both processes refill their caches after each
-switch.) Where the recorder process has a core of its own it never waits for one, and nothing here sleeps.
+switch.) Where the recorder process has a core of its own it never waits for one, and nothing here sleeps; nor where
+the event loop itself leaves the core idle at moments: the recorder process has those, and a slice would only make
+the requests arriving in it wait (at half load, slices given there made most of S1's latency tail).
 
 Linux only (``/proc/<pid>/stat`` and ``/proc/<pid>/schedstat``: whether its building thread is runnable, on which
 core's queue, and the CPU time it has had); elsewhere the recorder process runs at normal priority and the operating
@@ -28,6 +30,8 @@ BEHIND = 256
 STARVED = 0.5  # runnable, yet it ran less than this share of the last tick: it waits for a core, not on a disk
 PER_EXCHANGE = 5e-6  # seconds of slice per exchange behind: a quarter of one's cost, so it is still busy as a slice ends
 MAX_SLICE = 0.008  # at most 40 % of the core; beyond that back-pressure takes over
+BUSY = 0.85  # the event loop's own share of a tick (what it did not give away) from which it holds the core: saturated,
+# it measured 0.92-0.95 of what it kept; at half load, 0.6-0.65
 
 
 class CpuState(NamedTuple):
@@ -67,20 +71,23 @@ def here() -> int | None:
 
 class Pacer:
     """Looks every ``TICK`` while ``behind()`` exchanges exceed ``BEHIND``; when the recorder process waits in this
-    core's queue and ran less than half of the last tick, sleeps on the event loop for a slice that grows with how far
-    behind it is."""
+    core's queue and ran less than half of the last tick while the event loop kept the core busy, sleeps on the event
+    loop for a slice that grows with how far behind it is."""
 
     def __init__(self, behind: Callable[[], int], probe: Callable[[], CpuState | None], *,
-                 sleep: Callable[[float], None] = time.sleep, core: Callable[[], int | None] = here) -> None:
-        """``probe``: the recorder process's ``cpu_state`` (None while there is none to look at); ``core``: this one."""
+                 sleep: Callable[[float], None] = time.sleep, core: Callable[[], int | None] = here,
+                 own: Callable[[], int] = time.thread_time_ns) -> None:
+        """``probe``: the recorder process's ``cpu_state`` (None while there is none to look at); ``core``: this one;
+        ``own``: the CPU nanoseconds the event loop's thread has had."""
         self._behind = behind
         self._probe = probe
         self._sleep = sleep
         self._core = core
+        self._own = own
         self._loop: asyncio.AbstractEventLoop | None = None
         self._armed = False
         self._able = core() is not None  # whether this platform says
-        self._last = (0, 0)  # (monotonic ns, its CPU ns) at the last look
+        self._last = (0, 0, 0)  # (monotonic ns, its CPU ns, the event loop's CPU ns) at the last look
         self.slices = 0  # given, and their seconds: for tests and /metrics
         self.given = 0.0
 
@@ -91,7 +98,7 @@ class Pacer:
         state = self._probe()
         if state is None:
             return
-        self._loop, self._armed, self._last = loop, True, (time.monotonic_ns(), state.ran)
+        self._loop, self._armed, self._last = loop, True, (time.monotonic_ns(), state.ran, self._own())
         loop.call_later(TICK, self._tick)
 
     def _tick(self) -> None:
@@ -100,10 +107,13 @@ class Pacer:
         if state is None:
             self._armed = False
             return
-        now, ran = time.monotonic_ns(), state.ran
-        then, ran_then = self._last
-        # Waiting in another core's queue, the core this one gives away would not reach it.
-        if state.runnable and ran - ran_then < STARVED * (now - then) and state.cpu == self._core():
+        now, ran, own = time.monotonic_ns(), state.ran, self._own()
+        then, ran_then, own_then = self._last
+        # Waiting in another core's queue, the core this one gives away would not reach it; and while the event loop
+        # rests at moments, the recorder process runs in them (its offers of the core, ``worker.GiveWay``, make it look
+        # starved meanwhile: runnable, behind the requests).
+        if (state.runnable and ran - ran_then < STARVED * (now - then) and state.cpu == self._core()
+                and own - own_then >= BUSY * (now - then)):
             give = min(MAX_SLICE, behind * PER_EXCHANGE)
             # Blocking on purpose: the core is what the recorder process needs, and an await would hand it to the next
             # request instead. One sleep, not steps that look whether it is done: each look takes the core back, and
@@ -111,7 +121,7 @@ class Pacer:
             self._sleep(give)
             self.slices += 1
             self.given += give
-            now, ran = time.monotonic_ns(), (self._probe() or state).ran
-        self._last = (now, ran)
+            now, ran, own = time.monotonic_ns(), (self._probe() or state).ran, self._own()
+        self._last = (now, ran, own)
         assert self._loop is not None
         self._loop.call_later(TICK, self._tick)

@@ -131,6 +131,10 @@ ASIDE_BIGS, ASIDE_ALL = 256, 4096
 WRITER_AHEAD = 2
 
 
+def _nothing() -> None:
+    pass
+
+
 class Recorder:
     def __init__(
         self,
@@ -158,6 +162,9 @@ class Recorder:
         self.linker = Linker()
         self.built = 0  # records encoded for the writer, and records lost while building them (each settled as it is)
         self.on_built: Callable[[int, int], object] | None = None  # (built so far, exchanges they settle): the recorder process's reports
+        # Called between two pieces of work: after each exchange built, each batch encoded, before each write. The
+        # recorder process offers its core there (``worker.GiveWay``).
+        self.between: Callable[[], object] = _nothing
         self.aside = Aside()  # exchanges waiting to be built (``take``)
         self.behind = False  # never: built on the event loop, records take their turn with the requests
         self.on_written: Callable[[], object] | None = None  # called by the writer thread after each round of writing
@@ -252,6 +259,7 @@ class Recorder:
                     continue
             records.extend(self._records_of(capture, built))
             exchanges += 1
+            self.between()
         self._batch(records, exchanges)
         while aside.bigs > ASIDE_BIGS or len(aside) > ASIDE_ALL:
             self.build_aside()
@@ -274,6 +282,7 @@ class Recorder:
             waiting = aside.popleft()
             records.extend(self._records_of(waiting.capture, waiting.built))
             exchanges += 1
+            self.between()
         self._batch(records, exchanges)
         self._hand_over()
 
@@ -303,6 +312,7 @@ class Recorder:
                 self.built += count
         if exchanges and self.on_built is not None:
             self.on_built(self.built, exchanges)
+        self.between()
 
     def _hand_over(self) -> None:
         """Give the writer what is encoded, in one piece."""
@@ -360,13 +370,15 @@ class Recorder:
                 pass  # woken to sync, below
             elif time.monotonic() < next_try:
                 pass  # the sink failed a moment ago: wait before the next attempt
-            elif self._write_held(held):
-                if pause > RETRY_FIRST:
-                    log.warning("the dataset is written to %s again; every held record has caught up", self.sink.where)
-                pause = RETRY_FIRST
             else:
-                next_try = time.monotonic() + pause
-                pause = min(pause * 2, RETRY_MAX)
+                self.between()
+                if self._write_held(held):
+                    if pause > RETRY_FIRST:
+                        log.warning("the dataset is written to %s again; every held record has caught up", self.sink.where)
+                    pause = RETRY_FIRST
+                else:
+                    next_try = time.monotonic() + pause
+                    pause = min(pause * 2, RETRY_MAX)
             held_records = sum(count for count, _ in held)
             while held_records > self.queue_size:  # bounded: the oldest go elsewhere
                 count, payload = held.popleft()

@@ -19,7 +19,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +34,7 @@ from .recorder import Recorder
 from .wire import Closed, installed_dialects, receive
 
 REPORT_EVERY = 0.1  # seconds between reports while the counts change
+GIVE_WAY_EVERY = 50e-6  # seconds of building records between two offers of the core (a small record takes 20 µs)
 
 
 class Reports:
@@ -82,6 +85,26 @@ def idle_priority() -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+class GiveWay:
+    """Offer the core back between records (``sched_yield``) once ``every`` seconds of work have passed since the last
+    offer. ``SCHED_IDLE`` alone is not enough: a request that arrives while this process runs can still wait behind
+    it, up to a millisecond or so; on one core at half load the proxy waited so about 5 % of the time, which made most
+    of its latency tail (bench/RESULTS.md, S1). Offered, the core goes to the proxy if it waits for it; otherwise the
+    offer costs a system call."""
+
+    def __init__(self, every: float = GIVE_WAY_EVERY, *, clock: Callable[[], float] = time.perf_counter,
+                 offer: Callable[[], object] | None = None) -> None:
+        self.every, self.clock = every, clock
+        self.offer = offer or os.sched_yield  # POSIX; where it is missing the worker does not use this
+        self.last = clock()
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.offer()
+            self.last = self.clock()
+
+
 def main() -> int:
     # The proxy ends this process by closing the pipe, after sending everything; a signal meant for the proxy's
     # process group must not cut it short.
@@ -101,6 +124,8 @@ def main() -> int:
     reports = Reports(recorder, stdout)
     recorder.on_built = reports.built
     recorder.on_written = reports.tell  # what is written is told at once: the proxy counts the rest lost if this process dies
+    if hasattr(os, "sched_yield"):
+        recorder.between = GiveWay()
     tune_collector()  # a record allocates as many short-lived objects as a request does
     reports.tell()  # the first report: ready
     reporter = threading.Thread(target=reports.run, name="mooltiproxy-recorder-reports", daemon=True)
@@ -113,7 +138,9 @@ def main() -> int:
             while recorder.aside and not select.select([stdin], [], [], 0 if recorder.writer_ready() else 0.005)[0]:
                 if recorder.writer_ready():
                     recorder.build_aside()
-            recorder.take(receive(stdin, files, dialects))
+            frames = receive(stdin, files, dialects)
+            recorder.between()  # reading and unpickling a frame was work too
+            recorder.take(frames)
     except Closed as exc:
         if exc.args:
             print(f"mooltiproxy recorder: {exc}", file=sys.stderr)
