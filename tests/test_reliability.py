@@ -235,11 +235,14 @@ def test_two_workers_share_a_ban_metrics_and_the_dataset(openai_stub: Stub, tmp_
         for _ in range(40):  # a new connection each time: the kernel spreads them over both workers
             r = httpx.post(url + "/v1/chat/completions", json=BODY, headers={**AUTH, "connection": "close"})
             assert r.status_code == 200
-        time.sleep(1.5)  # each worker's snapshot is at most a second old
+        # Each worker writes its snapshot every second; on a busy machine one may be later than that.
+        served = 'mooltiproxy_requests_total{route="/v1/chat/completions",status="200",target="a"} 40'
+        deadline = time.monotonic() + 15
+        while served not in (text := http.get(url + "/metrics").text) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served in text
         for path in (tmp_path / "datasets" / "metrics").glob("worker-*.json"):
             pids.add(json.loads(path.read_text())["pid"])
-        text = http.get(url + "/metrics").text
-        assert 'mooltiproxy_requests_total{route="/v1/chat/completions",status="200",target="a"} 40' in text
         for _ in range(3):
             httpx.post(url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer wrong", "connection": "close"})
         refused = [httpx.post(url + "/v1/chat/completions", json=BODY, headers={**AUTH, "connection": "close"}).status_code
