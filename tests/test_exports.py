@@ -366,6 +366,22 @@ def test_stats_count_what_the_dataset_holds(folder: Path, recorded: dict[str, Ro
     assert s["tokens"] == {"prompt": 12 * 10 + 2, "completion": 12 * 5 + 3, "total": 12 * 15 + 5}
 
 
+def test_the_review_pages_numbers_are_the_exports(folder: Path, recorded: dict[str, Row]) -> None:
+    """The review page counts from its catalog's entries, never the records' text: the same numbers."""
+    from mooltiproxy.dataset import catalog
+
+    reviews = Reviews.beside(folder)
+    reviews.set_status(recorded["a1"]["id"], "accepted")
+    reviews.set_status(recorded["a2"]["id"], "rejected")
+    whole = exports.stats(Store(folder).linked(), reviews.all())
+    snapshot = catalog.Catalog(Store(folder)).snapshot()
+    page = catalog.stats(snapshot.entries, reviews.all(), threads=len(snapshot.threads))
+    same = ("records", "sessions", "targets", "statuses", "threads", "turns_with_alternatives", "cut_short", "accepted",
+            "rejected", "edited", "ranked", "first", "last")
+    assert {k: page[k] for k in same} == {k: whole[k] for k in same}
+    assert page["turns_with_alternatives"] == 3 and page["tokens"]["total"] == whole["tokens"]["total"]
+
+
 def test_reviews_are_validated_and_kept_per_record(tmp_path: Path) -> None:
     reviews = Reviews(tmp_path / "r" / "reviews.db")
     assert reviews.all() == {} and not (tmp_path / "r").exists()  # reading creates nothing

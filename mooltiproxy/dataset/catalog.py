@@ -60,7 +60,6 @@ class Entry:
         "record",
         "scope",
         "session",
-        "size",
         "status",
         "target",
         "thread",
@@ -94,7 +93,8 @@ class Entry:
         self.length = len(conversation)
         self.humans = sum(1 for t in conversation if t.get("from") == "human")
         # Without its "…", a title of plain text stays one byte a character (with it, two): told apart by its length.
-        self.title = first_words(record).removesuffix("…")
+        # The records of one conversation mostly share their first words: one copy of them (sys.intern).
+        self.title = _intern(first_words(record).removesuffix("…"))
         usage = get("usage")
         self.tokens = 0  # the exchange's total: n choices share one usage, counted on the first
         if first_of_request and isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
@@ -315,15 +315,22 @@ def stats(entries: Iterable[Entry], reviews: Mapping[str, Review], threads: int 
     sessions: dict[str, int] = {}
     targets: dict[str, int] = {}
     statuses: dict[str, int] = {}
+    # Records grouped as exports.alternatives_of groups them, only those an alternative names kept: a table of every
+    # record's id, built at each look at the page, grew the process by megabytes at 100,000 records (tests/test_ui.py).
     groups: dict[str, int] = {}
     tokens = {"total": 0}
     for e in entries:
         sessions[e.session] = sessions.get(e.session, 0) + 1
         targets[e.target] = targets.get(e.target, 0) + 1
         statuses[str(e.status)] = statuses.get(str(e.status), 0) + 1
-        group = e.alternative_of or (f"{e.scope.split(chr(0), 1)[0]}\x00{e.turn}" if e.turn is not None else e.id)
-        groups[group] = groups.get(group, 0) + 1  # as exports.alternatives_of groups records
+        group = e.alternative_of or (f"{e.scope.split(chr(0), 1)[0]}\x00{e.turn}" if e.turn is not None else None)
+        if group is not None:
+            groups[group] = groups.get(group, 0) + 1
         tokens["total"] += e.tokens
+    if groups:
+        for e in entries:  # the first answer of a turn, in the group its alternatives name
+            if not e.alternative_of and e.turn is None and e.id in groups:
+                groups[e.id] += 1
     created = [e.created for e in entries if e.created]
     return {
         "records": len(entries),

@@ -208,7 +208,7 @@ class Reviews:
 
 def review_counts(reviews: Mapping[str, Review], ids: Iterable[str]) -> dict[str, int]:
     """How many of the records ``ids`` reviewers accepted, rejected, edited and ranked."""
-    mine = [reviews[i] for i in set(ids) if i in reviews]
+    mine = {i: reviews[i] for i in ids if i in reviews}.values()  # each once; no set of every id (100,000 on a big page)
     return {"accepted": sum(r.accepted for r in mine), "rejected": sum(r.rejected for r in mine),
             "edited": sum(r.answer is not None for r in mine), "ranked": sum(r.rank is not None for r in mine)}
 
