@@ -96,7 +96,7 @@ def create_app(config: Config, *, transport: httpx.AsyncBaseTransport | None = N
     runtime = Runtime(config, settings, client=make_client, clock=clock)
     live, dataset = runtime.live, config.dataset
     pipeline = Pipeline(runtime.upstream, config.server, recorder=runtime.recorder, record_errors=dataset.record_errors,
-                        cooldowns=runtime.cooldowns, metrics=runtime.metrics, max_text=dataset.max_text)
+                        cooldowns=runtime.cooldowns, metrics=runtime.metrics, max_text=dataset.max_text, spooler=runtime.spooler)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

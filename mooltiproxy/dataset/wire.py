@@ -96,7 +96,7 @@ def send(fd: int, files: socket.socket, frame: bytes, spools: list[Spooled]) -> 
     try:
         write_all(fd, frame)
         for spooled in spools:
-            spooled.file.flush()  # what the tape wrote is in the file before the recorder process reads it
+            spooled.complete()  # what the tape wrote is in the file before the recorder process reads it
         for at in range(0, len(spools), FDS_AT_ONCE):
             socket.send_fds(files, [b"f"], [s.file.fileno() for s in spools[at:at + FDS_AT_ONCE]])
     finally:

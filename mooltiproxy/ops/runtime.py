@@ -14,6 +14,7 @@ from ..config.model import Config
 from ..dataset.places import make_sink
 from ..dataset.process import ProcessRecorder, recorder_spec
 from ..dataset.recorder import Recorder, Recording, new_session
+from ..dataset.spooling import Spooler
 from ..guard.bans import BanLedger
 from ..guard.limits import RateLimits
 from ..proxy.cooldowns import Cooldowns
@@ -56,6 +57,8 @@ class Runtime:
             self.recorder = ProcessRecorder(sink, self.session, recorder_spec(dataset, self.session), queue_size=dataset.queue)
         elif sink is not None:
             self.recorder = Recorder(sink, self.session, redact=dataset.redact, fsync=dataset.fsync, queue_size=dataset.queue)
+        # Big answers' files, written off the event loop (only a recording proxy spools).
+        self.spooler = Spooler() if self.recorder is not None else None
         self.metrics = Metrics(dataset.dir / "metrics")
         recorder = self.recorder
         if recorder is not None:
@@ -99,6 +102,8 @@ class Runtime:
             self.client = None
         if self.recorder is not None:
             self.recorder.stop()
+        if self.spooler is not None:
+            self.spooler.stop()
         self.metrics.forget()
         if self.state is not None:
             await self.state.close()

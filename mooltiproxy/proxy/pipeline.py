@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config.model import ServerConfig
 from ..dataset.recorder import Recording
+from ..dataset.spooling import Spooler
 from ..dataset.tape import CLIENT_LEFT, Tape
 from ..errors import MethodNotAllowed, ProxyError
 from ..http.bodies import parse_json, read_body
@@ -39,7 +40,7 @@ _OWN_PATHS = {"/health": "GET", "/metrics": "GET"}
 class Pipeline:
     def __init__(self, client: Callable[[], UpstreamClient], server: ServerConfig, *, recorder: Recording | None = None,
                  record_errors: bool = False, cooldowns: Cooldowns | None = None, metrics: Metrics | None = None,
-                 max_text: int | None = None) -> None:
+                 max_text: int | None = None, spooler: Spooler | None = None) -> None:
         metrics = metrics or Metrics(None)
         self.attempts = Attempts(client, cooldowns or Cooldowns(), metrics, server.max_fanout)
         self.served = ServedModels(client)
@@ -48,6 +49,7 @@ class Pipeline:
         self.max_text = max_text
         self.recorder = recorder
         self.record_errors = record_errors
+        self.spooler = spooler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info: RequestInfo = scope["mooltiproxy"]
@@ -70,7 +72,7 @@ class Pipeline:
         plan = planning.make(settings, info, scope, asked, body, parse_json(body) if body else None, recording=self.recorder is not None)
         if plan.pending:
             plan = await planning.complete(plan, info, path, self.served.of)
-        tape = Tape(plan.recorded_as, self.max_text, plan.dialect) if plan.recorded_as else None
+        tape = Tape(plan.recorded_as, self.max_text, plan.dialect, self.spooler) if plan.recorded_as else None
         if tape is not None and self.recorder is not None and self.recorder.behind:
             await self.recorder.caught_up()  # the recording is a promise: the proxy slows to its pace, loses none
         await self._guarded(plan, Exchange(info, scope, tape), receive, send)
