@@ -54,7 +54,7 @@ def test_a_big_answer_reaches_its_file_whole_and_in_order_through_the_thread() -
         parts = pieces(3 * 1024 * 1024 + 123)
         for part in parts:
             tape.relayed(part, False)
-        assert tape.paced is not None and tape.relayed_body == []
+        assert tape.spool is not None and tape.relayed_body == []
         capture = tape.capture(request_id="r", target="t", request={}, status=200, key=None, stream=False, prompt=None,
                                started=0.0, tried=[])
         assert isinstance(capture.answer, Spooled) and capture.answer.writer is not None
@@ -69,7 +69,7 @@ def test_what_the_thread_has_not_written_finish_writes_itself() -> None:
     parts = pieces(2 * 1024 * 1024)
     for part in parts:
         tape.relayed(part, False)
-    assert tape.paced is not None and tape.paced.pending == sum(map(len, parts)) and len(spooler.woken) == 1
+    assert tape.spool is not None and tape.spool.pending == sum(map(len, parts)) and len(spooler.woken) == 1
     capture = tape.capture(request_id="r", target="t", request={}, status=200, key=None, stream=False, prompt=None, started=0.0,
                            tried=[])
     assert isinstance(capture.answer, Spooled)
@@ -102,7 +102,7 @@ def test_an_answer_left_out_drops_what_waited_with_its_file() -> None:
     for part in pieces(3 * 1024 * 1024):
         tape.relayed(part, False)
     spool = spooler.woken[0]
-    assert tape.paced is None and tape.spool is None and spool.pending == 0 and spool.file.closed
+    assert tape.spool is None and spool.pending == 0 and spool.file.closed
     spooler.release()  # the thread's turn, after: nothing to write, nothing raised
     capture = tape.capture(request_id="r", target="t", request={}, status=200, key=None, stream=False, prompt=None, started=0.0,
                            tried=[])
@@ -113,8 +113,7 @@ def test_a_write_that_fails_is_said_when_the_file_is_needed(tmp_path: Path) -> N
     spooler = Held()
     spool = spooler.open()
     spool.file.close()
-    spool.file = open(tmp_path / "read-only", "w+b")  # noqa: SIM115
-    spool.file.close()
+    (tmp_path / "read-only").write_bytes(b"")
     spool.file = open(tmp_path / "read-only", "rb")  # noqa: SIM115  (a write to it fails with EBADF)
     spool.write(b"x" * 10)
     with pytest.raises(OSError, match="could not be written to its temporary file"):

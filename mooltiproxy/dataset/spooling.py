@@ -7,7 +7,7 @@ answers pass the proxy fastest at first (the kernel's socket buffers take megaby
 then carried their writes, and the fast clients' slow requests came in those first seconds. Without the writes the fast
 clients' p99 beside the readers was within a millisecond of their p99 alone; with them on the loop, 4 to 17 ms above it,
 and written here, 2.7 and 3.3 ms (bench/RESULTS.md, S7: the copying is still the same core's work). Here the thread
-writes in the moments the proxy leaves (``NICE``: where the loop keeps the core busy it gets about a tenth of it), and
+writes in the moments the proxy leaves (``NICE``: where the loop keeps the core busy, the scheduler's weights give it about a tenth), and
 each file may be at most ``AHEAD`` bytes behind what was relayed: past that, that answer's relay waits for its writes,
 so memory stays bounded and the big answers, not the requests beside them, go at the pace of the disk.
 
@@ -119,8 +119,11 @@ class SpoolFile:
 class Spooler:
     """The thread that writes spooled answers, started when the first one needs it."""
 
-    def __init__(self, nice: int = NICE) -> None:
+    def __init__(self, nice: int = NICE, *, background: bool = True) -> None:
+        """``background=False``: no thread, each piece written as it is handed over (a tape built without a proxy's
+        spooler: tests, tools)."""
         self.nice = nice
+        self.background = background
         self._waiting: queue.SimpleQueue[SpoolFile | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -133,6 +136,9 @@ class Spooler:
         return SpoolFile(self, loop)
 
     def wake(self, spool: SpoolFile) -> None:
+        if not self.background:
+            spool.flush()
+            return
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:

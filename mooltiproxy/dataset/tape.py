@@ -4,7 +4,6 @@ into records later, by the recorder's writer."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -12,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ProxyError
 from .reassembly import Reassembler, StreamReassembler
 from .records import COMPLETION, Capture, RecordOnly
+from .spooling import Spooler, SpoolFile
 
 if TYPE_CHECKING:
     from ..backends.spec import Dialect
-    from .spooling import Spooler, SpoolFile
 # A relayed stream's bytes are kept raw and parsed a batch at a time: here whenever this much has gathered,
 # and the rest by the recorder at the end, so a stream holds its text, not its bytes. A dozen events per
 # batch keeps parsing off the per-chunk path; at 64 KiB, 1000 concurrent streams each held all their
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 _PARSE_AT = 2 * 1024
 # A non-streamed answer larger than this is held in an unlinked temporary file until its record is built, not in
 # memory: 100 clients reading 10 MB answers slowly held a gigabyte when the proxy kept them (bench/RESULTS.md, S7).
-# A recording proxy's tapes write it through a spooling.Spooler, off the event loop.
+# A recording proxy's tapes write it through its spooling.Spooler, off the event loop.
 SPOOL_AT = 1024 * 1024
 
 CLIENT_LEFT = "the client disconnected"
@@ -86,21 +85,20 @@ class Tape:
     """What an exchange leaves for the recorder, gathered as it passes: the answer, or the stream put
     back together, and whether (and why) it was cut short."""
 
-    __slots__ = ("answer", "delivered", "dialect", "endpoint", "error", "limit", "paced", "reassembler", "relayed_body",
-                 "relayed_size", "spool", "spooler", "status", "streamed", "why_cut")
+    __slots__ = ("answer", "delivered", "dialect", "endpoint", "error", "limit", "reassembler", "relayed_body", "relayed_size",
+                 "spool", "spooler", "status", "streamed", "why_cut")
 
     def __init__(self, endpoint: str, limit: int | None = None, dialect: Dialect | None = None,
                  spooler: Spooler | None = None) -> None:
         self.endpoint = endpoint
-        self.spooler = spooler  # writes a big answer's file off the event loop; without one, the loop writes it
+        self.spooler = spooler  # writes a big answer's file off the event loop; without one, it is written as it passes
         self.limit = limit  # dataset.max_text: the most text of an answer the record keeps
         self.dialect = dialect  # the API the exchange speaks, when it is relayed in another than OpenAI's
         self.answer: Any = None
         self.reassembler: StreamReassembler | None = None
         self.relayed_body: list[bytes] = []
         self.relayed_size = 0
-        self.spool: Any = None  # a big non-streamed answer's file (SPOOL_AT)
-        self.paced: SpoolFile | None = None  # the same, written by the spooler: the relay waits while it is behind
+        self.spool: SpoolFile | None = None  # a big non-streamed answer's file (SPOOL_AT): its relay waits while it is behind
         self.error: str | None = None
         self.status = 0
         self.why_cut: str | None = None
@@ -130,17 +128,14 @@ class Tape:
             if self.limit is not None and self.relayed_size > self.limit:
                 if self.spool is not None:
                     self.spool.close()
-                    self.spool = self.paced = None
+                    self.spool = None
                 self.relayed_body.clear()
             elif self.spool is not None:
                 self.spool.write(chunk)
             else:
                 self.relayed_body.append(chunk)
                 if self.relayed_size > SPOOL_AT:
-                    if self.spooler is not None:
-                        self.spool = self.paced = self.spooler.open()
-                    else:
-                        self.spool = tempfile.TemporaryFile(prefix="mooltiproxy-answer-")  # noqa: SIM115  (closed by Spooled.read)
+                    self.spool = (self.spooler or Spooler(background=False)).open()
                     self.spool.writelines(self.relayed_body)
                     self.relayed_body.clear()
         self.streamed = self.streamed or stream
@@ -172,13 +167,11 @@ class Tape:
             truncated = self.limit is not None and self.relayed_size > self.limit
             if truncated:
                 answer = None
-            elif self.paced is not None:
-                answer = Spooled(self.paced.file, self.relayed_size, self.paced)
             elif self.spool is not None:
-                answer = Spooled(self.spool, self.relayed_size)
+                answer = Spooled(self.spool.file, self.relayed_size, self.spool)
             else:
                 answer = b"".join(self.relayed_body)
-            self.spool = self.paced = None
+            self.spool = None
         return Capture(
             request_id=request_id, endpoint=self.endpoint, target=target, request=request, answer=answer, status=status, key=key,
             stream=stream, prompt=prompt, latency_ms=(time.perf_counter() - started) * 1000, cut_short=self.why_cut is not None,

@@ -149,8 +149,8 @@ class Responder:
                 if tape is not None:
                     tape.relayed(chunk, stream)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if tape is not None and tape.paced is not None and tape.paced.behind:
-                    await tape.paced.drained()  # a big answer's file is behind: its next piece waits (spooling.py)
+                if tape is not None and tape.spool is not None and tape.spool.behind:
+                    await tape.spool.drained()  # a big answer's file is behind: its next piece waits (spooling.py)
         except UpstreamError as exc:
             log.warning("request %s: %s", ex.info.id, exc.full_message())
             if tape is not None:
