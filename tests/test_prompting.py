@@ -512,6 +512,31 @@ def test_renders_match_transformers(key: str, history: str) -> None:
         assert got == expected
 
 
+PRESET_FILES = Path(__file__).resolve().parent.parent / "prompters"
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_a_preset_renders_the_same_trusted_as_in_the_sandbox(name: str) -> None:
+    """The presets render without the sandbox and through a context that calls built-in methods directly
+    (``sandbox.Trusted``); the same file as a user's template goes through Jinja's own paths in the sandbox."""
+    trusted = load(name)
+    sandboxed = load_prompter(str(PRESET_FILES / f"{name}.jinja"), base_dir=PRESET_FILES)
+    assert sandboxed is not None and type(trusted.environment) is not type(sandboxed.environment)
+    for history, messages in COMPARED.items():
+        for tools in ([WEATHER_TOOL], None) if trusted.tools_rendered else (None,):
+            got = outcome(trusted, messages, tools=tools, variables={"user": "Alice"})
+            want = outcome(sandboxed, messages, tools=tools, variables={"user": "Alice"})
+            assert got.replace(f"'{name}'", "'?'") == want.replace(f"'{sandboxed.name}'", "'?'"), history
+
+
+def test_a_presets_prompt_is_held_to_the_length_limit_whole() -> None:
+    """A trusted render is measured once it is whole: one character over the limit is refused, the limit itself is not."""
+    exact = len(load("chatml").render(EXAMPLE))
+    assert load("chatml", limits=Limits(max_chars=exact)).render(EXAMPLE)
+    with pytest.raises(MappingError, match=f"prompter 'chatml' was stopped: the prompt would be longer than {exact - 1} characters"):
+        load("chatml", limits=Limits(max_chars=exact - 1)).render(EXAMPLE)
+
+
 @pytest.mark.parametrize("history", COMPARED)
 def test_plain_preset_matches_transformers(history: str) -> None:
     text = (Path(__file__).resolve().parent.parent / "prompters" / "plain.jinja").read_text(encoding="utf-8")

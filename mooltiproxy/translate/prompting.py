@@ -118,7 +118,7 @@ class Prompter:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
             **self.special_tokens,
-            **_plain(dict(variables or {})),
+            **(_plain(dict(variables)) if variables else {}),
             "messages": chat,
             "tools": _plain(tools) if tools else None,
             "documents": None,
@@ -132,17 +132,8 @@ class Prompter:
     def _run(self, template: jinja2.Template, context: dict[str, Any], label: str) -> str:
         env = self.environment
         assert env is not None
-        limit = env.limits.max_chars
-        chunks: list[str] = []
-        total = 0
-        env.start()
         try:
-            for chunk in template.generate(context):
-                total += len(chunk)
-                if total > limit:
-                    raise TooBig(f"the prompt would be longer than {limit} characters")
-                env.tick()
-                chunks.append(chunk)
+            return env.render(template, context)
         except Refused as exc:
             raise TemplateRefused(f"prompter '{label}' refused these messages: {exc.message}") from None
         except TooBig as exc:
@@ -157,9 +148,6 @@ class Prompter:
             raise MappingError(f"prompter '{label}' was stopped: the template ran out of memory") from None
         except Exception as exc:  # the template is code from the config; whatever it trips on is about these messages
             raise MappingError(f"prompter '{label}' could not render these messages: {type(exc).__name__}: {exc}") from None
-        finally:
-            env.stop()
-        return "".join(chunks)
 
 
 def _cut_continuation(rendered: str, label: str) -> str:
@@ -211,14 +199,15 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _plain_messages(messages: Sequence[Any], label: str, source: str) -> list[dict[str, Any]]:
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+    # type() first: the ABCs' isinstance costs a look through their registries, and JSON gives lists and dicts.
+    if type(messages) is not list and (not isinstance(messages, Sequence) or isinstance(messages, (str, bytes))):
         raise MappingError("messages must be a list of message objects")
     if not messages:
         raise MappingError(f"prompter '{label}' cannot render an empty conversation: send at least one message")
     knows_tool_calls, knows_tool_role, short_ids = _tool_support(source)
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(messages):
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):
             raise MappingError(f"messages[{i}] must be an object with a role and a content")
         # A shallow copy is enough for what is plain already (orjson gives only dicts, lists, str, numbers).
         message = {k: v if type(v) in _SCALARS else _plain(v) for k, v in raw.items()}

@@ -17,6 +17,7 @@ import json
 import re
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.parser
+import jinja2.runtime
 import jinja2.utils
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -96,23 +98,44 @@ _PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _WIDTH = re.compile(r"\d+")
 
 
+# Callables that can take no context, environment or eval context (attributes cannot be set on them, so none carries
+# Jinja's pass_context mark): a method of a str, list or dict, a built-in function.
+_PLAIN_CALLABLES = (types.BuiltinMethodType, types.MethodWrapperType, types.MethodDescriptorType)
+
+
+class _TrustedContext(jinja2.runtime.Context):
+    """Jinja's context, calling a built-in method (``content.strip()``, ``message.get('x')``) without first looking
+    for what Jinja would pass it: two attribute lookups and two dictionary removals a call, for an answer that is
+    always "nothing". Everything else goes through Jinja's own ``call``."""
+
+    def call(__self, __obj: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if type(__obj) in _PLAIN_CALLABLES:
+            kwargs.pop("_loop_vars", None)
+            kwargs.pop("_block_vars", None)
+            try:
+                return __obj(*args, **kwargs)
+            except StopIteration:
+                return __self.environment.undefined("value was undefined because a callable raised a StopIteration exception")
+        return super().call(__obj, *args, **kwargs)
+
+
 class Trusted(jinja2.Environment):
     """The same dialect without the sandbox, for the presets shipped in ``prompters/``: they are part of
-    this project and reviewed like its code, and the sandbox's checks doubled their render time."""
+    this project and reviewed like its code, and the sandbox's checks doubled their render time. A render
+    runs whole (``render``) and is measured after: a preset's output grows with its messages, never beyond."""
+
+    context_class = _TrustedContext
 
     def __init__(self, limits: Limits) -> None:
         super().__init__(**_DIALECT)
         self.limits = limits
         _add_helpers(self)
 
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
+    def render(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+        rendered = template.render(context)
+        if len(rendered) > self.limits.max_chars:
+            raise TooBig(f"the prompt would be longer than {self.limits.max_chars} characters")
+        return rendered
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -133,12 +156,23 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     # -- budget --------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def render(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+        """``template`` rendered piece by piece, stopped as soon as its output or its time exceeds the limits."""
+        limit = self.limits.max_chars
+        chunks: list[str] = []
+        total = 0
         self._renders.deadline = time.monotonic() + self.limits.max_seconds
         self._renders.ticks = 0
-
-    def stop(self) -> None:
-        self._renders.deadline = None
+        try:
+            for chunk in template.generate(context):
+                total += len(chunk)
+                if total > limit:
+                    raise TooBig(f"the prompt would be longer than {limit} characters")
+                self.tick()
+                chunks.append(chunk)
+        finally:
+            self._renders.deadline = None
+        return "".join(chunks)
 
     def tick(self) -> None:
         # The clock is read every 64 operations: often enough to stop a runaway template within

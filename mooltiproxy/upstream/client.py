@@ -11,7 +11,7 @@ instead (``create_app(config, transport=...)``, ``httpx_seam.py``), which is how
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import UpstreamError, UpstreamTimeout
@@ -52,6 +52,14 @@ class RawHeaderView(Mapping[str, str]):
             if k == key:
                 return v.decode("latin-1")
         raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Mapping's ``get`` without its raise and catch of ``KeyError`` for a header not sent (the usual case)."""
+        key = name.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
 
     def __iter__(self) -> Iterator[str]:
         return (k.decode("latin-1") for k, _ in self._raw)
