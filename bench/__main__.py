@@ -31,6 +31,14 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _assignment(text: str) -> tuple[str, str]:
+    """NAME=VALUE of ``--proxy-env``."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
 def _selected(names: list[str], quick: bool) -> set[str]:
     # LiteLLM alone takes seconds to start and is slow to measure: a quick run leaves it out unless named.
     # S9 needs llama-server built by the tests' script; a quick run leaves it out too.
@@ -84,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         workdir = Path(tempfile.mkdtemp(prefix="mooltiproxy-bench-"))
         print(f"mooltiproxy bench: {'quick' if args.quick else 'full'} run of {', '.join(s for s in ORDER if s in selected)}; "
-              f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}", flush=True)
+              f"{settings.rounds} interleaved rounds after a warm-up; work dir {workdir}"
+              + "".join(f"; proxies started with {n}={v}" for n, v in args.proxy_env or ()), flush=True)
         with pinned(LOAD_CORE), Procs(workdir / "logs") as procs:
             try:
                 h = Harness(settings, procs, workdir, profile=args.profile, client=args.client, log_level=args.log_level,
-                            recorder_core=LOAD_CORE if args.recorder_core == "load" else None)
+                            recorder_core=LOAD_CORE if args.recorder_core == "load" else None, proxy_env=dict(args.proxy_env or ()))
                 recording = {"available": h.recording.available, "reason": h.recording.reason}
                 if not h.recording.available:
                     print(f"recording: not available in this build ({h.recording.reason})", flush=True)
@@ -145,6 +154,9 @@ def main() -> None:
                    help="where a recording proxy's recorder process runs: the proxy's core (default: one core in all; S2 also "
                         "measures it on the load core, a spare core) or the load core")
     r.add_argument("--log-level", default="info", help="the proxy's log level (its default, info, writes an access line per request)")
+    r.add_argument("--proxy-env", type=_assignment, action="append", metavar="NAME=VALUE",
+                   help="a variable added to every proxy's environment (and its recorder process's), e.g. "
+                        "MALLOC_MMAP_THRESHOLD_=131072; may be given again")
     r.add_argument("--json", help="where to write the results (default: bench/out/results-<time>.json)")
     r.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, profiles)")
     compare = sub.add_parser("ab", help="this checkout against another revision, side by side, alternating (requests per second)")

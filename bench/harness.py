@@ -100,8 +100,9 @@ def at_least(label: str, s: dict[str, Any], limit: float, unit: str = "", digits
 
 class Harness:
     def __init__(self, settings: Settings, procs: Procs, workdir: Path, *, profile: bool = False, client: str = "serve",
-                 log_level: str = "info", recorder_core: int | None = None) -> None:
+                 log_level: str = "info", recorder_core: int | None = None, proxy_env: dict[str, str] | None = None) -> None:
         self.s = settings
+        self.proxy_env = dict(proxy_env or {})  # added to every proxy's environment (run --proxy-env)
         self.recorder_core = recorder_core  # where a proxy's recorder process runs: None, the proxy's own core
         self.procs = procs
         self.workdir = workdir
@@ -164,7 +165,8 @@ class Harness:
             label = f"{variant.name}{extra}-{'nginx' if upstream == self._nginx else 'stub'}{'-' + fresh if fresh else ''}"
             self._proxies[key] = launch.mooltiproxy(self.procs, self.workdir, variant, upstream, self.recording, client=client,
                                                     log_level=log_level, label=label, extra_targets=extra_targets,
-                                                    recorder_core=LOAD_CORE if spare_core else self.recorder_core)
+                                                    recorder_core=LOAD_CORE if spare_core else self.recorder_core,
+                                                    env=self.proxy_env)
         return self._proxies[key]
 
     def stop(self, service: Service) -> None:

@@ -37,14 +37,15 @@ def stub(procs: Procs, *, ttft: float, tokens: int, token_delay: float) -> Servi
 
 def mooltiproxy(procs: Procs, workdir: Path, variant: configs.Variant, upstream: str, recording: configs.Recording, *,
                 client: str = "serve", log_level: str = "info", label: str = "", extra_targets: dict[str, str] | None = None,
-                recorder_core: int | None = None) -> Service:
+                recorder_core: int | None = None, env: dict[str, str] | None = None) -> Service:
     """A proxy on the proxy's core. Its recorder process (recording on) starts there too, as a child of a pinned process;
-    ``recorder_core`` moves it to that core instead."""
+    ``recorder_core`` moves it to that core instead. ``env``: variables added to the proxy's environment (its recorder
+    process inherits them)."""
     name = f"mooltiproxy-{label or variant.name}"
     dataset_dir = workdir / f"dataset-{label or variant.name}"
     path = configs.write(configs.config(variant, upstream, dataset_dir, recording, extra_targets), workdir / f"{name}.yaml")
     port = free_port()
-    env = configs.proxy_env()
+    env = {**configs.proxy_env(), **(env or {})}
     if client == "serve":
         argv = [sys.executable, "-m", "mooltiproxy", "serve", "--config", str(path), "--port", str(port), "--log-level", log_level]
     elif client == "serve-granian":  # the same app under granian (bench/granian_app.py): one worker, one Rust thread

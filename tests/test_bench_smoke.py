@@ -5,6 +5,7 @@ Timings are not asserted: this machine's speed is not the harness's business in 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -62,6 +63,25 @@ def test_quick_run_gives_figures_and_cleans_up(tmp_path: Path) -> None:
     started = doc["pids"]
     assert len(started) >= 3  # stub, proxy, load runs
     assert [pid for pid in started if pid_running(pid)] == []
+
+
+def test_proxy_env_reaches_the_proxy_and_its_recorder_process(tmp_path: Path) -> None:
+    """``run --proxy-env NAME=VALUE`` (an allocator setting, say) is in the environment of the proxy and of the recorder
+    process it starts, and in nobody else's."""
+    from bench import configs, launch
+    from bench.procs import Procs
+
+    assert bench._assignment("MALLOC_MMAP_THRESHOLD_=131072") == ("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert bench._assignment("A=b=c") == ("A", "b=c")
+    with pytest.raises(argparse.ArgumentTypeError, match="is not NAME=VALUE"):
+        bench._assignment("NAME")
+    with Procs(tmp_path / "logs") as procs:
+        proxy = launch.mooltiproxy(procs, tmp_path, configs.Variant("passthrough", True), "http://127.0.0.1:9",
+                                   configs.Recording(True), env={"MOOLTIPROXY_BENCH_PROBE": "yes"})
+        assert proxy.recorder is not None
+        for pid in (proxy.proc.pid, proxy.recorder):
+            assert b"MOOLTIPROXY_BENCH_PROBE=yes" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert "MOOLTIPROXY_BENCH_PROBE" not in configs.proxy_env()
 
 
 def test_micro_timings_run_every_step() -> None:
