@@ -91,10 +91,9 @@ def _generate(prompts: list[str], body: dict[str, Any], ctx: MapContext, kind: s
         if seed < 0:
             raise MappingError("'seed' must be 0 or more for TGI.", param="seed")
         params["seed"] = seed
-    if not body.keys().isdisjoint(PASSTHROUGH):
-        for key in PASSTHROUGH:
-            if body.get(key) is not None:
-                params[key] = body[key]
+    for key in PASSTHROUGH:
+        if body.get(key) is not None:
+            params[key] = body[key]
     schema = oa.answer_schema(body, ctx, "TGI") if kind == oa.CHAT else oa.response_schema(body.get("response_format"), "TGI")
     if schema is not None:
         params["grammar"] = {"type": "json", "value": schema}

@@ -29,6 +29,8 @@ from mooltiproxy.dataset.sinks import JsonlSink
 from mooltiproxy.dataset.tape import Spooled
 from mooltiproxy.dataset.worker import GiveWay
 
+from .conftest import wait_for
+
 linux = pytest.mark.skipif(here() is None, reason="Linux's /proc/<pid>/stat and schedstat")
 
 
@@ -168,14 +170,12 @@ def test_cpu_state_sees_an_idle_priority_process_starved_by_a_busy_one_on_its_co
         assert during.ran - before.ran < 0.5 * 0.3e9  # runnable, in this core's queue, yet it had well under half of it
         # Given the core once this process rests: at once on a quiet machine; a parallel test run's other workers
         # may hold it a while too (the child is idle-priority to them as well).
-        deadline = time.monotonic() + 10
-        while True:
-            time.sleep(0.1)
+        def given() -> bool:
             after = cpu_state(child.pid)
             assert after is not None
-            if after.ran - during.ran > 0.05e9 or time.monotonic() > deadline:
-                break
-        assert after.ran - during.ran > 0.05e9
+            return after.ran - during.ran > 0.05e9
+
+        wait_for(given, 10, "the idle-priority child had 50 ms of the core")
     finally:
         child.kill()
         child.wait()

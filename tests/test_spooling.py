@@ -19,7 +19,7 @@ from mooltiproxy.dataset.records import CHAT
 from mooltiproxy.dataset.spooling import AHEAD, Spooler, SpoolFile
 from mooltiproxy.dataset.tape import Spooled, Tape
 
-from .conftest import KEY, ProxyFactory
+from .conftest import KEY, ProxyFactory, wait_for
 from .dataset_kit import records
 from .stubs.openai_upstream import OpenAIStub
 
@@ -131,10 +131,8 @@ def test_the_writing_thread_gives_way_to_the_event_loop() -> None:
         spool.finish()
         thread = next(t for t in threading.enumerate() if t.name == "mooltiproxy-spooler")
         assert thread.native_id is not None
-        deadline = time.monotonic() + 5
-        while os.getpriority(os.PRIO_PROCESS, thread.native_id) != spooling.NICE and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == spooling.NICE
+        native_id = thread.native_id
+        wait_for(lambda: os.getpriority(os.PRIO_PROCESS, native_id) == spooling.NICE, 5, f"the spooling thread at nice {spooling.NICE}")
         assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the proxy's own threads keep theirs
         spool.close()
     finally:

@@ -229,10 +229,7 @@ async def run_stream_mapper(mapper: Mapper, events: AsyncIterator[Any], ctx: Map
 async def call_mapper(mapper: Mapper, body: Any, ctx: MapContext) -> Any:
     """Call a mapper; ``MappingError`` (and any ``ProxyError``) passes through, anything else is the mapper's bug."""
     try:
-        # The mapper's function called here rather than through ``Mapper.__call__``: a coroutine less a call, and most
-        # mappers are plain functions.
-        result = mapper.func(body, ctx)
-        return (await result) if mapper.is_async else result
+        return await mapper(body, ctx)
     except ProxyError:
         raise
     except Exception as exc:

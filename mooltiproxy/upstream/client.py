@@ -46,20 +46,23 @@ class RawHeaderView(Mapping[str, str]):
     def __init__(self, raw: RawHeaders) -> None:
         self._raw = raw
 
-    def __getitem__(self, name: str) -> str:
+    def _find(self, name: str) -> str | None:
         key = name.lower().encode("latin-1")
         for k, v in self._raw:
             if k == key:
                 return v.decode("latin-1")
-        raise KeyError(name)
+        return None
+
+    def __getitem__(self, name: str) -> str:
+        value = self._find(name)
+        if value is None:
+            raise KeyError(name)
+        return value
 
     def get(self, name: str, default: Any = None) -> Any:
         """Mapping's ``get`` without its raise and catch of ``KeyError`` for a header not sent (the usual case)."""
-        key = name.lower().encode("latin-1")
-        for k, v in self._raw:
-            if k == key:
-                return v.decode("latin-1")
-        return default
+        value = self._find(name)
+        return default if value is None else value
 
     def __iter__(self) -> Iterator[str]:
         return (k.decode("latin-1") for k, _ in self._raw)
